@@ -1,0 +1,207 @@
+//! The data on every edge: an Arrow [`RecordBatch`], and how an edge splits it across workers.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+/// An Arrow batch as it travels on a timely edge.
+///
+/// Inside a process, batches move between worker threads by pointer: no copy, no encoding.
+/// Between processes, timely serializes the message; `Batch` then encodes itself as an Arrow
+/// IPC stream, so that the bytes on the wire are Arrow's own format.
+#[derive(Clone, Debug)]
+pub struct Batch(pub RecordBatch);
+
+impl Batch {
+    /// The number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.0.num_rows()
+    }
+}
+
+impl From<RecordBatch> for Batch {
+    fn from(batch: RecordBatch) -> Self {
+        Batch(batch)
+    }
+}
+
+impl Serialize for Batch {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(self.0.get_array_memory_size() + 1024);
+        let mut writer = StreamWriter::try_new(&mut bytes, &self.0.schema())
+            .map_err(serde::ser::Error::custom)?;
+        writer.write(&self.0).map_err(serde::ser::Error::custom)?;
+        writer.finish().map_err(serde::ser::Error::custom)?;
+        drop(writer);
+        serializer.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
+        let mut reader = StreamReader::try_new(std::io::Cursor::new(bytes.into_vec()), None)
+            .map_err(serde::de::Error::custom)?;
+        match reader.next() {
+            Some(batch) => Ok(Batch(batch.map_err(serde::de::Error::custom)?)),
+            None => Err(serde::de::Error::custom("an Arrow IPC stream without a batch")),
+        }
+    }
+}
+
+/// The seed of the hash that routes rows to workers. It is fixed so that every process of a
+/// job, on every machine, sends a key to the same worker.
+const ROUTING_SEED: u64 = 0x5eed_57a7_e5a1_u64;
+
+/// Hashes the given key columns of `batch`, one hash per row, the same in every process.
+///
+/// Keys are first encoded with Arrow's row format, so every Arrow type can be a key and equal
+/// keys of any type hash equally.
+pub fn hash_rows(batch: &RecordBatch, key_indices: &[usize]) -> Result<Vec<u64>> {
+    let columns: Vec<ArrayRef> = key_indices
+        .iter()
+        .map(|&i| Arc::clone(batch.column(i)))
+        .collect();
+    let fields = columns
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    let converter =
+        RowConverter::new(fields).map_err(|e| Error::arrow("encoding the key columns", e))?;
+    let rows = converter
+        .convert_columns(&columns)
+        .map_err(|e| Error::arrow("encoding the key columns", e))?;
+    let state = foldhash::fast::FixedState::with_seed(ROUTING_SEED);
+    Ok(rows.iter().map(|row| state.hash_one(row.as_ref())).collect())
+}
+
+/// Resolves column names against a schema, naming the missing column and the ones available.
+pub fn column_indices(schema: &SchemaRef, names: &[String], what: &str) -> Result<Vec<usize>> {
+    names
+        .iter()
+        .map(|name| {
+            schema.index_of(name).map_err(|_| {
+                Error::Plan(format!(
+                    "{what}: unknown column '{name}' (the input has: {})",
+                    column_list(schema)
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The columns of a schema as `a, b, c`, for error messages.
+pub fn column_list(schema: &SchemaRef) -> String {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if names.is_empty() {
+        "no columns".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Splits `batch` into at most `parts` batches by the hash of its key columns; returns
+/// `(part index, batch)` for every non-empty part.
+pub fn split_by_hash(
+    batch: &RecordBatch,
+    key_indices: &[usize],
+    parts: usize,
+) -> Result<Vec<(usize, RecordBatch)>> {
+    if parts <= 1 || batch.num_rows() == 0 {
+        return Ok(vec![(0, batch.clone())]);
+    }
+    let hashes = hash_rows(batch, key_indices)?;
+    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); parts];
+    for (row, hash) in hashes.iter().enumerate() {
+        // Rows of a batch never exceed u32::MAX: Arrow's offsets are i32 for most types.
+        indices[(hash % parts as u64) as usize].push(row as u32);
+    }
+    let mut out = Vec::with_capacity(parts);
+    for (part, rows) in indices.into_iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        if rows.len() == batch.num_rows() {
+            out.push((part, batch.clone()));
+            continue;
+        }
+        let taken = take_record_batch(batch, &UInt32Array::from(rows))
+            .map_err(|e| Error::arrow("splitting a batch by key", e))?;
+        out.push((part, taken));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn sample() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    None,
+                    Some("b"),
+                    Some("a"),
+                ])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+            ],
+        )
+        .expect("valid batch")
+    }
+
+    #[test]
+    fn serde_round_trip_is_exact() {
+        let batch = Batch(sample());
+        let json = serde_json::to_vec(&batch).expect("serialize");
+        let back: Batch = serde_json::from_slice(&json).expect("deserialize");
+        assert_eq!(back.0, batch.0);
+    }
+
+    #[test]
+    fn equal_keys_go_to_the_same_part_and_no_row_is_lost() {
+        let batch = sample();
+        let parts = split_by_hash(&batch, &[0], 3).expect("split");
+        let total: usize = parts.iter().map(|(_, b)| b.num_rows()).sum();
+        assert_eq!(total, batch.num_rows());
+        let part_of_a: Vec<usize> = parts
+            .iter()
+            .filter(|(_, b)| {
+                let keys = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("utf8");
+                keys.iter().any(|k| k == Some("a"))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(part_of_a.len(), 1, "key 'a' was split across parts");
+    }
+
+    #[test]
+    fn unknown_column_names_the_available_ones() {
+        let batch = sample();
+        let err = column_indices(&batch.schema(), &["x".to_owned()], "key_by")
+            .expect_err("x does not exist");
+        let message = err.to_string();
+        assert!(message.contains("'x'") && message.contains("k, v"), "{message}");
+    }
+}

@@ -1,0 +1,87 @@
+//! The operator contract: what a task, a filter or an aggregate implements.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use crate::error::Result;
+
+/// Where a worker stands in its job, given to every operator, source and sink it creates.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    /// The job's name.
+    pub job: String,
+    /// This worker's index, `0..workers`.
+    pub index: usize,
+    /// How many workers run the job.
+    pub workers: usize,
+}
+
+/// Receives the batches an operator emits.
+#[derive(Debug, Default)]
+pub struct Collector {
+    batches: Vec<RecordBatch>,
+}
+
+impl Collector {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Emits a batch downstream; empty batches are dropped here so operators need not check.
+    pub fn emit(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.batches.push(batch);
+        }
+    }
+
+    /// Takes the batches emitted so far.
+    pub fn take(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.batches)
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// One instance of an operator, owned by one worker.
+///
+/// The engine calls [`Operator::process_batch`] for every batch that reaches this worker, in
+/// arrival order, and [`Operator::finish`] once when the input has ended on every worker.
+///
+/// # Errors
+///
+/// An error stops the job: every worker stops, and the error, with the operator's name, is
+/// what [`crate::execute`] returns. Record-level problems an operator can tolerate should be
+/// handled inside it; it must never panic on data.
+pub trait Operator {
+    /// Processes one batch, emitting zero or more batches.
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()>;
+
+    /// Called once after the last batch. Operators that hold data (aggregates, top-k) emit
+    /// it here; sinks commit. Only a [blocking](OperatorFactory::is_blocking) operator may emit.
+    fn finish(&mut self, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Creates the instances of an operator, one per worker, and describes its output.
+///
+/// A factory is shared by all workers of a job, so it is `Send + Sync`; the instances it
+/// creates live on one worker thread each and need not be.
+pub trait OperatorFactory: Send + Sync {
+    /// The schema of the batches the operator emits, given the schema of its input.
+    /// Errors here (an unknown column, a wrong type) are reported before the job starts.
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef>;
+
+    /// Creates this worker's instance.
+    fn create(&self, ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>>;
+
+    /// Whether the operator holds its output until the input ends (aggregates, top-k).
+    /// Stateless operators return `false` and then must not emit from [`Operator::finish`].
+    fn is_blocking(&self) -> bool {
+        false
+    }
+}
