@@ -1,1 +1,51 @@
-//! placeholder
+//! # streamrun-operators
+//!
+//! The operators of Streamrun, all working on Arrow batches:
+//!
+//! | operator | what it does |
+//! |---|---|
+//! | [`TypedTask`] | `map` / `flat_map` / `filter` closures over your serde types |
+//! | [`MapBatches`] | a function from batch to batch |
+//! | [`Select`], [`Compare`] | keep columns; keep rows where `column <op> value` |
+//! | [`SplitWords`] | one row per normalised word of a text column |
+//! | [`Aggregate`] | keyed `count`/`sum`/`min`/`max`/`mean`, in partial and final phases |
+//! | [`TopK`] | the k greatest rows by a column |
+//!
+//! Each implements the engine's [`OperatorFactory`](streamrun_engine::OperatorFactory). Most
+//! users meet them through the `streamrun` crate's DSL (`stream.key_by("word").count()`); here
+//! is one used directly:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow::array::{RecordBatch, StringArray};
+//! use arrow::datatypes::{DataType, Field, Schema};
+//! use streamrun_engine::{Collector, OperatorFactory, WorkerContext};
+//! use streamrun_operators::{Agg, Aggregate};
+//!
+//! let schema = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+//! let words = RecordBatch::try_new(schema.clone(),
+//!     vec![Arc::new(StringArray::from(vec!["a", "b", "a"]))])?;
+//! let count = Aggregate::new(vec!["word".into()], vec![Agg::count()]);
+//! let ctx = WorkerContext { job: "doc".into(), index: 0, workers: 1 };
+//! let mut op = count.create(&ctx, &schema)?;
+//! let mut out = Collector::new();
+//! op.process_batch(words, &mut out)?;
+//! op.finish(&mut out)?;
+//! let result = out.take();
+//! assert_eq!(result[0].num_rows(), 2); // a → 2, b → 1
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod aggregate;
+mod batchfn;
+mod select;
+mod topk;
+mod typed;
+mod words;
+
+pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
+pub use batchfn::MapBatches;
+pub use select::{CmpOp, Compare, Select, project_schema};
+pub use topk::TopK;
+pub use typed::{TypedTask, plain_field};
+pub use words::{SplitWords, push_words};
