@@ -1,1 +1,55 @@
-//! placeholder
+//! # streamrun-connectors
+//!
+//! The sources and sinks of Streamrun: the connectors that read a job's input and write its
+//! output. Each implements the engine's contracts ([`Source`](streamrun_engine::Source),
+//! [`Sink`](streamrun_engine::Sink)) and can be used by any job.
+//!
+//! * [`Files`]: read text, CSV, JSON lines and Parquet files matching a glob pattern
+//!   ([`FileSource`]), split across the workers of a job; write CSV, JSON lines and Parquet
+//!   files, one part file per worker, committed atomically ([`FileSink`]).
+//! * [`Stdout`]: print the result as a table once the job has ended.
+//! * [`Collect`]: keep the result in memory, for tests and for programs that use it.
+//!
+//! Bad input records (a CSV row with the wrong number of fields, a value that does not parse,
+//! a line that is not JSON) are reported with their file and line number, and follow the
+//! source's [`BadRecordPolicy`](streamrun_engine::BadRecordPolicy): stop the job, or go to
+//! a dead-letter sink while the good rows go on.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use streamrun_connectors::{Collect, Files};
+//! use streamrun_engine::*;
+//!
+//! // A small CSV file in a fresh directory.
+//! let dir = std::env::temp_dir().join(format!("streamrun-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the directory", e))?;
+//! std::fs::write(dir.join("sales.csv"), "item,amount\napple,3\npear,5\nplum,7\n")
+//!     .map_err(|e| Error::io("writing sales.csv", e))?;
+//!
+//! // Read every CSV file of the directory (the schema is inferred) into memory, on 2 workers.
+//! let source = Files::csv(format!("{}/*.csv", dir.display()));
+//! let collect = Collect::new();
+//! let mut graph = JobGraph::new("sales");
+//! let input = graph.add_source("sales", SourceDecl {
+//!     descriptor: source.descriptor(),
+//!     source: Arc::new(source),
+//!     on_bad_record: BadRecordPolicy::Fail,
+//!     dead_letters: None,
+//! });
+//! graph.add_sink(input, "collect", collect.descriptor(), Arc::new(collect.clone()));
+//! execute(&graph, &ExecOptions { workers: 2, metrics: None })?;
+//!
+//! assert_eq!(collect.rows(), 3);
+//! let schema = collect.batches()[0].schema();
+//! assert_eq!(schema.field(1).name(), "amount");
+//! std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing the directory", e))?;
+//! # Ok::<(), streamrun_engine::Error>(())
+//! ```
+
+mod files;
+mod memory;
+mod stdout;
+
+pub use files::{FileFormat, FileSink, FileSource, Files};
+pub use memory::Collect;
+pub use stdout::Stdout;
