@@ -53,7 +53,9 @@ impl<'de> Deserialize<'de> for Batch {
             .map_err(serde::de::Error::custom)?;
         match reader.next() {
             Some(batch) => Ok(Batch(batch.map_err(serde::de::Error::custom)?)),
-            None => Err(serde::de::Error::custom("an Arrow IPC stream without a batch")),
+            None => Err(serde::de::Error::custom(
+                "an Arrow IPC stream without a batch",
+            )),
         }
     }
 }
@@ -81,7 +83,10 @@ pub fn hash_rows(batch: &RecordBatch, key_indices: &[usize]) -> Result<Vec<u64>>
         .convert_columns(&columns)
         .map_err(|e| Error::arrow("encoding the key columns", e))?;
     let state = foldhash::fast::FixedState::with_seed(ROUTING_SEED);
-    Ok(rows.iter().map(|row| state.hash_one(row.as_ref())).collect())
+    Ok(rows
+        .iter()
+        .map(|row| state.hash_one(row.as_ref()))
+        .collect())
 }
 
 /// Resolves column names against a schema, naming the missing column and the ones available.
@@ -202,6 +207,9 @@ mod tests {
         let err = column_indices(&batch.schema(), &["x".to_owned()], "key_by")
             .expect_err("x does not exist");
         let message = err.to_string();
-        assert!(message.contains("'x'") && message.contains("k, v"), "{message}");
+        assert!(
+            message.contains("'x'") && message.contains("k, v"),
+            "{message}"
+        );
     }
 }

@@ -89,10 +89,18 @@ impl Stage {
 }
 
 /// The operator factory behind a physical operator, if it is one.
-pub(crate) fn factory_of<'g>(graph: &'g JobGraph, op: &PhysicalOp) -> Option<&'g Arc<dyn OperatorFactory>> {
+pub(crate) fn factory_of<'g>(
+    graph: &'g JobGraph,
+    op: &PhysicalOp,
+) -> Option<&'g Arc<dyn OperatorFactory>> {
     match (graph.node_impl(op.node), op.role) {
         (Some(NodeImpl::Operator { op: f, .. }), Role::Operator) => Some(f),
-        (Some(NodeImpl::Operator { combiner: Some(c), .. }), Role::Combiner) => Some(c),
+        (
+            Some(NodeImpl::Operator {
+                combiner: Some(c), ..
+            }),
+            Role::Combiner,
+        ) => Some(c),
         _ => None,
     }
 }
@@ -146,7 +154,11 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
         crate::plan_err!("a job needs at least one worker");
     }
     plan.validate()?;
-    if !plan.nodes.iter().any(|n| matches!(n.kind, NodeKind::Sink { .. })) {
+    if !plan
+        .nodes
+        .iter()
+        .any(|n| matches!(n.kind, NodeKind::Sink { .. }))
+    {
         crate::plan_err!("job '{}' has no sink: nothing would be written", plan.job);
     }
     for node in &plan.nodes {
@@ -163,9 +175,9 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
     let single_consumer = |id: NodeId| plan.consumers(id).count() == 1;
 
     for node in &plan.nodes {
-        let imp = graph
-            .node_impl(node.id)
-            .ok_or_else(|| Error::Internal(format!("node '{}' has no implementation", node.name)))?;
+        let imp = graph.node_impl(node.id).ok_or_else(|| {
+            Error::Internal(format!("node '{}' has no implementation", node.name))
+        })?;
         let input = node.inputs.first().and_then(|&i| placed[i].clone());
         let here = match (&node.kind, imp, input) {
             (NodeKind::Source { connector, .. }, NodeImpl::Source { source, .. }, None) => {
@@ -208,9 +220,18 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
             }
             (kind, imp, Some(input)) => {
                 let (descriptor_kind, parallelism, role, factory, combiner) = match (kind, imp) {
-                    (NodeKind::Operator { op, parallelism, .. }, NodeImpl::Operator { op: f, combiner }) => {
-                        (op.kind.clone(), *parallelism, Role::Operator, Some(f), combiner.as_ref())
-                    }
+                    (
+                        NodeKind::Operator {
+                            op, parallelism, ..
+                        },
+                        NodeImpl::Operator { op: f, combiner },
+                    ) => (
+                        op.kind.clone(),
+                        *parallelism,
+                        Role::Operator,
+                        Some(f),
+                        combiner.as_ref(),
+                    ),
                     (NodeKind::Sink { sink, parallelism }, NodeImpl::Sink(_)) => {
                         (sink.kind.clone(), *parallelism, Role::Sink, None, None)
                     }

@@ -49,9 +49,10 @@ impl DeadLetter {
         RecordBatch::try_new(
             Self::schema(),
             vec![
-                Arc::new(StringArray::from_iter_values(
-                    std::iter::repeat_n(source, letters.len()),
-                )),
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    source,
+                    letters.len(),
+                ))),
                 column(|d| &d.location),
                 column(|d| &d.reason),
                 column(|d| &d.record),

@@ -51,7 +51,9 @@ pub enum Error {
         message: String,
     },
     /// A serialized plan or message carries a version this build does not read.
-    #[error("{what} version {found} is not supported: this build of Streamrun reads version {expected}")]
+    #[error(
+        "{what} version {found} is not supported: this build of Streamrun reads version {expected}"
+    )]
     Version {
         /// Which format: "logical plan", "physical plan".
         what: &'static str,

@@ -128,7 +128,11 @@ pub fn execute(graph: &JobGraph, options: &ExecOptions) -> Result<JobReport> {
 }
 
 /// Runs an already compiled plan.
-pub fn execute_plan(graph: &JobGraph, plan: PhysicalPlan, options: &ExecOptions) -> Result<JobReport> {
+pub fn execute_plan(
+    graph: &JobGraph,
+    plan: PhysicalPlan,
+    options: &ExecOptions,
+) -> Result<JobReport> {
     let workers = plan.workers;
     let metrics = options.metrics.clone().unwrap_or_default();
     let job = plan.job.clone();
@@ -220,7 +224,11 @@ fn build_dataflow<'s>(
                     .get(input.stage)
                     .cloned()
                     .ok_or_else(|| Error::Internal(format!("stage {} has no input", stage.id)))?;
-                let chain = if active { create_chain(shared, stage, ctx, 0)? } else { Vec::new() };
+                let chain = if active {
+                    create_chain(shared, stage, ctx, 0)?
+                } else {
+                    Vec::new()
+                };
                 let blocking = stage.is_blocking(&shared.graph);
                 let name = stage_name(stage);
                 match &input.partitioning {
@@ -313,7 +321,12 @@ fn name_error(name: &str, e: Error) -> Error {
 }
 
 /// Pushes `batch` through `chain[from..]`, collecting what comes out of the end.
-fn run_chain(chain: &mut [ChainOp], from: usize, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+fn run_chain(
+    chain: &mut [ChainOp],
+    from: usize,
+    batch: RecordBatch,
+    out: &mut Vec<RecordBatch>,
+) -> Result<()> {
     let mut current = vec![batch];
     let mut collector = Collector::new();
     for op in chain.iter_mut().skip(from) {
@@ -438,45 +451,47 @@ fn route<'s>(
     let partitioning = partitioning.clone();
     let shared = Arc::clone(shared);
     let mut next = ctx.index % peers.max(1);
-    Ok(input.unary::<CapacityContainerBuilder<Vec<Tagged>>, _, _, _>(
-        Pipeline,
-        &format!("route {partitioning}"),
-        move |_capability, _info| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for container in data {
-                        for (_, batch) in container.drain(..) {
-                            match &partitioning {
-                                Partitioning::Forward | Partitioning::Gather => {
-                                    session.give((0u32, batch));
-                                }
-                                Partitioning::RoundRobin => {
-                                    session.give((next as u32, batch));
-                                    next = (next + 1) % peers;
-                                }
-                                Partitioning::Broadcast => {
-                                    for worker in 0..peers {
-                                        session.give((worker as u32, batch.clone()));
+    Ok(
+        input.unary::<CapacityContainerBuilder<Vec<Tagged>>, _, _, _>(
+            Pipeline,
+            &format!("route {partitioning}"),
+            move |_capability, _info| {
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for container in data {
+                            for (_, batch) in container.drain(..) {
+                                match &partitioning {
+                                    Partitioning::Forward | Partitioning::Gather => {
+                                        session.give((0u32, batch));
                                     }
-                                }
-                                Partitioning::Hash { .. } => {
-                                    match split_by_hash(&batch.0, &keys, peers) {
-                                        Ok(parts) => {
-                                            for (part, b) in parts {
-                                                session.give((part as u32, Batch(b)));
-                                            }
+                                    Partitioning::RoundRobin => {
+                                        session.give((next as u32, batch));
+                                        next = (next + 1) % peers;
+                                    }
+                                    Partitioning::Broadcast => {
+                                        for worker in 0..peers {
+                                            session.give((worker as u32, batch.clone()));
                                         }
-                                        Err(e) => shared.fail(e),
+                                    }
+                                    Partitioning::Hash { .. } => {
+                                        match split_by_hash(&batch.0, &keys, peers) {
+                                            Ok(parts) => {
+                                                for (part, b) in parts {
+                                                    session.give((part as u32, Batch(b)));
+                                                }
+                                            }
+                                            Err(e) => shared.fail(e),
+                                        }
                                     }
                                 }
                             }
                         }
-                    }
-                });
-            }
-        },
-    ))
+                    });
+                }
+            },
+        ),
+    )
 }
 
 /// Wraps a sink as the last operator of a chain: opens the writer at the first batch (or at
@@ -558,15 +573,15 @@ fn build_source_stage<'s>(
     };
     let source_name = node.name.clone();
     let mut reader: Option<Box<dyn SourceReader>> = if active {
-        Some(
-            source
-                .open(ctx)
-                .map_err(|e| name_error(&source_name, e))?,
-        )
+        Some(source.open(ctx).map_err(|e| name_error(&source_name, e))?)
     } else {
         None
     };
-    let mut chain = if active { create_chain(shared, stage, ctx, 1)? } else { Vec::new() };
+    let mut chain = if active {
+        create_chain(shared, stage, ctx, 1)?
+    } else {
+        Vec::new()
+    };
     let mut dead_writer = dead_sink.map(|sink| {
         SinkOperator::new(
             sink,
@@ -596,9 +611,12 @@ fn build_source_stage<'s>(
                     return;
                 }
                 let epoch = *current.time();
-                if epoch >= MAX_EPOCHS_IN_FLIGHT && pace.less_than(&(epoch - MAX_EPOCHS_IN_FLIGHT)) {
+                if epoch >= MAX_EPOCHS_IN_FLIGHT && pace.less_than(&(epoch - MAX_EPOCHS_IN_FLIGHT))
+                {
                     // Downstream is behind: look again shortly, without spinning a core.
-                    activator.borrow().activate_after(Duration::from_micros(200));
+                    activator
+                        .borrow()
+                        .activate_after(Duration::from_micros(200));
                     return;
                 }
                 let mut more = true;
@@ -617,7 +635,10 @@ fn build_source_stage<'s>(
                         }
                     }
                     let (records, bytes) = collector.take_counts();
-                    shared.metrics.records_in.fetch_add(records, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .records_in
+                        .fetch_add(records, Ordering::Relaxed);
                     shared.metrics.bytes_in.fetch_add(bytes, Ordering::Relaxed);
                     let (batches, dead) = collector.take();
                     if !dead.is_empty() {

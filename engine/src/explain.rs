@@ -65,7 +65,13 @@ pub fn logical_text(plan: &LogicalPlan) -> String {
         } else {
             format!(" <- {}", inputs.join(", "))
         };
-        let _ = writeln!(out, "  #{} {:?}: {}{from}", node.id, node.name, node_text(&node.kind));
+        let _ = writeln!(
+            out,
+            "  #{} {:?}: {}{from}",
+            node.id,
+            node.name,
+            node_text(&node.kind)
+        );
     }
     out
 }

@@ -169,7 +169,11 @@ impl LogicalPlan {
     pub fn validate(&self) -> Result<()> {
         for (position, node) in self.nodes.iter().enumerate() {
             if node.id != position {
-                crate::plan_err!("node '{}' has id {} at position {position}", node.name, node.id);
+                crate::plan_err!(
+                    "node '{}' has id {} at position {position}",
+                    node.name,
+                    node.id
+                );
             }
             let wants_input = !matches!(node.kind, NodeKind::Source { .. });
             match (wants_input, node.inputs.as_slice()) {
@@ -230,7 +234,9 @@ pub struct JobGraph {
 
 impl std::fmt::Debug for JobGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobGraph").field("plan", &self.plan).finish()
+        f.debug_struct("JobGraph")
+            .field("plan", &self.plan)
+            .finish()
     }
 }
 
@@ -332,7 +338,12 @@ impl JobGraph {
     }
 
     /// Adds a repartitioning of `input`.
-    pub fn add_exchange(&mut self, input: NodeId, name: &str, partitioning: Partitioning) -> NodeId {
+    pub fn add_exchange(
+        &mut self,
+        input: NodeId,
+        name: &str,
+        partitioning: Partitioning,
+    ) -> NodeId {
         self.push(
             name,
             NodeKind::Exchange { partitioning },

@@ -199,7 +199,9 @@ impl Aggregate {
         let field = input.field(index);
         match field.data_type() {
             t if t.is_integer() => Ok(Num::Int),
-            t if t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) => {
+            t if t.is_floating()
+                || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
+            {
                 Ok(Num::Float)
             }
             t => Err(Error::Plan(format!(
@@ -213,10 +215,14 @@ impl Aggregate {
 
     fn kernels(&self, input: &SchemaRef) -> Result<Vec<Kernel>> {
         if self.keys.is_empty() {
-            return Err(Error::Plan("an aggregate needs at least one key column".into()));
+            return Err(Error::Plan(
+                "an aggregate needs at least one key column".into(),
+            ));
         }
         if self.aggs.is_empty() {
-            return Err(Error::Plan("an aggregate needs at least one aggregate".into()));
+            return Err(Error::Plan(
+                "an aggregate needs at least one aggregate".into(),
+            ));
         }
         let one = |name: &str| -> Result<usize> {
             Ok(column_indices(input, &[name.to_owned()], "aggregate")?[0])
@@ -291,8 +297,16 @@ impl Aggregate {
                     fields.push(Field::new(&agg.output, num_type(*n), true));
                 }
                 (Mean(_), Phase::Partial) => {
-                    fields.push(Field::new(sum_column(&agg.output), DataType::Float64, false));
-                    fields.push(Field::new(count_column(&agg.output), DataType::Int64, false));
+                    fields.push(Field::new(
+                        sum_column(&agg.output),
+                        DataType::Float64,
+                        false,
+                    ));
+                    fields.push(Field::new(
+                        count_column(&agg.output),
+                        DataType::Int64,
+                        false,
+                    ));
                 }
                 (Mean(_) | MergeMean { .. }, _) => {
                     fields.push(Field::new(&agg.output, DataType::Float64, true));
@@ -400,8 +414,7 @@ impl Groups {
                     self.keys.push(row);
                     self.hashes.push(hash);
                     let hashes = &self.hashes;
-                    self.table
-                        .insert_unique(hash, g, |&x| hashes[x as usize]);
+                    self.table.insert_unique(hash, g, |&x| hashes[x as usize]);
                     g
                 }
             };
@@ -442,7 +455,12 @@ fn as_f64(column: &ArrayRef) -> Result<Float64Array> {
 }
 
 /// Calls `f(group, value)` for every non-null value of `values`.
-fn each_valid<T: Copy>(ids: &[u32], values: &[T], nulls: Option<&arrow::buffer::NullBuffer>, mut f: impl FnMut(usize, T)) {
+fn each_valid<T: Copy>(
+    ids: &[u32],
+    values: &[T],
+    nulls: Option<&arrow::buffer::NullBuffer>,
+    mut f: impl FnMut(usize, T),
+) {
     match nulls {
         None => {
             for (&g, &v) in ids.iter().zip(values) {
@@ -481,7 +499,9 @@ impl AggregateInstance {
                 }
                 AddCount(c) => {
                     let values = as_i64(batch.column(c))?;
-                    each_valid(ids, values.values(), values.nulls(), |g, v| acc.counts[g] += v);
+                    each_valid(ids, values.values(), values.nulls(), |g, v| {
+                        acc.counts[g] += v
+                    });
                 }
                 Sum(c, Num::Int) => {
                     acc.ints.resize(groups, 0);
@@ -514,7 +534,11 @@ impl AggregateInstance {
                     acc.ints.resize(groups, 0);
                     let values = as_i64(batch.column(c))?;
                     each_valid(ids, values.values(), values.nulls(), |g, v| {
-                        let better = if is_min { v < acc.ints[g] } else { v > acc.ints[g] };
+                        let better = if is_min {
+                            v < acc.ints[g]
+                        } else {
+                            v > acc.ints[g]
+                        };
                         if acc.counts[g] == 0 || better {
                             acc.ints[g] = v;
                         }
@@ -526,7 +550,11 @@ impl AggregateInstance {
                     acc.floats.resize(groups, 0.0);
                     let values = as_f64(batch.column(c))?;
                     each_valid(ids, values.values(), values.nulls(), |g, v| {
-                        let better = if is_min { v < acc.floats[g] } else { v > acc.floats[g] };
+                        let better = if is_min {
+                            v < acc.floats[g]
+                        } else {
+                            v > acc.floats[g]
+                        };
                         if acc.counts[g] == 0 || better {
                             acc.floats[g] = v;
                         }
@@ -579,7 +607,9 @@ impl AggregateInstance {
                     )));
                 }
                 (Mean(_), Phase::Partial) => {
-                    columns.push(Arc::new(Float64Array::from(std::mem::take(&mut acc.floats))));
+                    columns.push(Arc::new(Float64Array::from(std::mem::take(
+                        &mut acc.floats,
+                    ))));
                     columns.push(Arc::new(Int64Array::from(std::mem::take(&mut acc.counts))));
                 }
                 (Mean(_) | MergeMean { .. }, _) => {
@@ -649,13 +679,18 @@ mod tests {
         ]));
         (0..n / 100)
             .map(|_| {
-                let k: Vec<String> = (0..100).map(|_| format!("key{}", rng.random_range(0..keys))).collect();
+                let k: Vec<String> = (0..100)
+                    .map(|_| format!("key{}", rng.random_range(0..keys)))
+                    .collect();
                 let v: Vec<Option<i64>> = (0..100)
                     .map(|_| (!rng.random_bool(0.1)).then(|| rng.random_range(-1000..1000)))
                     .collect();
                 RecordBatch::try_new(
                     schema.clone(),
-                    vec![Arc::new(StringArray::from(k)), Arc::new(Int64Array::from(v))],
+                    vec![
+                        Arc::new(StringArray::from(k)),
+                        Arc::new(Int64Array::from(v)),
+                    ],
                 )
                 .expect("batch")
             })
@@ -679,7 +714,8 @@ mod tests {
         }
         acc.into_iter()
             .map(|(k, (n, vs))| {
-                let mean = (!vs.is_empty()).then(|| vs.iter().sum::<i64>() as f64 / vs.len() as f64);
+                let mean =
+                    (!vs.is_empty()).then(|| vs.iter().sum::<i64>() as f64 / vs.len() as f64);
                 (
                     k,
                     (
@@ -697,7 +733,13 @@ mod tests {
     fn spec() -> Aggregate {
         Aggregate::new(
             vec!["k".into()],
-            vec![Agg::count(), Agg::sum("v"), Agg::min("v"), Agg::max("v"), Agg::mean("v")],
+            vec![
+                Agg::count(),
+                Agg::sum("v"),
+                Agg::min("v"),
+                Agg::max("v"),
+                Agg::mean("v"),
+            ],
         )
     }
 
@@ -724,7 +766,13 @@ mod tests {
             for i in 0..b.num_rows() {
                 let prev = got.insert(
                     k.value(i).to_owned(),
-                    (c.value(i), opt(s, i), opt(lo, i), opt(hi, i), m.is_valid(i).then(|| m.value(i))),
+                    (
+                        c.value(i),
+                        opt(s, i),
+                        opt(lo, i),
+                        opt(hi, i),
+                        m.is_valid(i).then(|| m.value(i)),
+                    ),
                 );
                 assert!(prev.is_none(), "key {} emitted twice", k.value(i));
             }
@@ -766,7 +814,10 @@ mod tests {
             partial_out.extend(run(&partial, &schema, share.to_vec()));
         }
         let final_ = spec().with_phase(Phase::Final);
-        assert_same(&rows(&run(&final_, &partial_schema, partial_out)), &expected);
+        assert_same(
+            &rows(&run(&final_, &partial_schema, partial_out)),
+            &expected,
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ impl MapBatches {
 
 impl OperatorFactory for MapBatches {
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        Ok(self.call(RecordBatch::new_empty(Arc::clone(input)))?.schema())
+        Ok(self
+            .call(RecordBatch::new_empty(Arc::clone(input)))?
+            .schema())
     }
 
     fn create(&self, _ctx: &WorkerContext, _input: &SchemaRef) -> Result<Box<dyn Operator>> {

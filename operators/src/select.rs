@@ -118,7 +118,9 @@ impl Compare {
     fn scalar(&self, data_type: &DataType) -> Result<Scalar<ArrayRef>> {
         let literal: ArrayRef = match &self.value {
             serde_json::Value::Number(n) if n.is_i64() => {
-                Arc::new(arrow::array::Int64Array::from(vec![n.as_i64().unwrap_or_default()]))
+                Arc::new(arrow::array::Int64Array::from(vec![
+                    n.as_i64().unwrap_or_default(),
+                ]))
             }
             serde_json::Value::Number(n) => Arc::new(arrow::array::Float64Array::from(vec![
                 n.as_f64().unwrap_or(f64::NAN),
@@ -175,8 +177,7 @@ impl OperatorFactory for Compare {
             spec: self.clone(),
             index,
             scalar,
-            widen: data_type.is_integer()
-                && scalar_type_is_float(&self.value),
+            widen: data_type.is_integer() && scalar_type_is_float(&self.value),
         }))
     }
 }

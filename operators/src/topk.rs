@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::compute::{
+    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{

@@ -18,7 +18,10 @@ use serde_arrow::utils::Item;
 use streamrun_engine::{Collector, Error, Operator, OperatorFactory, Result, WorkerContext};
 
 fn tracing_options() -> TracingOptions {
+    // Utf8 rather than serde_arrow's default LargeUtf8, so that typed tasks produce the same
+    // string type as every source and built-in operator.
     TracingOptions::default()
+        .strings_as_large_utf8(false)
         .allow_null_fields(true)
         .enums_without_data_as_strings(true)
 }
@@ -42,9 +45,12 @@ fn shape_of<T: DeserializeOwned>(column_name: &str) -> Result<Shape> {
             std::any::type_name::<T>()
         ))
     })?;
-    let field = fields
-        .first()
-        .ok_or_else(|| Error::Plan(format!("type {} has no columns", std::any::type_name::<T>())))?;
+    let field = fields.first().ok_or_else(|| {
+        Error::Plan(format!(
+            "type {} has no columns",
+            std::any::type_name::<T>()
+        ))
+    })?;
     Ok(Shape::Plain(Arc::new(
         field.as_ref().clone().with_name(column_name),
     )))
@@ -96,11 +102,19 @@ fn decode<I: DeserializeOwned>(task: &str, shape: &Shape, batch: &RecordBatch) -
     };
     decoded.map_err(|e| Error::Operator {
         operator: task.to_owned(),
-        message: format!("cannot read its input as {}: {e}", std::any::type_name::<I>()),
+        message: format!(
+            "cannot read its input as {}: {e}",
+            std::any::type_name::<I>()
+        ),
     })
 }
 
-fn encode<O: Serialize>(task: &str, shape: &Shape, schema: &SchemaRef, items: Vec<O>) -> Result<RecordBatch> {
+fn encode<O: Serialize>(
+    task: &str,
+    shape: &Shape,
+    schema: &SchemaRef,
+    items: Vec<O>,
+) -> Result<RecordBatch> {
     let arrays: std::result::Result<Vec<ArrayRef>, _> = match shape {
         Shape::Struct(fields) => serde_arrow::to_arrow(fields, &items),
         Shape::Plain(field) => {
@@ -228,11 +242,21 @@ where
         match &self.logic {
             Logic::Map(f) => {
                 let items: Vec<O> = records.into_iter().map(|r| f(r)).collect();
-                out.emit(encode(&self.name, &self.output_shape, &self.output_schema, items)?);
+                out.emit(encode(
+                    &self.name,
+                    &self.output_shape,
+                    &self.output_schema,
+                    items,
+                )?);
             }
             Logic::FlatMap(f) => {
                 let items: Vec<O> = records.into_iter().flat_map(|r| f(r)).collect();
-                out.emit(encode(&self.name, &self.output_shape, &self.output_schema, items)?);
+                out.emit(encode(
+                    &self.name,
+                    &self.output_shape,
+                    &self.output_schema,
+                    items,
+                )?);
             }
             Logic::Filter(f) => {
                 let mask: BooleanArray = records.iter().map(|r| Some(f(r))).collect();

@@ -120,7 +120,11 @@ mod tests {
     fn words_are_trimmed_lowercased_and_never_empty() {
         let mut b = StringBuilder::new();
         let mut lower = String::new();
-        push_words("  Hello, WORLD!  -- don't  Ünïcode—dash ", &mut lower, &mut b);
+        push_words(
+            "  Hello, WORLD!  -- don't  Ünïcode—dash ",
+            &mut lower,
+            &mut b,
+        );
         let words = b.finish();
         let got: Vec<&str> = words.iter().flatten().collect();
         assert_eq!(got, vec!["hello", "world", "don't", "ünïcode—dash"]);

@@ -1,1 +1,211 @@
-fn main() {}
+//! `stream-run`: run and explain Streamrun job specs.
+#![allow(clippy::print_stdout)] // a command-line tool prints its results
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use streamrun::{ExecOptions, JobReport, Metrics};
+
+/// Streamrun: a distributed dataflow and stream-processing engine on timely dataflow and
+/// Apache Arrow.
+#[derive(Debug, Parser)]
+#[command(name = "stream-run", version, about, long_about = None)]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace (RUST_LOG, when set, takes precedence).
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a job spec on the embedded cluster (worker threads in this process).
+    ///
+    /// Prints a progress bar on long runs when standard output is a terminal, and a one-line
+    /// summary at the end. Exits non-zero, with a message naming the file and line, when the
+    /// spec or its input is bad.
+    Run {
+        /// The job spec (TOML).
+        spec: PathBuf,
+        /// Worker threads (default: the spec's `workers`, else STREAMRUN_WORKERS, else the
+        /// number of cores).
+        #[arg(long, short)]
+        workers: Option<usize>,
+    },
+    /// Print a job spec's logical and physical plans.
+    Explain {
+        /// The job spec (TOML).
+        spec: PathBuf,
+        /// Print Graphviz DOT instead of text (render with `dot -Tsvg`).
+        #[arg(long)]
+        dot: bool,
+        /// Compile for this many workers (default as for `run`).
+        #[arg(long, short)]
+        workers: Option<usize>,
+    },
+}
+
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
+        .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn workers(flag: Option<usize>, spec: Option<usize>) -> anyhow::Result<usize> {
+    let n = flag.or(spec).unwrap_or_else(streamrun::default_workers);
+    anyhow::ensure!(n > 0, "--workers must be at least 1");
+    Ok(n)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn summary(report: &JobReport) -> String {
+    let secs = report.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        report.records_in as f64 / secs
+    } else {
+        0.0
+    };
+    let mut line = format!(
+        "{}: {} records in ({}), {} records out, {:.2} s, {:.0} records/s, {} worker{}",
+        report.job,
+        report.records_in,
+        human_bytes(report.bytes_in),
+        report.records_out,
+        secs,
+        rate,
+        report.workers,
+        if report.workers == 1 { "" } else { "s" }
+    );
+    if report.dead_letters > 0 {
+        line.push_str(&format!(
+            ", {} bad records sent to dead letters",
+            report.dead_letters
+        ));
+    }
+    line
+}
+
+/// Runs the job on another thread while this one draws a progress bar, once the run has
+/// lasted a second and only on a terminal.
+fn run_with_progress(job: &streamrun::Job, workers: usize) -> streamrun::Result<JobReport> {
+    let metrics = Arc::new(Metrics::default());
+    let options = ExecOptions {
+        workers,
+        metrics: Some(Arc::clone(&metrics)),
+    };
+    let interactive = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| streamrun::execute_with(job, &options));
+        let started = Instant::now();
+        let mut bar: Option<ProgressBar> = None;
+        while !handle.is_finished() {
+            std::thread::sleep(Duration::from_millis(100));
+            if !interactive || started.elapsed() < Duration::from_secs(1) {
+                continue;
+            }
+            let bar = bar.get_or_insert_with(|| {
+                let b = ProgressBar::new_spinner();
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                b
+            });
+            bar.set_message(format!(
+                "{} records in ({}), {} records out",
+                metrics.records_in.load(Ordering::Relaxed),
+                human_bytes(metrics.bytes_in.load(Ordering::Relaxed)),
+                metrics.records_out.load(Ordering::Relaxed)
+            ));
+            bar.tick();
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        handle
+            .join()
+            .unwrap_or_else(|_| Err(streamrun::Error::Internal("the job thread panicked".into())))
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { spec, workers: w } => {
+            let loaded = streamrun::spec::load(&spec)?;
+            let workers = workers(w, loaded.workers)?;
+            let report = run_with_progress(&loaded.job, workers).map_err(|e| loaded.locate(e))?;
+            eprintln!("{}", summary(&report));
+        }
+        Command::Explain {
+            spec,
+            dot,
+            workers: w,
+        } => {
+            let loaded = streamrun::spec::load(&spec)?;
+            let workers = workers(w, loaded.workers)?;
+            let text = if dot {
+                streamrun::explain_dot(&loaded.job, workers)
+            } else {
+                streamrun::explain(&loaded.job, workers)
+            }
+            .map_err(|e| loaded.locate(e))?;
+            print!("{text}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! The Job DSL: lazy handles that declare a job graph; nothing runs until [`crate::execute`].
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arrow::array::RecordBatch;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use streamrun_connectors::{Collect, FileSink, FileSource, Stdout};
+use streamrun_engine::{
+    BadRecordPolicy, Descriptor, JobGraph, LogicalPlan, NodeId, OperatorDecl, OperatorFactory,
+    Parallelism, Partitioning, Sink, Source, SourceDecl,
+};
+use streamrun_operators::{
+    Agg, Aggregate, CmpOp, Compare, MapBatches, Phase, Select, SplitWords, TopK, TypedTask,
+};
+
+/// A job being declared: a graph of sources, operators and sinks.
+///
+/// `Job` is a cheap handle (clones share the graph). Streams returned by [`Job::source`] add
+/// nodes to it; [`crate::execute`] compiles and runs it.
+#[derive(Clone)]
+pub struct Job {
+    graph: Arc<Mutex<JobGraph>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("plan", &self.plan()).finish()
+    }
+}
+
+/// Anything [`Job::source`] accepts.
+pub trait IntoSource {
+    /// The source's plan descriptor and code.
+    fn into_source(self) -> (Descriptor, Arc<dyn Source>);
+}
+
+impl IntoSource for FileSource {
+    fn into_source(self) -> (Descriptor, Arc<dyn Source>) {
+        (self.descriptor(), Arc::new(self))
+    }
+}
+
+impl IntoSource for (Descriptor, Arc<dyn Source>) {
+    fn into_source(self) -> (Descriptor, Arc<dyn Source>) {
+        self
+    }
+}
+
+/// Anything [`Stream::sink`] accepts.
+pub trait IntoSink {
+    /// The sink's plan descriptor and code.
+    fn into_sink(self) -> (Descriptor, Arc<dyn Sink>);
+}
+
+impl IntoSink for FileSink {
+    fn into_sink(self) -> (Descriptor, Arc<dyn Sink>) {
+        (self.descriptor(), Arc::new(self))
+    }
+}
+
+impl IntoSink for Stdout {
+    fn into_sink(self) -> (Descriptor, Arc<dyn Sink>) {
+        (self.descriptor(), Arc::new(self))
+    }
+}
+
+impl IntoSink for Collect {
+    fn into_sink(self) -> (Descriptor, Arc<dyn Sink>) {
+        (self.descriptor(), Arc::new(self))
+    }
+}
+
+impl IntoSink for (Descriptor, Arc<dyn Sink>) {
+    fn into_sink(self) -> (Descriptor, Arc<dyn Sink>) {
+        self
+    }
+}
+
+/// Column names accepted by [`Stream::key_by`] and [`Stream::select`].
+pub trait IntoColumns {
+    /// The names.
+    fn into_columns(self) -> Vec<String>;
+}
+
+impl IntoColumns for &str {
+    fn into_columns(self) -> Vec<String> {
+        vec![self.to_owned()]
+    }
+}
+
+impl IntoColumns for String {
+    fn into_columns(self) -> Vec<String> {
+        vec![self]
+    }
+}
+
+impl<const N: usize> IntoColumns for [&str; N] {
+    fn into_columns(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl IntoColumns for &[&str] {
+    fn into_columns(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl IntoColumns for Vec<String> {
+    fn into_columns(self) -> Vec<String> {
+        self
+    }
+}
+
+impl Job {
+    /// A new, empty job.
+    pub fn new(name: &str) -> Job {
+        Job {
+            graph: Arc::new(Mutex::new(JobGraph::new(name))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, JobGraph> {
+        // A poisoned lock means a panic while declaring; the graph itself is still whole
+        // (every method adds one node or nothing), so go on with it.
+        self.graph.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A snapshot of the graph, for the compiler and executor.
+    pub fn graph(&self) -> JobGraph {
+        self.lock().clone()
+    }
+
+    /// The logical plan declared so far.
+    pub fn plan(&self) -> LogicalPlan {
+        self.lock().plan().clone()
+    }
+
+    /// Reads `source`; records it cannot read stop the job with an error naming the place.
+    pub fn source(&self, source: impl IntoSource) -> Stream {
+        let (descriptor, source) = source.into_source();
+        let name = descriptor.kind.clone();
+        self.add_source(&name, descriptor, source, BadRecordPolicy::Fail, None)
+    }
+
+    /// Reads `source`, sending records it cannot read, with the reason, to `dead_letters`
+    /// (columns `source`, `location`, `reason`, `record`) instead of failing.
+    pub fn source_with_dead_letters(
+        &self,
+        source: impl IntoSource,
+        dead_letters: impl IntoSink,
+    ) -> Stream {
+        let (descriptor, source) = source.into_source();
+        let name = descriptor.kind.clone();
+        self.add_source(
+            &name,
+            descriptor,
+            source,
+            BadRecordPolicy::DeadLetter,
+            Some(dead_letters.into_sink()),
+        )
+    }
+
+    /// Adds a source with every option spelled out.
+    pub fn add_source(
+        &self,
+        name: &str,
+        descriptor: Descriptor,
+        source: Arc<dyn Source>,
+        on_bad_record: BadRecordPolicy,
+        dead_letters: Option<(Descriptor, Arc<dyn Sink>)>,
+    ) -> Stream {
+        let node = self.lock().add_source(
+            name,
+            SourceDecl {
+                descriptor,
+                source,
+                on_bad_record,
+                dead_letters,
+            },
+        );
+        Stream {
+            job: self.clone(),
+            node,
+        }
+    }
+}
+
+/// A stream of Arrow batches in a job being declared. Every method adds a node and returns
+/// the stream after it; the job runs only when executed.
+#[must_use = "a stream does nothing until it reaches a sink and the job is executed"]
+#[derive(Clone)]
+pub struct Stream {
+    job: Job,
+    node: NodeId,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("node", &self.node).finish()
+    }
+}
+
+impl Stream {
+    /// The job this stream belongs to.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// The plan node that produces this stream.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Adds an operator with every option spelled out: the escape hatch for operators
+    /// written outside Streamrun.
+    pub fn operator(&self, name: &str, decl: OperatorDecl) -> Stream {
+        let node = self.job.lock().add_operator(self.node, name, decl);
+        Stream {
+            job: self.job.clone(),
+            node,
+        }
+    }
+
+    fn simple(&self, name: &str, descriptor: Descriptor, op: Arc<dyn OperatorFactory>) -> Stream {
+        self.operator(
+            name,
+            OperatorDecl {
+                descriptor,
+                op,
+                combiner: None,
+                parallelism: Parallelism::Workers,
+            },
+        )
+    }
+
+    /// A stateless task: `f` maps each record of type `I` (a serde struct whose fields name
+    /// columns, or a plain value read from a single-column stream) to one record of type `O`.
+    pub fn task<I, O, F>(&self, name: &str, f: F) -> Stream
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        F: Fn(I) -> O + Send + Sync + 'static,
+    {
+        self.simple(
+            name,
+            Descriptor::new("task", serde_json::json!({ "in": std::any::type_name::<I>(), "out": std::any::type_name::<O>() })),
+            Arc::new(TypedTask::map(name, f)),
+        )
+    }
+
+    /// A stateless task producing any number of records per input record. Plain output
+    /// values go to a column named `name`.
+    pub fn flat_map<I, O, R, F>(&self, name: &str, f: F) -> Stream
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        R: IntoIterator<Item = O>,
+        F: Fn(I) -> R + Send + Sync + 'static,
+    {
+        self.simple(
+            name,
+            Descriptor::new("flat_map", serde_json::json!({ "in": std::any::type_name::<I>(), "out": std::any::type_name::<O>() })),
+            Arc::new(TypedTask::flat_map(name, f)),
+        )
+    }
+
+    /// Keeps the rows whose record satisfies `f`. Rows keep all their columns, including those
+    /// `I` does not name.
+    pub fn filter<I, F>(&self, name: &str, f: F) -> Stream
+    where
+        I: DeserializeOwned + Serialize + 'static,
+        F: Fn(&I) -> bool + Send + Sync + 'static,
+    {
+        self.simple(
+            name,
+            Descriptor::new(
+                "filter",
+                serde_json::json!({ "in": std::any::type_name::<I>() }),
+            ),
+            Arc::new(TypedTask::<I, I>::filter(name, f)),
+        )
+    }
+
+    /// Applies a function to whole batches: the fastest way to write a stateless operator.
+    pub fn map_batches<F, E>(&self, name: &str, f: F) -> Stream
+    where
+        F: Fn(RecordBatch) -> Result<RecordBatch, E> + Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.simple(
+            name,
+            Descriptor::new("map_batches", serde_json::Value::Null),
+            Arc::new(MapBatches::new(name, f)),
+        )
+    }
+
+    /// Keeps the named columns.
+    pub fn select(&self, columns: impl IntoColumns) -> Stream {
+        let op = Select::new(columns.into_columns());
+        self.simple("select", op.descriptor(), Arc::new(op))
+    }
+
+    /// Keeps rows where `column <op> value` (`value` a number, string or boolean).
+    pub fn where_(&self, column: &str, op: CmpOp, value: impl Into<serde_json::Value>) -> Stream {
+        let op = Compare::new(column, op, value.into());
+        self.simple("where", op.descriptor(), Arc::new(op))
+    }
+
+    /// Splits the text column `column` into one row per word, in a column named `output`.
+    pub fn split_words(&self, column: &str, output: &str) -> Stream {
+        let op = SplitWords::new(column, output);
+        self.simple("split_words", op.descriptor(), Arc::new(op))
+    }
+
+    /// The `k` rows with the greatest `by`, on one worker (after a per-worker top-k).
+    pub fn top_k(&self, k: usize, by: &str) -> Stream {
+        let op = TopK::new(k, by);
+        self.operator(
+            "top_k",
+            OperatorDecl {
+                descriptor: op.descriptor(),
+                op: Arc::new(op.clone()),
+                combiner: Some((op.descriptor(), Arc::new(op))),
+                parallelism: Parallelism::Single,
+            },
+        )
+    }
+
+    pub(crate) fn exchange(&self, name: &str, partitioning: Partitioning) -> Stream {
+        let node = self.job.lock().add_exchange(self.node, name, partitioning);
+        Stream {
+            job: self.job.clone(),
+            node,
+        }
+    }
+
+    /// Partitions the stream by key: rows with equal keys meet on one worker.
+    pub fn key_by(&self, keys: impl IntoColumns) -> KeyedStream {
+        let keys = keys.into_columns();
+        let stream = self.exchange("key_by", Partitioning::Hash { keys: keys.clone() });
+        KeyedStream { stream, keys }
+    }
+
+    /// Spreads whole batches over the workers in turn (to balance a skewed source).
+    pub fn rebalance(&self) -> Stream {
+        self.exchange("rebalance", Partitioning::RoundRobin)
+    }
+
+    /// Sends every batch to every worker.
+    pub fn broadcast(&self) -> Stream {
+        self.exchange("broadcast", Partitioning::Broadcast)
+    }
+
+    /// Writes the stream to `sink`.
+    pub fn sink(&self, sink: impl IntoSink) {
+        let (descriptor, sink) = sink.into_sink();
+        let name = descriptor.kind.clone();
+        self.sink_named(&name, (descriptor, sink));
+    }
+
+    /// Writes the stream to `sink`, naming the node.
+    pub fn sink_named(&self, name: &str, sink: impl IntoSink) {
+        let (descriptor, sink) = sink.into_sink();
+        self.job.lock().add_sink(self.node, name, descriptor, sink);
+    }
+}
+
+/// A stream partitioned by key, waiting for its aggregation.
+#[must_use = "a keyed stream does nothing until it is aggregated"]
+#[derive(Clone, Debug)]
+pub struct KeyedStream {
+    stream: Stream,
+    keys: Vec<String>,
+}
+
+impl KeyedStream {
+    /// Aggregates by key: a partial aggregate runs before the exchange, the final one after.
+    pub fn aggregate(&self, aggs: Vec<Agg>) -> Stream {
+        let spec = Aggregate::new(self.keys.clone(), aggs);
+        let partial = spec.with_phase(Phase::Partial);
+        let final_ = spec.with_phase(Phase::Final);
+        self.stream.operator(
+            "aggregate",
+            OperatorDecl {
+                descriptor: spec.descriptor(),
+                op: Arc::new(final_),
+                combiner: Some((partial.descriptor(), Arc::new(partial))),
+                parallelism: Parallelism::Workers,
+            },
+        )
+    }
+
+    /// Rows per key, in a column `count`.
+    pub fn count(&self) -> Stream {
+        self.aggregate(vec![Agg::count()])
+    }
+
+    /// Sum of `column` per key, as `sum_<column>`.
+    pub fn sum(&self, column: &str) -> Stream {
+        self.aggregate(vec![Agg::sum(column)])
+    }
+
+    /// Least `column` per key, as `min_<column>`.
+    pub fn min(&self, column: &str) -> Stream {
+        self.aggregate(vec![Agg::min(column)])
+    }
+
+    /// Greatest `column` per key, as `max_<column>`.
+    pub fn max(&self, column: &str) -> Stream {
+        self.aggregate(vec![Agg::max(column)])
+    }
+
+    /// Mean of `column` per key, as `mean_<column>`.
+    pub fn mean(&self, column: &str) -> Stream {
+        self.aggregate(vec![Agg::mean(column)])
+    }
+}

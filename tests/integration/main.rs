@@ -1,0 +1,11 @@
+//! Integration tests across the engine, operators, connectors and the CLI: one binary whose
+//! modules mirror the features.
+
+mod bad_input;
+mod cli;
+mod common;
+mod edges;
+mod groupby;
+mod plan;
+mod typed;
+mod wordcount;

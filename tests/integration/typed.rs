@@ -1,0 +1,107 @@
+//! Typed tasks over the user's serde structs, through the whole engine.
+
+use serde::{Deserialize, Serialize};
+use streamrun::prelude::*;
+
+use crate::common::{run, string_i64_map};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Sale {
+    region: String,
+    quantity: i64,
+    price: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Revenue {
+    region: String,
+    cents: i64,
+}
+
+#[test]
+fn typed_tasks_and_filters_match_a_plain_loop() {
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/sales.csv");
+    // The oracle reads the same file with nothing but std.
+    let text = std::fs::read_to_string(csv).expect("sales.csv");
+    let mut expected = std::collections::HashMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let quantity: i64 = f[3].parse().expect("quantity");
+        let price: f64 = f[4].parse().expect("price");
+        if quantity >= 10 {
+            *expected.entry(f[1].to_owned()).or_insert(0) +=
+                (quantity as f64 * price * 100.0).round() as i64;
+        }
+    }
+    for workers in [1, 2] {
+        let job = Job::new("typed");
+        let out = Collect::new();
+        job.source(Files::csv(csv))
+            .filter("big orders", |s: &Sale| s.quantity >= 10)
+            .task("revenue", |s: Sale| Revenue {
+                region: s.region,
+                cents: (s.quantity as f64 * s.price * 100.0).round() as i64,
+            })
+            .key_by("region")
+            .sum("cents")
+            .sink(out.clone());
+        run(&job, workers);
+        assert_eq!(
+            string_i64_map(&out.batches(), 1),
+            expected,
+            "{workers} workers"
+        );
+    }
+}
+
+#[test]
+fn flat_map_of_plain_strings_feeds_a_keyed_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("t.txt"), "a b\nb c c\n").expect("write");
+    let job = Job::new("letters");
+    let out = Collect::new();
+    job.source(Files::text(format!("{}/t.txt", dir.path().display())))
+        .flat_map("token", |line: String| {
+            line.split(' ').map(str::to_owned).collect::<Vec<_>>()
+        })
+        .key_by("token")
+        .count()
+        .sink(out.clone());
+    run(&job, 2);
+    let got = string_i64_map(&out.batches(), 1);
+    let expected = [("a", 1), ("b", 2), ("c", 2)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn an_error_in_a_batch_function_stops_the_job_and_names_it() {
+    let job = Job::new("failing");
+    job.source(Files::csv(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/data/sales.csv"
+    )))
+    .map_batches("explode", |b: arrow::array::RecordBatch| {
+        if b.num_rows() > 0 {
+            Err("boom on purpose")
+        } else {
+            Ok(b)
+        }
+    })
+    .sink(Collect::new());
+    let err = streamrun::execute_with(
+        &job,
+        &ExecOptions {
+            workers: 2,
+            metrics: None,
+        },
+    )
+    .expect_err("the function fails");
+    let message = err.to_string();
+    assert!(
+        message.contains("explode") && message.contains("boom on purpose"),
+        "{message}"
+    );
+}
