@@ -9,7 +9,9 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringBuilder,
+};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
@@ -336,14 +338,31 @@ impl OperatorFactory for Aggregate {
 
     fn create(&self, _ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         let kernels = self.kernels(input)?;
+        // Counts need one slot; the others a value and a count.
+        let mut next = 0;
+        let slots: Vec<Slots> = kernels
+            .iter()
+            .map(|k| {
+                let s = match k {
+                    CountRows | CountValid(_) | AddCount(_) => Slots {
+                        value: next,
+                        count: next,
+                    },
+                    _ => Slots {
+                        value: next,
+                        count: next + 1,
+                    },
+                };
+                next = s.count + 1;
+                s
+            })
+            .collect();
         let schema = self.schema_for(input, &kernels)?;
         let key_indices = column_indices(input, &self.keys, "aggregate key")?;
-        let fields = key_indices
+        let key_types: Vec<DataType> = key_indices
             .iter()
-            .map(|&i| SortField::new(input.field(i).data_type().clone()))
+            .map(|&i| input.field(i).data_type().clone())
             .collect();
-        let converter = RowConverter::new(fields).map_err(|e| Error::arrow("aggregate keys", e))?;
-        let keys = converter.empty_rows(1024, 16 * 1024);
         Ok(Box::new(AggregateInstance {
             phase: self.phase,
             max_groups: if self.phase == Phase::Partial {
@@ -352,13 +371,20 @@ impl OperatorFactory for Aggregate {
                 usize::MAX
             },
             key_indices,
-            kernels: kernels.into_iter().map(|k| (k, Acc::default())).collect(),
+            width: slots
+                .iter()
+                .map(|s| s.value.max(s.count) + 1)
+                .max()
+                .unwrap_or(0),
+            kernels: kernels.into_iter().zip(slots).collect(),
+            state: Vec::new(),
             schema,
             groups: Groups {
-                converter,
+                store: KeyStore::new(&key_types)?,
                 table: HashTable::new(),
-                keys,
-                hashes: Vec::new(),
+                text: HashTable::new(),
+                count: 0,
+                null_group: None,
                 state: foldhash::fast::FixedState::with_seed(0x6a09_e667),
             },
             ids: Vec::new(),
@@ -370,63 +396,290 @@ impl OperatorFactory for Aggregate {
     }
 }
 
-#[derive(Default)]
-struct Acc {
-    ints: Vec<i64>,
-    floats: Vec<f64>,
-    counts: Vec<i64>,
+/// Where a kernel keeps its state in a group's row of [`AggregateInstance::state`]: a value
+/// (an i64, or an f64's bits) and a count of the values seen.
+#[derive(Debug, Clone, Copy)]
+struct Slots {
+    value: usize,
+    count: usize,
 }
 
+/// How the keys of the groups are stored and compared. One integer key and one text key,
+/// the common cases, are compared as values; any other key goes through Arrow's row format.
+enum KeyStore {
+    /// One integer key column (of a type that fits an i64), stored as i64.
+    Int {
+        data_type: DataType,
+        values: Vec<i64>,
+    },
+    /// One Utf8 key column: the bytes of every key, one after the other.
+    Utf8 { offsets: Vec<usize>, bytes: Vec<u8> },
+    /// Anything else, in Arrow's row format.
+    Rows { converter: RowConverter, rows: Rows },
+}
+
+impl KeyStore {
+    fn new(types: &[DataType]) -> Result<Self> {
+        Ok(match types {
+            [
+                t @ (DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32),
+            ] => KeyStore::Int {
+                data_type: t.clone(),
+                values: Vec::new(),
+            },
+            [DataType::Utf8] => KeyStore::Utf8 {
+                offsets: vec![0],
+                bytes: Vec::new(),
+            },
+            _ => {
+                let fields = types.iter().map(|t| SortField::new(t.clone())).collect();
+                let converter =
+                    RowConverter::new(fields).map_err(|e| Error::arrow("aggregate keys", e))?;
+                let rows = converter.empty_rows(1024, 16 * 1024);
+                KeyStore::Rows { converter, rows }
+            }
+        })
+    }
+}
+
+/// The groups of an aggregate. The hash table holds `(tag, group)`: for an integer key the tag
+/// is the key itself, so a probe compares in place; for other keys it is the key's hash, which
+/// rejects most mismatches before the stored key is read.
 struct Groups {
-    converter: RowConverter,
-    table: HashTable<u32>,
-    keys: Rows,
-    hashes: Vec<u64>,
+    store: KeyStore,
+    table: HashTable<(u64, u32)>,
+    /// The table of the Utf8 store, whose entries hold enough of the key to compare most
+    /// words without reading the stored bytes.
+    text: HashTable<TextEntry>,
+    /// How many groups there are.
+    count: usize,
+    /// The group of the null key, for the single-column stores.
+    null_group: Option<u32>,
     state: foldhash::fast::FixedState,
+}
+
+/// An entry of the Utf8 store's table: the key's hash, its first eight bytes, and where the
+/// whole key is stored. Keys of up to eight bytes compare within the entry.
+#[derive(Debug, Clone, Copy)]
+struct TextEntry {
+    hash: u64,
+    head: u64,
+    start: usize,
+    len: usize,
+    group: u32,
+}
+
+/// The first eight bytes of a key, zero-padded, as one integer.
+#[inline]
+fn head(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_le_bytes(b)
+}
+
+/// Byte equality that compares short keys (most words) inline instead of calling `memcmp`.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= 16 {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    } else {
+        a == b
+    }
 }
 
 impl Groups {
     fn len(&self) -> usize {
-        self.hashes.len()
+        self.count
+    }
+
+    /// The id the next group gets.
+    fn next_id(count: &mut usize) -> Result<u32> {
+        let g = u32::try_from(*count)
+            .map_err(|_| Error::Internal("more than 4 billion groups in one aggregate".into()))?;
+        *count += 1;
+        Ok(g)
+    }
+
+    fn new_group(&mut self) -> Result<u32> {
+        // The null key never enters the table; its placeholder keeps ids and keys aligned.
+        let g = Self::next_id(&mut self.count)?;
+        match &mut self.store {
+            KeyStore::Int { values, .. } => values.push(0),
+            KeyStore::Utf8 { offsets, bytes } => offsets.push(bytes.len()),
+            KeyStore::Rows { .. } => {}
+        }
+        Ok(g)
     }
 
     /// Maps every row of the key columns to its group id, adding new groups.
     fn intern(&mut self, columns: &[ArrayRef], ids: &mut Vec<u32>) -> Result<()> {
-        let rows = self
-            .converter
-            .convert_columns(columns)
-            .map_err(|e| Error::arrow("aggregate keys", e))?;
         ids.clear();
-        ids.reserve(rows.num_rows());
-        for row in rows.iter() {
-            let bytes = row.as_ref();
-            let hash = self.state.hash_one(bytes);
-            let keys = &self.keys;
-            let id = match self
-                .table
-                .find(hash, |&g| keys.row(g as usize).as_ref() == bytes)
-            {
-                Some(&g) => g,
+        let rows = columns.first().map_or(0, |c| c.len());
+        ids.reserve(rows);
+        let state = &self.state;
+        match &mut self.store {
+            KeyStore::Int { values, .. } => {
+                let keys = as_i64(&columns[0])?;
+                let has_nulls = keys.null_count() > 0;
+                for (row, &v) in keys.values().iter().enumerate() {
+                    if has_nulls && keys.is_null(row) {
+                        ids.push(u32::MAX);
+                        continue;
+                    }
+                    let tag = v as u64;
+                    let hash = state.hash_one(tag);
+                    let g = match self.table.find(hash, |&(t, _)| t == tag) {
+                        Some(&(_, g)) => g,
+                        None => {
+                            values.push(v);
+                            let g = Self::next_id(&mut self.count)?;
+                            self.table
+                                .insert_unique(hash, (tag, g), |&(t, _)| state.hash_one(t));
+                            g
+                        }
+                    };
+                    ids.push(g);
+                }
+            }
+            KeyStore::Utf8 { offsets, bytes } => {
+                let keys = columns[0].as_string::<i32>();
+                let has_nulls = keys.null_count() > 0;
+                for row in 0..keys.len() {
+                    if has_nulls && keys.is_null(row) {
+                        ids.push(u32::MAX);
+                        continue;
+                    }
+                    let key = keys.value(row).as_bytes();
+                    let hash = state.hash_one(key);
+                    let key_head = head(key);
+                    let found = self.text.find(hash, |e| {
+                        e.hash == hash
+                            && e.len == key.len()
+                            && e.head == key_head
+                            && (key.len() <= 8 || same_bytes(&bytes[e.start..e.start + e.len], key))
+                    });
+                    let g = match found {
+                        Some(e) => e.group,
+                        None => {
+                            let start = bytes.len();
+                            bytes.extend_from_slice(key);
+                            offsets.push(bytes.len());
+                            let group = Self::next_id(&mut self.count)?;
+                            let entry = TextEntry {
+                                hash,
+                                head: key_head,
+                                start,
+                                len: key.len(),
+                                group,
+                            };
+                            self.text.insert_unique(hash, entry, |e| e.hash);
+                            group
+                        }
+                    };
+                    ids.push(g);
+                }
+            }
+            KeyStore::Rows {
+                converter,
+                rows: stored,
+            } => {
+                let rows = converter
+                    .convert_columns(columns)
+                    .map_err(|e| Error::arrow("aggregate keys", e))?;
+                for row in rows.iter() {
+                    let key = row.as_ref();
+                    let hash = state.hash_one(key);
+                    let found = self.table.find(hash, |&(h, g)| {
+                        h == hash && stored.row(g as usize).as_ref() == key
+                    });
+                    let g = match found {
+                        Some(&(_, g)) => g,
+                        None => {
+                            stored.push(row);
+                            let g = Self::next_id(&mut self.count)?;
+                            self.table.insert_unique(hash, (hash, g), |&(h, _)| h);
+                            g
+                        }
+                    };
+                    ids.push(g);
+                }
+            }
+        }
+        // Rows with a null key (single-column stores) share one group, made on first sight.
+        if ids.contains(&u32::MAX) {
+            let null = match self.null_group {
+                Some(g) => g,
                 None => {
-                    let g = u32::try_from(self.hashes.len()).map_err(|_| {
-                        Error::Internal("more than 4 billion groups in one aggregate".into())
-                    })?;
-                    self.keys.push(row);
-                    self.hashes.push(hash);
-                    let hashes = &self.hashes;
-                    self.table.insert_unique(hash, g, |&x| hashes[x as usize]);
+                    let g = self.new_group()?;
+                    self.null_group = Some(g);
                     g
                 }
             };
-            ids.push(id);
+            for id in ids.iter_mut().filter(|id| **id == u32::MAX) {
+                *id = null;
+            }
         }
         Ok(())
     }
 
+    /// The key columns of every group, in group order.
+    fn key_columns(&self) -> Result<Vec<ArrayRef>> {
+        let null = self.null_group.map(|g| g as usize);
+        let valid = |i: usize| Some(i) != null;
+        match &self.store {
+            KeyStore::Int { data_type, values } => {
+                let keys: ArrayRef = Arc::new(Int64Array::from_iter(
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| valid(i).then_some(v)),
+                ));
+                Ok(vec![
+                    cast(&keys, data_type).map_err(|e| Error::arrow("aggregate keys", e))?,
+                ])
+            }
+            KeyStore::Utf8 { offsets, bytes } => {
+                let mut builder = StringBuilder::with_capacity(offsets.len(), bytes.len());
+                for i in 0..offsets.len() - 1 {
+                    if valid(i) {
+                        let text = std::str::from_utf8(&bytes[offsets[i]..offsets[i + 1]])
+                            .map_err(|e| Error::Internal(format!("aggregate key: {e}")))?;
+                        builder.append_value(text);
+                    } else {
+                        builder.append_null();
+                    }
+                }
+                Ok(vec![Arc::new(builder.finish())])
+            }
+            KeyStore::Rows { converter, rows } => converter
+                .convert_rows(rows.iter())
+                .map_err(|e| Error::arrow("aggregate keys", e)),
+        }
+    }
+
     fn clear(&mut self) {
         self.table.clear();
-        self.keys.clear();
-        self.hashes.clear();
+        self.text.clear();
+        self.count = 0;
+        self.null_group = None;
+        match &mut self.store {
+            KeyStore::Int { values, .. } => values.clear(),
+            KeyStore::Utf8 { offsets, bytes } => {
+                offsets.truncate(1);
+                bytes.clear();
+            }
+            KeyStore::Rows { rows, .. } => rows.clear(),
+        }
     }
 }
 
@@ -434,7 +687,11 @@ struct AggregateInstance {
     phase: Phase,
     max_groups: usize,
     key_indices: Vec<usize>,
-    kernels: Vec<(Kernel, Acc)>,
+    kernels: Vec<(Kernel, Slots)>,
+    /// The state of every group, row-major: `width` slots per group, so that one group's
+    /// aggregates share a cache line.
+    state: Vec<i64>,
+    width: usize,
     schema: SchemaRef,
     groups: Groups,
     ids: Vec<u32>,
@@ -454,123 +711,182 @@ fn as_f64(column: &ArrayRef) -> Result<Float64Array> {
         .clone())
 }
 
-/// Calls `f(group, value)` for every non-null value of `values`.
-fn each_valid<T: Copy>(
+/// A kernel's input column, read once per batch.
+enum Input {
+    None,
+    Valid(Option<arrow::buffer::NullBuffer>),
+    Int(Int64Array),
+    Float(Float64Array),
+    Parts(Float64Array, Int64Array),
+}
+
+impl Input {
+    fn of(kernel: &Kernel, batch: &RecordBatch) -> Result<Input> {
+        Ok(match *kernel {
+            CountRows => Input::None,
+            CountValid(c) => Input::Valid(batch.column(c).logical_nulls()),
+            AddCount(c) | Sum(c, Num::Int) | Min(c, Num::Int) | Max(c, Num::Int) => {
+                Input::Int(as_i64(batch.column(c))?)
+            }
+            Sum(c, Num::Float) | Mean(c) | Min(c, Num::Float) | Max(c, Num::Float) => {
+                Input::Float(as_f64(batch.column(c))?)
+            }
+            MergeMean { sum, count } => {
+                Input::Parts(as_f64(batch.column(sum))?, as_i64(batch.column(count))?)
+            }
+        })
+    }
+}
+
+/// Updates the state of the groups `ids` (rows `first..` of the batch) for one kernel.
+/// Returns false if an integer sum overflowed.
+fn update_block(
+    kernel: Kernel,
+    Slots { value, count }: Slots,
+    input: &Input,
     ids: &[u32],
-    values: &[T],
-    nulls: Option<&arrow::buffer::NullBuffer>,
-    mut f: impl FnMut(usize, T),
-) {
-    match nulls {
-        None => {
-            for (&g, &v) in ids.iter().zip(values) {
-                f(g as usize, v);
+    first: usize,
+    state: &mut [i64],
+    width: usize,
+) -> bool {
+    let rows = first..first + ids.len();
+    let valid =
+        |nulls: Option<&arrow::buffer::NullBuffer>, r: usize| nulls.is_none_or(|n| n.is_valid(r));
+    let mut ok = true;
+    match (kernel, input) {
+        (CountRows, _) => {
+            for &g in ids {
+                state[g as usize * width + count] += 1;
             }
         }
-        Some(nulls) => {
-            for (row, (&g, &v)) in ids.iter().zip(values).enumerate() {
-                if nulls.is_valid(row) {
-                    f(g as usize, v);
+        (CountValid(_), Input::Valid(nulls)) => {
+            for (r, &g) in rows.zip(ids) {
+                if valid(nulls.as_ref(), r) {
+                    state[g as usize * width + count] += 1;
                 }
             }
         }
+        (AddCount(_), Input::Int(a)) => {
+            let values = &a.values()[rows.clone()];
+            for ((r, &g), &v) in rows.zip(ids).zip(values) {
+                if valid(a.nulls(), r) {
+                    state[g as usize * width + count] += v;
+                }
+            }
+        }
+        (Sum(..), Input::Int(a)) => {
+            let values = &a.values()[rows.clone()];
+            for ((r, &g), &v) in rows.zip(ids).zip(values) {
+                if valid(a.nulls(), r) {
+                    let at = g as usize * width;
+                    match state[at + value].checked_add(v) {
+                        Some(sum) => state[at + value] = sum,
+                        None => ok = false,
+                    }
+                    state[at + count] += 1;
+                }
+            }
+        }
+        (Sum(..) | Mean(_), Input::Float(a)) => {
+            let values = &a.values()[rows.clone()];
+            for ((r, &g), &v) in rows.zip(ids).zip(values) {
+                if valid(a.nulls(), r) {
+                    let at = g as usize * width;
+                    state[at + value] = slot_of(f64_of(state[at + value]) + v);
+                    state[at + count] += 1;
+                }
+            }
+        }
+        (Min(..) | Max(..), Input::Int(a)) => {
+            let is_min = matches!(kernel, Min(..));
+            let values = &a.values()[rows.clone()];
+            for ((r, &g), &v) in rows.zip(ids).zip(values) {
+                if valid(a.nulls(), r) {
+                    let at = g as usize * width;
+                    let current = state[at + value];
+                    let better = if is_min { v < current } else { v > current };
+                    if state[at + count] == 0 || better {
+                        state[at + value] = v;
+                    }
+                    state[at + count] += 1;
+                }
+            }
+        }
+        (Min(..) | Max(..), Input::Float(a)) => {
+            let is_min = matches!(kernel, Min(..));
+            let values = &a.values()[rows.clone()];
+            for ((r, &g), &v) in rows.zip(ids).zip(values) {
+                if valid(a.nulls(), r) {
+                    let at = g as usize * width;
+                    let current = f64_of(state[at + value]);
+                    let better = if is_min { v < current } else { v > current };
+                    if state[at + count] == 0 || better {
+                        state[at + value] = slot_of(v);
+                    }
+                    state[at + count] += 1;
+                }
+            }
+        }
+        (MergeMean { .. }, Input::Parts(sums, counts)) => {
+            for (r, &g) in rows.zip(ids) {
+                let at = g as usize * width;
+                state[at + value] = slot_of(f64_of(state[at + value]) + sums.value(r));
+                state[at + count] += counts.value(r);
+            }
+        }
+        // Input::of gives every kernel its own kind of input.
+        _ => {}
     }
+    ok
+}
+
+#[inline]
+fn f64_of(slot: i64) -> f64 {
+    f64::from_bits(slot as u64)
+}
+
+#[inline]
+fn slot_of(value: f64) -> i64 {
+    value.to_bits() as i64
 }
 
 impl AggregateInstance {
     fn update(&mut self, batch: &RecordBatch) -> Result<()> {
-        let groups = self.groups.len();
-        let ids = &self.ids;
-        for (kernel, acc) in &mut self.kernels {
-            acc.counts.resize(groups, 0);
-            match *kernel {
-                CountRows => {
-                    for &g in ids {
-                        acc.counts[g as usize] += 1;
-                    }
-                }
-                CountValid(c) => {
-                    let column = batch.column(c);
-                    for (row, &g) in ids.iter().enumerate() {
-                        if column.is_valid(row) {
-                            acc.counts[g as usize] += 1;
-                        }
-                    }
-                }
-                AddCount(c) => {
-                    let values = as_i64(batch.column(c))?;
-                    each_valid(ids, values.values(), values.nulls(), |g, v| {
-                        acc.counts[g] += v
-                    });
-                }
-                Sum(c, Num::Int) => {
-                    acc.ints.resize(groups, 0);
-                    let values = as_i64(batch.column(c))?;
-                    let mut overflow = false;
-                    each_valid(ids, values.values(), values.nulls(), |g, v| {
-                        match acc.ints[g].checked_add(v) {
-                            Some(s) => acc.ints[g] = s,
-                            None => overflow = true,
-                        }
-                        acc.counts[g] += 1;
-                    });
-                    if overflow {
-                        return Err(Error::Input(format!(
-                            "sum of column '{}' overflows Int64",
-                            batch.schema().field(c).name()
-                        )));
-                    }
-                }
-                Sum(c, Num::Float) | Mean(c) => {
-                    acc.floats.resize(groups, 0.0);
-                    let values = as_f64(batch.column(c))?;
-                    each_valid(ids, values.values(), values.nulls(), |g, v| {
-                        acc.floats[g] += v;
-                        acc.counts[g] += 1;
-                    });
-                }
-                Min(c, Num::Int) | Max(c, Num::Int) => {
-                    let is_min = matches!(kernel, Min(..));
-                    acc.ints.resize(groups, 0);
-                    let values = as_i64(batch.column(c))?;
-                    each_valid(ids, values.values(), values.nulls(), |g, v| {
-                        let better = if is_min {
-                            v < acc.ints[g]
-                        } else {
-                            v > acc.ints[g]
-                        };
-                        if acc.counts[g] == 0 || better {
-                            acc.ints[g] = v;
-                        }
-                        acc.counts[g] += 1;
-                    });
-                }
-                Min(c, Num::Float) | Max(c, Num::Float) => {
-                    let is_min = matches!(kernel, Min(..));
-                    acc.floats.resize(groups, 0.0);
-                    let values = as_f64(batch.column(c))?;
-                    each_valid(ids, values.values(), values.nulls(), |g, v| {
-                        let better = if is_min {
-                            v < acc.floats[g]
-                        } else {
-                            v > acc.floats[g]
-                        };
-                        if acc.counts[g] == 0 || better {
-                            acc.floats[g] = v;
-                        }
-                        acc.counts[g] += 1;
-                    });
-                }
-                MergeMean { sum, count } => {
-                    acc.floats.resize(groups, 0.0);
-                    let sums = as_f64(batch.column(sum))?;
-                    let counts = as_i64(batch.column(count))?;
-                    for (row, &g) in ids.iter().enumerate() {
-                        acc.floats[g as usize] += sums.value(row);
-                        acc.counts[g as usize] += counts.value(row);
-                    }
+        let width = self.width;
+        self.state.resize(self.groups.len() * width, 0);
+        // Read every input column once, as i64 or f64.
+        let inputs: Vec<Input> = self
+            .kernels
+            .iter()
+            .map(|(kernel, _)| Input::of(kernel, batch))
+            .collect::<Result<_>>()?;
+        // Rows go in blocks, every kernel over one block in turn, so that the groups a block
+        // touches stay in cache from one kernel to the next.
+        const BLOCK: usize = 256;
+        let rows = self.ids.len();
+        let mut overflow = None;
+        for start in (0..rows).step_by(BLOCK) {
+            let end = (start + BLOCK).min(rows);
+            for ((kernel, slots), input) in self.kernels.iter().zip(&inputs) {
+                let ok = update_block(
+                    *kernel,
+                    *slots,
+                    input,
+                    &self.ids[start..end],
+                    start,
+                    &mut self.state,
+                    width,
+                );
+                if !ok {
+                    overflow = Some(*kernel);
                 }
             }
+        }
+        if let Some(Sum(c, _)) = overflow {
+            return Err(Error::Input(format!(
+                "sum of column '{}' overflows Int64",
+                batch.schema().field(c).name()
+            )));
         }
         Ok(())
     }
@@ -581,47 +897,45 @@ impl AggregateInstance {
         if groups == 0 {
             return Ok(());
         }
-        let mut columns: Vec<ArrayRef> = self
-            .groups
-            .converter
-            .convert_rows(self.groups.keys.iter())
-            .map_err(|e| Error::arrow("aggregate keys", e))?;
-        let present = |counts: &[i64], i: usize| counts[i] > 0;
-        for (kernel, acc) in &mut self.kernels {
-            acc.counts.resize(groups, 0);
-            acc.ints.resize(groups, 0);
-            acc.floats.resize(groups, 0.0);
-            let counts = &acc.counts;
-            match (*kernel, self.phase) {
+        let width = self.width;
+        self.state.resize(groups * width, 0);
+        let state = &self.state;
+        let slot = |g: usize, i: usize| state[g * width + i];
+        let mut columns: Vec<ArrayRef> = self.groups.key_columns()?;
+        for &(kernel, Slots { value, count }) in &self.kernels {
+            let seen = |g: usize| slot(g, count) > 0;
+            match (kernel, self.phase) {
                 (CountRows | CountValid(_) | AddCount(_), _) => {
-                    columns.push(Arc::new(Int64Array::from(std::mem::take(&mut acc.counts))));
+                    columns.push(Arc::new(Int64Array::from_iter_values(
+                        (0..groups).map(|g| slot(g, count)),
+                    )));
                 }
                 (Sum(_, Num::Int) | Min(_, Num::Int) | Max(_, Num::Int), _) => {
                     columns.push(Arc::new(Int64Array::from_iter(
-                        (0..groups).map(|i| present(counts, i).then_some(acc.ints[i])),
+                        (0..groups).map(|g| seen(g).then(|| slot(g, value))),
                     )));
                 }
                 (Sum(_, Num::Float) | Min(_, Num::Float) | Max(_, Num::Float), _) => {
                     columns.push(Arc::new(Float64Array::from_iter(
-                        (0..groups).map(|i| present(counts, i).then_some(acc.floats[i])),
+                        (0..groups).map(|g| seen(g).then(|| f64_of(slot(g, value)))),
                     )));
                 }
                 (Mean(_), Phase::Partial) => {
-                    columns.push(Arc::new(Float64Array::from(std::mem::take(
-                        &mut acc.floats,
-                    ))));
-                    columns.push(Arc::new(Int64Array::from(std::mem::take(&mut acc.counts))));
+                    columns.push(Arc::new(Float64Array::from_iter_values(
+                        (0..groups).map(|g| f64_of(slot(g, value))),
+                    )));
+                    columns.push(Arc::new(Int64Array::from_iter_values(
+                        (0..groups).map(|g| slot(g, count)),
+                    )));
                 }
                 (Mean(_) | MergeMean { .. }, _) => {
-                    columns.push(Arc::new(Float64Array::from_iter((0..groups).map(|i| {
-                        present(counts, i).then(|| acc.floats[i] / counts[i] as f64)
+                    columns.push(Arc::new(Float64Array::from_iter((0..groups).map(|g| {
+                        seen(g).then(|| f64_of(slot(g, value)) / slot(g, count) as f64)
                     }))));
                 }
             }
-            acc.counts.clear();
-            acc.ints.clear();
-            acc.floats.clear();
         }
+        self.state.clear();
         self.groups.clear();
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
             .map_err(|e| Error::arrow("aggregate output", e))?;

@@ -48,23 +48,123 @@ impl SplitWords {
     }
 }
 
-/// Appends the words of `text` to `out`, normalised as [`SplitWords`] documents.
-pub fn push_words(text: &str, lower: &mut String, out: &mut StringBuilder) -> usize {
-    let mut n = 0;
-    for raw in text.split_whitespace() {
-        let word = raw.trim_matches(|c: char| !c.is_alphanumeric());
-        if word.is_empty() {
-            continue;
-        }
-        if word.is_ascii() {
+/// Trims characters that are not alphanumeric from both ends of `raw`, looking at bytes while
+/// they are ASCII and at characters otherwise.
+fn trim_word(raw: &str) -> &str {
+    let bytes = raw.as_bytes();
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii() || b.is_ascii_alphanumeric())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii() || b.is_ascii_alphanumeric())
+        .map_or(start, |i| i + 1);
+    let word = &raw[start..end.max(start)];
+    if word.as_bytes().first().is_some_and(|b| !b.is_ascii())
+        || word.as_bytes().last().is_some_and(|b| !b.is_ascii())
+    {
+        // A non-ASCII character at an edge: it may be punctuation (an em dash, a quote mark).
+        word.trim_matches(|c: char| !c.is_alphanumeric())
+    } else {
+        word
+    }
+}
+
+/// Appends one trimmed, non-empty word, lowercased.
+fn push_word(word: &str, lower: &mut String, out: &mut StringBuilder) {
+    if word.is_ascii() {
+        if word.bytes().any(|b| b.is_ascii_uppercase()) {
             lower.clear();
             lower.push_str(word);
             lower.make_ascii_lowercase();
             out.append_value(lower.as_str());
         } else {
-            out.append_value(word.to_lowercase());
+            out.append_value(word);
         }
-        n += 1;
+    } else {
+        out.append_value(word.to_lowercase());
+    }
+}
+
+/// Byte classes for the ASCII fast path: whitespace as [`char::is_whitespace`] defines it
+/// (which, unlike [`u8::is_ascii_whitespace`], includes the vertical tab), alphanumeric, and
+/// upper case.
+const SPACE: u8 = 1;
+const ALNUM: u8 = 2;
+const UPPER: u8 = 4;
+
+static CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+            SPACE
+        } else if c.is_ascii_uppercase() {
+            ALNUM | UPPER
+        } else if c.is_ascii_alphanumeric() {
+            ALNUM
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
+
+#[inline]
+fn class(b: u8) -> u8 {
+    CLASSES[b as usize]
+}
+
+/// Appends the words of `text` to `out`, normalised as [`SplitWords`] documents; returns how
+/// many. ASCII lines, the common case, are split on bytes; others on Unicode whitespace.
+pub fn push_words(text: &str, lower: &mut String, out: &mut StringBuilder) -> usize {
+    let mut n = 0;
+    if text.is_ascii() {
+        let bytes = text.as_bytes();
+        let len = bytes.len();
+        let mut i = 0;
+        while i < len {
+            while i < len && class(bytes[i]) & SPACE != 0 {
+                i += 1;
+            }
+            let start = i;
+            let mut classes = 0;
+            while i < len && class(bytes[i]) & SPACE == 0 {
+                classes |= class(bytes[i]);
+                i += 1;
+            }
+            if classes & ALNUM == 0 {
+                // Empty, or punctuation only.
+                continue;
+            }
+            let raw = &bytes[start..i];
+            let from = raw.iter().position(|&b| class(b) & ALNUM != 0).unwrap_or(0);
+            let to = raw
+                .iter()
+                .rposition(|&b| class(b) & ALNUM != 0)
+                .unwrap_or(0);
+            let word = &text[start + from..start + to + 1];
+            if classes & UPPER != 0 {
+                lower.clear();
+                lower.push_str(word);
+                lower.make_ascii_lowercase();
+                out.append_value(lower.as_str());
+            } else {
+                out.append_value(word);
+            }
+            n += 1;
+        }
+    } else {
+        for raw in text.split_whitespace() {
+            let word = trim_word(raw);
+            if !word.is_empty() {
+                push_word(word, lower, out);
+                n += 1;
+            }
+        }
     }
     n
 }
