@@ -174,6 +174,12 @@ impl Chunk {
         &self.buf[start..self.ends[i]]
     }
 
+    /// Where line `i`, without its terminator, lies in [`Chunk::raw`].
+    pub fn line_range(&self, i: usize) -> std::ops::Range<usize> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        start..start + self.line(i).len()
+    }
+
     /// Line `i`, without its terminator.
     pub fn line(&self, i: usize) -> &[u8] {
         line_content(self.raw_line(i))
@@ -252,17 +258,54 @@ impl SplitCursor {
     pub fn read_chunk(&mut self, chunk: &mut Chunk, max_lines: usize) -> Result<()> {
         chunk.clear();
         chunk.first_index = self.lines_read;
-        while chunk.len() < max_lines && chunk.buf.len() < MAX_CHUNK_BYTES && !self.is_done() {
-            let io = |e| Error::io(format!("reading {}", display(&self.path)), e);
-            let n = read_line(&mut self.reader, &mut chunk.buf).map_err(io)?;
-            if n == 0 {
-                self.eof = true;
-                break;
+        // Works on the reader's buffer directly: whole runs of lines are found with memchr
+        // and copied at once, and only a line cut by the buffer's end is copied in pieces.
+        let mut line_start = 0;
+        loop {
+            let partial = chunk.buf.len() > line_start;
+            let full = chunk.len() >= max_lines || chunk.buf.len() >= MAX_CHUNK_BYTES;
+            if !partial && (full || self.is_done()) {
+                return Ok(());
             }
-            if n >= MAX_LINE_BYTES
-                && !chunk.buf.ends_with(b"\n")
-                && !self.reader.fill_buf().map_err(io)?.is_empty()
-            {
+            let path = Arc::clone(&self.path);
+            let io = |e| Error::io(format!("reading {}", display(&path)), e);
+            let available = self.reader.fill_buf().map_err(io)?;
+            if available.is_empty() {
+                self.eof = true;
+                if partial {
+                    // The last line of the file, without a terminator.
+                    self.end_line(chunk, line_start);
+                }
+                return Ok(());
+            }
+            let mut used = 0;
+            let mut stop = false;
+            while let Some(i) = memchr::memchr(b'\n', &available[used..]) {
+                let next = used + i + 1;
+                chunk.buf.extend_from_slice(&available[used..next]);
+                used = next;
+                if chunk.buf.len() - line_start > MAX_LINE_BYTES {
+                    break;
+                }
+                chunk.ends.push(chunk.buf.len());
+                self.pos += (chunk.buf.len() - line_start) as u64;
+                self.lines_read += 1;
+                line_start = chunk.buf.len();
+                if chunk.len() >= max_lines
+                    || chunk.buf.len() >= MAX_CHUNK_BYTES
+                    || self.pos >= self.end
+                {
+                    stop = true;
+                    break;
+                }
+            }
+            if !stop && chunk.buf.len() - line_start <= MAX_LINE_BYTES {
+                // A line continues past the buffer: keep its beginning and read on.
+                chunk.buf.extend_from_slice(&available[used..]);
+                used = available.len();
+            }
+            self.reader.consume(used);
+            if chunk.buf.len() - line_start > MAX_LINE_BYTES {
                 let line = self.line_number(self.lines_read)?;
                 return Err(Error::Input(format!(
                     "{}:{line}: line longer than {} MiB",
@@ -270,11 +313,14 @@ impl SplitCursor {
                     MAX_LINE_BYTES >> 20
                 )));
             }
-            chunk.ends.push(chunk.buf.len());
-            self.pos += n as u64;
-            self.lines_read += 1;
         }
-        Ok(())
+    }
+
+    /// Records the line that ends at the end of `chunk.buf` and began at `line_start`.
+    fn end_line(&mut self, chunk: &mut Chunk, line_start: usize) {
+        chunk.ends.push(chunk.buf.len());
+        self.pos += (chunk.buf.len() - line_start) as u64;
+        self.lines_read += 1;
     }
 
     /// The 1-based line number, in the file, of the split's line `index`. The first call
