@@ -602,6 +602,7 @@ fn build_source_stage<'s>(
             let mut cap = Some(capability);
             let mut collector = SourceCollector::new(policy);
             let activator = RefCell::new(activator);
+            let mut waits: u32 = 0;
             move |output| {
                 let Some(current) = cap.as_mut() else {
                     return;
@@ -613,12 +614,21 @@ fn build_source_stage<'s>(
                 let epoch = *current.time();
                 if epoch >= MAX_EPOCHS_IN_FLIGHT && pace.less_than(&(epoch - MAX_EPOCHS_IN_FLIGHT))
                 {
-                    // Downstream is behind: look again shortly, without spinning a core.
-                    activator
-                        .borrow()
-                        .activate_after(Duration::from_micros(200));
+                    // Downstream is behind. Operators of this worker catch up in the same step,
+                    // so look again at once a few times; then back off, so that waiting for
+                    // another worker does not spin a core that worker may need.
+                    waits += 1;
+                    if waits <= 16 {
+                        activator.borrow().activate();
+                    } else {
+                        let micros = 10u64 << (waits - 16).min(7);
+                        activator
+                            .borrow()
+                            .activate_after(Duration::from_micros(micros));
+                    }
                     return;
                 }
+                waits = 0;
                 let mut more = true;
                 let mut emitted = Vec::new();
                 let mut failed = None;

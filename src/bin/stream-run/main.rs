@@ -139,7 +139,7 @@ fn run_with_progress(job: &streamrun::Job, workers: usize) -> streamrun::Result<
         let started = Instant::now();
         let mut bar: Option<ProgressBar> = None;
         while !handle.is_finished() {
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
             if !interactive || started.elapsed() < Duration::from_secs(1) {
                 continue;
             }
