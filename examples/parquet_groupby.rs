@@ -12,32 +12,28 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use clap::Parser;
 use streamrun::prelude::*;
 
 const SEED: u64 = 42;
 
-fn main() -> anyhow::Result<()> {
-    let mut rows: usize = 10_000_000;
-    let mut workers = streamrun::default_workers();
-    let mut dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/parquet_groupby"
-    ));
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rows" => rows = value()?.parse().context("--rows needs a number")?,
-            "--workers" | "-w" => workers = value()?.parse().context("--workers needs a number")?,
-            "--dir" => dir = PathBuf::from(value()?),
-            "--help" | "-h" => {
-                eprintln!("usage: parquet_groupby [--rows N] [--workers N] [--dir DIR]");
-                return Ok(());
-            }
-            other => anyhow::bail!("unknown argument {other:?} (see --help)"),
-        }
-    }
+/// Revenue per region and the ten biggest customers of generated orders in Parquet.
+#[derive(Parser)]
+struct Args {
+    /// Orders to generate.
+    #[arg(long, default_value_t = 10_000_000)]
+    rows: usize,
+    /// Worker threads (default: STREAMRUN_WORKERS, else the number of cores).
+    #[arg(long, short)]
+    workers: Option<usize>,
+    /// Where the generated file is kept.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/parquet_groupby"))]
+    dir: PathBuf,
+}
 
+fn main() -> anyhow::Result<()> {
+    let Args { rows, workers, dir } = Args::parse();
+    let workers = workers.unwrap_or_else(streamrun::default_workers);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let file = dir.join(format!("orders-{rows}-seed{SEED}.parquet"));
     if !file.exists() {

@@ -8,31 +8,26 @@
 //! Words are the text split on Unicode whitespace, lowercased, with leading and trailing
 //! characters that are not alphanumeric trimmed; empty words are dropped.
 
-use anyhow::Context;
+use clap::Parser;
 use streamrun::prelude::*;
 
+/// The 20 most frequent words of a text corpus.
+#[derive(Parser)]
+struct Args {
+    /// Worker threads (default: STREAMRUN_WORKERS, else the number of cores).
+    #[arg(long, short)]
+    workers: Option<usize>,
+    /// Also write every word's count as Parquet part files into this directory.
+    #[arg(long)]
+    out: Option<String>,
+    /// The text files to read (a glob).
+    #[arg(default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/corpus/*.txt"))]
+    glob: String,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut workers = streamrun::default_workers();
-    let mut out: Option<String> = None;
-    let mut glob = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/corpus/*.txt").to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--workers" | "-w" => {
-                workers = args
-                    .next()
-                    .context("--workers needs a number")?
-                    .parse()
-                    .context("--workers needs a number")?;
-            }
-            "--out" => out = Some(args.next().context("--out needs a directory")?),
-            "--help" | "-h" => {
-                eprintln!("usage: wordcount [--workers N] [--out DIR] [GLOB]");
-                return Ok(());
-            }
-            other => glob = other.to_owned(),
-        }
-    }
+    let Args { workers, out, glob } = Args::parse();
+    let workers = workers.unwrap_or_else(streamrun::default_workers);
 
     let job = Job::new("wordcount");
     let counts = job

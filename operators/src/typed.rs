@@ -239,32 +239,23 @@ where
 {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
         let records: Vec<I> = decode(&self.name, &self.input_shape, &batch)?;
-        match &self.logic {
-            Logic::Map(f) => {
-                let items: Vec<O> = records.into_iter().map(|r| f(r)).collect();
-                out.emit(encode(
-                    &self.name,
-                    &self.output_shape,
-                    &self.output_schema,
-                    items,
-                )?);
-            }
-            Logic::FlatMap(f) => {
-                let items: Vec<O> = records.into_iter().flat_map(|r| f(r)).collect();
-                out.emit(encode(
-                    &self.name,
-                    &self.output_shape,
-                    &self.output_schema,
-                    items,
-                )?);
-            }
+        let items: Vec<O> = match &self.logic {
+            Logic::Map(f) => records.into_iter().map(|r| f(r)).collect(),
+            Logic::FlatMap(f) => records.into_iter().flat_map(|r| f(r)).collect(),
             Logic::Filter(f) => {
                 let mask: BooleanArray = records.iter().map(|r| Some(f(r))).collect();
                 let kept = filter_record_batch(&batch, &mask)
                     .map_err(|e| Error::arrow(format!("filter '{}'", self.name), e))?;
                 out.emit(kept);
+                return Ok(());
             }
-        }
+        };
+        out.emit(encode(
+            &self.name,
+            &self.output_shape,
+            &self.output_schema,
+            items,
+        )?);
         Ok(())
     }
 }

@@ -71,17 +71,23 @@ fn trim_word(raw: &str) -> &str {
     }
 }
 
+/// Appends an ASCII word, lowercased through `lower` when it has upper-case letters.
+fn push_ascii_word(word: &str, has_upper: bool, lower: &mut String, out: &mut StringBuilder) {
+    if has_upper {
+        lower.clear();
+        lower.push_str(word);
+        lower.make_ascii_lowercase();
+        out.append_value(lower.as_str());
+    } else {
+        out.append_value(word);
+    }
+}
+
 /// Appends one trimmed, non-empty word, lowercased.
 fn push_word(word: &str, lower: &mut String, out: &mut StringBuilder) {
     if word.is_ascii() {
-        if word.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower.clear();
-            lower.push_str(word);
-            lower.make_ascii_lowercase();
-            out.append_value(lower.as_str());
-        } else {
-            out.append_value(word);
-        }
+        let has_upper = word.bytes().any(|b| b.is_ascii_uppercase());
+        push_ascii_word(word, has_upper, lower, out);
     } else {
         out.append_value(word.to_lowercase());
     }
@@ -147,14 +153,7 @@ pub fn push_words(text: &str, lower: &mut String, out: &mut StringBuilder) -> us
                 .rposition(|&b| class(b) & ALNUM != 0)
                 .unwrap_or(0);
             let word = &text[start + from..start + to + 1];
-            if classes & UPPER != 0 {
-                lower.clear();
-                lower.push_str(word);
-                lower.make_ascii_lowercase();
-                out.append_value(lower.as_str());
-            } else {
-                out.append_value(word);
-            }
+            push_ascii_word(word, classes & UPPER != 0, lower, out);
             n += 1;
         }
     } else {

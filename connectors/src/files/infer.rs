@@ -33,13 +33,7 @@ pub(crate) fn csv_schema(path: &Path, has_header: bool, delimiter: u8) -> Result
         .with_truncated_rows(true);
     let (schema, _) = format
         .infer_schema(open(path)?, Some(INFER_RECORDS))
-        .map_err(|e| {
-            Error::Input(format!(
-                "cannot infer the schema of {}: {}",
-                display(path),
-                arrow_message(&e)
-            ))
-        })?;
+        .map_err(|e| inference_failed(path, &e))?;
     if schema.fields().is_empty() {
         return Err(Error::Input(format!(
             "cannot infer the schema of {}: the file is empty (give the schema with .schema(..))",
@@ -102,13 +96,7 @@ pub(crate) fn json_schema(path: &Path) -> Result<SchemaRef> {
         )));
     }
     let schema = arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))
-        .map_err(|e| {
-            Error::Input(format!(
-                "cannot infer the schema of {}: {}",
-                display(path),
-                arrow_message(&e)
-            ))
-        })?;
+        .map_err(|e| inference_failed(path, &e))?;
     let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
     fields.sort_by_key(|f| order.get(f.name()).copied().unwrap_or(usize::MAX));
     let schema = Schema::new_with_metadata(fields, schema.metadata().clone());
@@ -148,4 +136,13 @@ impl<'de> Deserialize<'de> for Keys {
         }
         deserializer.deserialize_map(KeysVisitor)
     }
+}
+
+/// The error of a schema inference that Arrow refused, naming the file.
+fn inference_failed(path: &Path, e: &arrow::error::ArrowError) -> Error {
+    Error::Input(format!(
+        "cannot infer the schema of {}: {}",
+        display(path),
+        arrow_message(e)
+    ))
 }

@@ -144,7 +144,7 @@ fn run_with_progress(job: &streamrun::Job, workers: usize) -> streamrun::Result<
                 continue;
             }
             let bar = bar.get_or_insert_with(|| {
-                let b = ProgressBar::new_spinner();
+                let b = ProgressBar::new_spinner().with_elapsed(started.elapsed());
                 b.set_style(
                     ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
