@@ -41,7 +41,7 @@ use crate::plan::{JobGraph, NodeImpl, NodeKind, Partitioning};
 pub const MAX_EPOCHS_IN_FLIGHT: u64 = 16;
 
 /// Batches a source reads in one activation before it lets other operators run.
-const READS_PER_ACTIVATION: usize = 4;
+pub const READS_PER_ACTIVATION: usize = 4;
 
 /// A batch tagged with the worker it is routed to.
 type Tagged = (u32, Batch);

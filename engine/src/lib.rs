@@ -80,7 +80,10 @@ pub use connector::{
     SourceReader,
 };
 pub use error::{Error, Fault, Result};
-pub use exec::{ExecOptions, JobReport, MAX_EPOCHS_IN_FLIGHT, Metrics, execute, execute_plan};
+pub use exec::{
+    ExecOptions, JobReport, MAX_EPOCHS_IN_FLIGHT, Metrics, READS_PER_ACTIVATION, execute,
+    execute_plan,
+};
 pub use operator::{Collector, Operator, OperatorFactory, WorkerContext};
 pub use plan::{
     Descriptor, JobGraph, LOGICAL_PLAN_VERSION, LogicalNode, LogicalPlan, NodeId, NodeImpl,

@@ -1,0 +1,156 @@
+//! Bounded memory: a fast source in front of a slow operator never runs more than
+//! `MAX_EPOCHS_IN_FLIGHT` epochs ahead, so the batches queued between them stay bounded
+//! however much data flows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use streamrun_engine::*;
+
+const BATCHES_PER_WORKER: i64 = 600;
+
+#[derive(Default)]
+struct Counters {
+    produced: AtomicI64,
+    consumed: AtomicI64,
+    max_in_flight: AtomicI64,
+    rows_out: AtomicU64,
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
+}
+
+/// Emits one 1,000-row batch per read, as fast as it is allowed to.
+struct Fast(Arc<Counters>);
+struct FastReader(Arc<Counters>, i64);
+
+impl Source for Fast {
+    fn schema(&self) -> Result<SchemaRef> {
+        Ok(schema())
+    }
+    fn open(&self, _ctx: &WorkerContext) -> Result<Box<dyn SourceReader>> {
+        Ok(Box::new(FastReader(Arc::clone(&self.0), 0)))
+    }
+}
+
+impl SourceReader for FastReader {
+    fn read(&mut self, out: &mut SourceCollector) -> Result<bool> {
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![Arc::new(Int64Array::from(vec![self.1; 1000]))],
+        )
+        .map_err(|e| Error::arrow("fast source", e))?;
+        out.emit(batch, 8000);
+        self.1 += 1;
+        let produced = self.0.produced.fetch_add(1, Ordering::SeqCst) + 1;
+        let in_flight = produced - self.0.consumed.load(Ordering::SeqCst);
+        self.0.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+        Ok(self.1 < BATCHES_PER_WORKER)
+    }
+}
+
+/// Takes 100 µs per batch.
+struct Slow(Arc<Counters>);
+
+impl OperatorFactory for Slow {
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        Ok(Arc::clone(input))
+    }
+    fn create(&self, _ctx: &WorkerContext, _input: &SchemaRef) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(Slow(Arc::clone(&self.0))))
+    }
+}
+
+impl Operator for Slow {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        std::thread::sleep(Duration::from_micros(100));
+        self.0.consumed.fetch_add(1, Ordering::SeqCst);
+        out.emit(batch);
+        Ok(())
+    }
+}
+
+struct Count(Arc<Counters>);
+
+impl Sink for Count {
+    fn open(&self, _ctx: &WorkerContext, _schema: &SchemaRef) -> Result<Box<dyn SinkWriter>> {
+        Ok(Box::new(Count(Arc::clone(&self.0))))
+    }
+}
+
+impl SinkWriter for Count {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.0
+            .rows_out
+            .fetch_add(batch.num_rows() as u64, Ordering::SeqCst);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_fast_source_stays_within_its_epoch_budget_ahead_of_a_slow_operator() {
+    let workers = 2;
+    let counters = Arc::new(Counters::default());
+    let mut graph = JobGraph::new("pacing");
+    let source = graph.add_source(
+        "fast",
+        SourceDecl {
+            descriptor: Descriptor::new("fast", serde_json::Value::Null),
+            source: Arc::new(Fast(Arc::clone(&counters))),
+            on_bad_record: BadRecordPolicy::Fail,
+            dead_letters: None,
+        },
+    );
+    // The slow operator runs on worker 0 only, behind a gather edge: worker 1's source,
+    // with nothing else to do, would fill that queue as fast as it can read.
+    let slow = graph.add_operator(
+        source,
+        "slow",
+        OperatorDecl {
+            descriptor: Descriptor::new("slow", serde_json::Value::Null),
+            op: Arc::new(Slow(Arc::clone(&counters))),
+            combiner: None,
+            parallelism: Parallelism::Single,
+        },
+    );
+    graph.add_sink(
+        slow,
+        "count",
+        Descriptor::new("count", serde_json::Value::Null),
+        Arc::new(Count(Arc::clone(&counters))),
+    );
+    execute(
+        &graph,
+        &ExecOptions {
+            workers,
+            metrics: None,
+        },
+    )
+    .expect("job");
+
+    let total = BATCHES_PER_WORKER * workers as i64;
+    assert_eq!(
+        counters.rows_out.load(Ordering::SeqCst),
+        total as u64 * 1000,
+        "no row lost"
+    );
+    // Each source worker reads at most READS_PER_ACTIVATION batches per epoch and runs at
+    // most MAX_EPOCHS_IN_FLIGHT (+1, the epoch being read) epochs ahead.
+    let bound = workers as i64 * (MAX_EPOCHS_IN_FLIGHT as i64 + 1) * READS_PER_ACTIVATION as i64;
+    let seen = counters.max_in_flight.load(Ordering::SeqCst);
+    assert!(
+        seen <= bound,
+        "{seen} batches in flight, bound {bound} (of {total} in all)"
+    );
+    assert!(
+        bound < total / 4,
+        "the test must move far more data than the bound"
+    );
+}
