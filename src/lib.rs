@@ -38,6 +38,7 @@
 
 pub mod datagen;
 mod dsl;
+pub mod nexmark;
 pub mod spec;
 
 pub use dsl::{IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Stream};
@@ -49,7 +50,7 @@ pub use streamrun_operators as operators;
 /// Everything a program needs: `use streamrun::prelude::*`.
 pub mod prelude {
     pub use crate::dsl::{IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Stream};
-    pub use streamrun_connectors::{Collect, Files, Stdout};
+    pub use streamrun_connectors::{Collect, Files, Nexmark, Stdout};
     pub use streamrun_engine::{Error, ExecOptions, JobReport, Result};
     pub use streamrun_operators::{Agg, CmpOp};
 }

@@ -9,6 +9,8 @@
 //!   files, one part file per worker, committed atomically ([`FileSink`]).
 //! * [`Stdout`]: print the result as a table once the job has ended.
 //! * [`Collect`]: keep the result in memory, for tests and for programs that use it.
+//! * [`Nexmark`]: the Nexmark benchmark's persons, auctions and bids, generated
+//!   deterministically and split across workers.
 //!
 //! Bad input records (a CSV row with the wrong number of fields, a value that does not parse,
 //! a line that is not JSON) are reported with their file and line number, and follow the
@@ -47,9 +49,11 @@
 //! ```
 
 mod files;
+mod generators;
 mod memory;
 mod stdout;
 
 pub use files::{FileFormat, FileSink, FileSource, Files};
+pub use generators::{DEFAULT_BASE_TIME_MS, Nexmark, NexmarkTable};
 pub use memory::Collect;
 pub use stdout::Stdout;

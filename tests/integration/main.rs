@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod edges;
 mod groupby;
+mod nexmark;
 mod plan;
 mod typed;
 mod wordcount;

@@ -1,0 +1,96 @@
+//! Nexmark queries as Streamrun jobs.
+//!
+//! The queries follow the standard definitions of the Nexmark suite as published with Flink
+//! SQL (`nexmark/queries/qN.sql`). Each function adds the query to a job and returns its
+//! result stream; [`Query::columns`] documents the result columns. Queries q3–q8 need
+//! windows and joins on event time and are not here yet.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
+use arrow::compute::kernels::cmp::eq;
+use arrow::compute::kernels::numeric::rem;
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::error::ArrowError;
+use streamrun_connectors::Nexmark;
+
+use crate::dsl::{Job, Stream};
+
+/// The Nexmark queries Streamrun runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Query {
+    /// Pass-through: every bid, unchanged.
+    Q0,
+    /// Currency conversion: every bid with its price in euros (`0.908 * price`).
+    Q1,
+    /// Selection: the bids on auctions whose id is a multiple of 123.
+    Q2,
+}
+
+impl Query {
+    /// The result columns.
+    pub fn columns(self) -> &'static str {
+        match self {
+            Query::Q0 => "auction, bidder, price, channel, url, date_time, extra",
+            Query::Q1 => "auction, bidder, price (Float64, euros), date_time, extra",
+            Query::Q2 => "auction, price",
+        }
+    }
+
+    /// Adds the query over the first `events` events of `source`'s generator settings to
+    /// `job`, returning the result stream.
+    pub fn build(self, job: &Job, source: Nexmark) -> Stream {
+        let bids = job.source(source);
+        match self {
+            Query::Q0 => bids,
+            Query::Q1 => bids.map_batches("q1: price in euros", q1),
+            Query::Q2 => bids.map_batches("q2: auction % 123 = 0", q2),
+        }
+    }
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ArrowError> {
+    Ok(batch.column(batch.schema().index_of(name)?))
+}
+
+/// `SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid`.
+fn q1(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let price = cast(column(&bids, "price")?, &DataType::Float64)?;
+    let euros: Float64Array = price
+        .as_primitive::<arrow::datatypes::Float64Type>()
+        .unary(|p| 0.908 * p);
+    let schema = bids.schema();
+    let keep = |name: &str| -> Result<(Field, ArrayRef), ArrowError> {
+        Ok((
+            schema.field_with_name(name)?.clone(),
+            Arc::clone(column(&bids, name)?),
+        ))
+    };
+    let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = [
+        keep("auction")?,
+        keep("bidder")?,
+        (
+            Field::new("price", DataType::Float64, false),
+            Arc::new(euros) as ArrayRef,
+        ),
+        keep("date_time")?,
+        keep("extra")?,
+    ]
+    .into_iter()
+    .unzip();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// `SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0`.
+fn q2(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let auction = column(&bids, "auction")?;
+    let divisor = Int64Array::new_scalar(123);
+    let zero = Int64Array::new_scalar(0);
+    let keep = eq(&rem(auction, &divisor)?, &zero)?;
+    let selected = bids.project(&[
+        bids.schema().index_of("auction")?,
+        bids.schema().index_of("price")?,
+    ])?;
+    filter_record_batch(&selected, &keep)
+}
