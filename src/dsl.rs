@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arrow::array::RecordBatch;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use streamrun_connectors::{Collect, FileSink, FileSource, Nexmark, Stdout};
+use streamrun_connectors::{Collect, FileSink, FileSource, Nexmark, Replay, Stdout};
 use streamrun_engine::{
     BadRecordPolicy, Descriptor, JobGraph, LogicalPlan, NodeId, OperatorDecl, OperatorFactory,
     Parallelism, Partitioning, Sink, Source, SourceDecl,
@@ -36,6 +36,12 @@ pub trait IntoSource {
 }
 
 impl IntoSource for FileSource {
+    fn into_source(self) -> (Descriptor, Arc<dyn Source>) {
+        (self.descriptor(), Arc::new(self))
+    }
+}
+
+impl IntoSource for Replay {
     fn into_source(self) -> (Descriptor, Arc<dyn Source>) {
         (self.descriptor(), Arc::new(self))
     }

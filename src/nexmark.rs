@@ -4,18 +4,18 @@
 //! SQL (`nexmark/queries/qN.sql`). Each function adds the query to a job and returns its
 //! result stream; [`Query::columns`] documents the result columns. Queries q3–q8 need
 //! windows and joins on event time and are not here yet.
+//!
+//! [`Nexmark::bids`]: streamrun_connectors::Nexmark::bids
 
 use std::sync::Arc;
 
+use crate::dsl::{IntoSource, Job, Stream};
 use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow::compute::kernels::cmp::eq;
 use arrow::compute::kernels::numeric::rem;
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::error::ArrowError;
-use streamrun_connectors::Nexmark;
-
-use crate::dsl::{Job, Stream};
 
 /// The Nexmark queries Streamrun runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,10 +38,10 @@ impl Query {
         }
     }
 
-    /// Adds the query over the first `events` events of `source`'s generator settings to
-    /// `job`, returning the result stream.
-    pub fn build(self, job: &Job, source: Nexmark) -> Stream {
-        let bids = job.source(source);
+    /// Adds the query over `bids` (a [`Nexmark::bids`] source, or a replay of its batches)
+    /// to `job`, returning the result stream.
+    pub fn build(self, job: &Job, bids: impl IntoSource) -> Stream {
+        let bids = job.source(bids);
         match self {
             Query::Q0 => bids,
             Query::Q1 => bids.map_batches("q1: price in euros", q1),
@@ -55,7 +55,7 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ArrowE
 }
 
 /// `SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid`.
-fn q1(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
+pub fn q1(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
     let price = cast(column(&bids, "price")?, &DataType::Float64)?;
     let euros: Float64Array = price
         .as_primitive::<arrow::datatypes::Float64Type>()
@@ -83,7 +83,7 @@ fn q1(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
 }
 
 /// `SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0`.
-fn q2(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
+pub fn q2(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
     let auction = column(&bids, "auction")?;
     let divisor = Int64Array::new_scalar(123);
     let zero = Int64Array::new_scalar(0);

@@ -1,4 +1,5 @@
 //! Timing helpers shared by the whole-pipeline benches.
+#![allow(dead_code)] // each bench uses part of these helpers
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,8 @@
 //!   ([`FileSource`]), split across the workers of a job; write CSV, JSON lines and Parquet
 //!   files, one part file per worker, committed atomically ([`FileSink`]).
 //! * [`Stdout`]: print the result as a table once the job has ended.
-//! * [`Collect`]: keep the result in memory, for tests and for programs that use it.
+//! * [`Collect`]: keep the result in memory, for tests and for programs that use it;
+//!   [`Replay`]: replay batches held in memory, for benches that time the dataflow alone.
 //! * [`Nexmark`]: the Nexmark benchmark's persons, auctions and bids, generated
 //!   deterministically and split across workers.
 //!
@@ -55,5 +56,5 @@ mod stdout;
 
 pub use files::{FileFormat, FileSink, FileSource, Files};
 pub use generators::{DEFAULT_BASE_TIME_MS, Nexmark, NexmarkTable};
-pub use memory::Collect;
+pub use memory::{Collect, Replay};
 pub use stdout::Stdout;

@@ -1,0 +1,158 @@
+//! Nexmark throughput for the queries Streamrun runs today (q0–q2), in bids per second per
+//! core, with generation measured apart from processing, beside a hand-written timely
+//! implementation of q1 over the same data in the same run.
+//!
+//! Workload: the bids among the first `STREAMRUN_BENCH_EVENTS` (default 10,000,000) events of
+//! the Nexmark generator (fixed base time), generated once into Arrow batches of 8,192 rows
+//! and timed on its own; the queries then read those batches from memory (`Replay`), so only
+//! the dataflow is timed. Results go to a sink that counts rows. The raw timely q1 feeds the
+//! same batches to a timely dataflow by hand (worker i takes batches i, i+W, …), applies the
+//! same q1 kernel and counts rows: no Streamrun plan, routing, chain or pacing. Both sides are
+//! checked to produce the same row count before timing. Figures are medians of
+//! `STREAMRUN_BENCH_RUNS` runs (default 5).
+//!
+//! `cargo bench --bench nexmark`
+#![allow(clippy::print_stdout)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use streamrun::connectors::Replay;
+use streamrun::engine::{Sink, SinkWriter, Source, SourceCollector, WorkerContext};
+use streamrun::nexmark::{Query, q1};
+use streamrun::prelude::*;
+use timely::dataflow::operators::{Inspect, ToStream};
+
+/// A sink that counts rows and keeps nothing.
+#[derive(Clone, Default)]
+struct CountRows(Arc<AtomicU64>);
+
+impl Sink for CountRows {
+    fn open(&self, _: &WorkerContext, _: &SchemaRef) -> streamrun::Result<Box<dyn SinkWriter>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl SinkWriter for CountRows {
+    fn write(&mut self, batch: &RecordBatch) -> streamrun::Result<()> {
+        self.0.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+    fn finish(&mut self) -> streamrun::Result<()> {
+        Ok(())
+    }
+}
+
+fn generate(events: u64) -> (SchemaRef, Vec<RecordBatch>) {
+    let source = Nexmark::bids(events);
+    let schema = Source::schema(&source).expect("schema");
+    let ctx = WorkerContext {
+        job: "generate".into(),
+        index: 0,
+        workers: 1,
+    };
+    let mut reader = source.open(&ctx).expect("open");
+    let mut out = SourceCollector::new(streamrun::engine::BadRecordPolicy::Fail);
+    let mut batches = Vec::new();
+    while reader.read(&mut out).expect("read") {
+        batches.extend(out.take().0);
+    }
+    batches.extend(out.take().0);
+    (schema, batches)
+}
+
+fn streamrun_query(query: Query, replay: &Replay, workers: usize) -> u64 {
+    let job = Job::new("nexmark-bench");
+    let rows = CountRows::default();
+    let descriptor = streamrun::engine::Descriptor::new("count", serde_json::Value::Null);
+    query
+        .build(&job, replay.clone())
+        .sink((descriptor, Arc::new(rows.clone()) as Arc<dyn Sink>));
+    streamrun::execute_with(
+        &job,
+        &ExecOptions {
+            workers,
+            metrics: None,
+        },
+    )
+    .expect("query");
+    rows.0.load(Ordering::Relaxed)
+}
+
+fn raw_timely_q1(batches: &Arc<Vec<RecordBatch>>, workers: usize) -> u64 {
+    let rows = Arc::new(AtomicU64::new(0));
+    let (batches, counter) = (Arc::clone(batches), Arc::clone(&rows));
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine: Vec<RecordBatch> = batches.iter().skip(index).step_by(peers).cloned().collect();
+        let counter = Arc::clone(&counter);
+        worker.dataflow::<u64, _, _>(|scope| {
+            mine.to_stream(scope)
+                .container::<Vec<RecordBatch>>()
+                .inspect(move |batch: &RecordBatch| {
+                    let euros = q1(batch.clone()).expect("q1");
+                    counter.fetch_add(euros.num_rows() as u64, Ordering::Relaxed);
+                });
+        });
+    })
+    .expect("timely")
+    .join()
+    .into_iter()
+    .for_each(|r| r.expect("worker"));
+    rows.load(Ordering::Relaxed)
+}
+
+fn line(name: &str, bids: u64, workers: usize, time: Duration, reference: Option<Duration>) {
+    let per_core = bids as f64 / time.as_secs_f64() / workers as f64;
+    let ratio = reference.map_or(String::new(), |r| {
+        format!("{:>8.2}x raw", r.as_secs_f64() / time.as_secs_f64())
+    });
+    println!(
+        "{name:<30} W={workers} {:>9.1} ms {:>8.2} M bids/s/core {ratio}",
+        time.as_secs_f64() * 1e3,
+        per_core / 1e6
+    );
+}
+
+fn main() {
+    let events: u64 = std::env::var("STREAMRUN_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let started = Instant::now();
+    let (schema, batches) = generate(events);
+    let generation = started.elapsed();
+    let bids: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let replay = Replay::new(schema, batches.clone());
+    let shared = Arc::new(batches);
+    let runs = common::runs();
+    println!(
+        "nexmark: {bids} bids among the first {events} events; generation {:.1} ms ({:.2} M bids/s, 1 thread, not counted below); median of {runs} runs",
+        generation.as_secs_f64() * 1e3,
+        bids as f64 / generation.as_secs_f64() / 1e6
+    );
+    for workers in [1, 2] {
+        assert_eq!(
+            streamrun_query(Query::Q1, &replay, workers),
+            raw_timely_q1(&shared, workers)
+        );
+        let raw = common::median_time(runs, || raw_timely_q1(&shared, workers));
+        line("raw timely q1", bids, workers, raw, None);
+        for query in [Query::Q0, Query::Q1, Query::Q2] {
+            let time = common::median_time(runs, || streamrun_query(query, &replay, workers));
+            let reference = (query == Query::Q1).then_some(raw);
+            line(
+                &format!("streamrun {query:?}"),
+                bids,
+                workers,
+                time,
+                reference,
+            );
+        }
+    }
+}
