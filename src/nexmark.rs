@@ -4,8 +4,6 @@
 //! SQL (`nexmark/queries/qN.sql`). Each function adds the query to a job and returns its
 //! result stream; [`Query::columns`] documents the result columns. Queries q3–q8 need
 //! windows and joins on event time and are not here yet.
-//!
-//! [`Nexmark::bids`]: streamrun_connectors::Nexmark::bids
 
 use std::sync::Arc;
 
@@ -38,7 +36,8 @@ impl Query {
         }
     }
 
-    /// Adds the query over `bids` (a [`Nexmark::bids`] source, or a replay of its batches)
+    /// Adds the query over `bids` (a [`Nexmark::bids`](streamrun_connectors::Nexmark::bids)
+    /// source, or a replay of its batches)
     /// to `job`, returning the result stream.
     pub fn build(self, job: &Job, bids: impl IntoSource) -> Stream {
         let bids = job.source(bids);
