@@ -12,6 +12,7 @@ use streamrun_engine::{
 };
 use streamrun_operators::{
     Agg, Aggregate, CmpOp, Compare, MapBatches, Phase, Select, SplitWords, TopK, TypedTask,
+    WindowAggregate,
 };
 
 /// A job being declared: a graph of sources, operators and sinks.
@@ -21,6 +22,9 @@ use streamrun_operators::{
 #[derive(Clone)]
 pub struct Job {
     graph: Arc<Mutex<JobGraph>>,
+    /// Mistakes found while declaring (a method applied where it does not fit), reported
+    /// when the job is compiled, so that declaring stays free of `?`.
+    errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -130,7 +134,24 @@ impl Job {
     pub fn new(name: &str) -> Job {
         Job {
             graph: Arc::new(Mutex::new(JobGraph::new(name))),
+            errors: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Reports the first mistake made while declaring the job, if any.
+    pub fn check(&self) -> streamrun_engine::Result<()> {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        match errors.first() {
+            Some(e) => Err(streamrun_engine::Error::Plan(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn record_error(&self, message: String) {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(message);
     }
 
     fn lock(&self) -> MutexGuard<'_, JobGraph> {
@@ -190,6 +211,7 @@ impl Job {
                 source,
                 on_bad_record,
                 dead_letters,
+                event_time: None,
             },
         );
         Stream {
@@ -365,6 +387,22 @@ impl Stream {
         self.exchange("broadcast", Partitioning::Broadcast)
     }
 
+    /// Gives this source's records event time from `column` (a timestamp, or Int64
+    /// milliseconds), arriving at most `max_delay` out of order. The source's watermark then
+    /// trails the latest event time by `max_delay`; records behind it are late and go to the
+    /// source's bad-record path with the reason (an error by default, or the dead letters).
+    /// Must follow [`Job::source`] directly.
+    pub fn event_time(&self, column: &str, max_delay: std::time::Duration) -> Stream {
+        let spec = streamrun_engine::EventTimeSpec {
+            column: column.to_owned(),
+            max_delay_ms: u64::try_from(max_delay.as_millis()).unwrap_or(u64::MAX),
+        };
+        if let Err(e) = self.job.lock().set_event_time(self.node, spec) {
+            self.job.record_error(e.to_string());
+        }
+        self.clone()
+    }
+
     /// Writes the stream to `sink`.
     pub fn sink(&self, sink: impl IntoSink) {
         let (descriptor, sink) = sink.into_sink();
@@ -427,5 +465,64 @@ impl KeyedStream {
     /// Mean of `column` per key, as `mean_<column>`.
     pub fn mean(&self, column: &str) -> Stream {
         self.aggregate(vec![Agg::mean(column)])
+    }
+
+    /// Groups each key's records into event-time windows; aggregate them next.
+    pub fn window(&self, window: Tumbling) -> WindowedStream {
+        WindowedStream {
+            keyed: self.clone(),
+            window,
+        }
+    }
+}
+
+/// Tumbling event-time windows: consecutive, non-overlapping, of one length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tumbling {
+    size: std::time::Duration,
+}
+
+impl Tumbling {
+    /// Windows of length `size` (whole milliseconds), aligned on the Unix epoch.
+    pub fn of(size: std::time::Duration) -> Self {
+        Tumbling { size }
+    }
+}
+
+/// A keyed stream cut into windows, waiting for its aggregation.
+#[must_use = "a windowed stream does nothing until it is aggregated"]
+#[derive(Clone, Debug)]
+pub struct WindowedStream {
+    keyed: KeyedStream,
+    window: Tumbling,
+}
+
+impl WindowedStream {
+    /// Aggregates each key's records per window. Each window is emitted once, when the
+    /// watermark passes its end, with columns `window_start`, `window_end`, the keys and the
+    /// aggregates.
+    pub fn aggregate(&self, aggs: Vec<Agg>) -> Stream {
+        let stream = &self.keyed.stream;
+        let time_column = stream
+            .job
+            .lock()
+            .event_time_of(stream.node)
+            .map(|t| t.column.clone());
+        let size_ms = u64::try_from(self.window.size.as_millis()).unwrap_or(u64::MAX);
+        let op = WindowAggregate::tumbling(size_ms, time_column, self.keyed.keys.clone(), aggs);
+        stream.operator(
+            "window",
+            OperatorDecl {
+                descriptor: op.descriptor(),
+                op: Arc::new(op),
+                combiner: None,
+                parallelism: Parallelism::Workers,
+            },
+        )
+    }
+
+    /// Records per key and window, in a column `count`.
+    pub fn count(&self) -> Stream {
+        self.aggregate(vec![Agg::count()])
     }
 }

@@ -41,7 +41,9 @@ mod dsl;
 pub mod nexmark;
 pub mod spec;
 
-pub use dsl::{IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Stream};
+pub use dsl::{
+    IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Stream, Tumbling, WindowedStream,
+};
 pub use streamrun_connectors as connectors;
 pub use streamrun_engine as engine;
 pub use streamrun_engine::{Error, ExecOptions, JobReport, Metrics, Result};
@@ -49,7 +51,9 @@ pub use streamrun_operators as operators;
 
 /// Everything a program needs: `use streamrun::prelude::*`.
 pub mod prelude {
-    pub use crate::dsl::{IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Stream};
+    pub use crate::dsl::{
+        IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Stream, Tumbling, WindowedStream,
+    };
     pub use streamrun_connectors::{Collect, Files, Nexmark, Stdout};
     pub use streamrun_engine::{Error, ExecOptions, JobReport, Result};
     pub use streamrun_operators::{Agg, CmpOp};
@@ -78,11 +82,13 @@ pub fn execute(job: &Job) -> Result<JobReport> {
 
 /// Runs `job` with explicit options.
 pub fn execute_with(job: &Job, options: &ExecOptions) -> Result<JobReport> {
+    job.check()?;
     streamrun_engine::execute(&job.graph(), options)
 }
 
 /// The logical and physical plans of `job` for `workers` workers, as text.
 pub fn explain(job: &Job, workers: usize) -> Result<String> {
+    job.check()?;
     let graph = job.graph();
     let physical = streamrun_engine::compile(&graph, workers)?;
     Ok(format!(
@@ -94,6 +100,7 @@ pub fn explain(job: &Job, workers: usize) -> Result<String> {
 
 /// Both plans of `job` as a Graphviz digraph.
 pub fn explain_dot(job: &Job, workers: usize) -> Result<String> {
+    job.check()?;
     let graph = job.graph();
     let physical = streamrun_engine::compile(&graph, workers)?;
     Ok(streamrun_engine::explain::dot(graph.plan(), &physical))

@@ -38,6 +38,7 @@
 //!     source: Arc::new(source),
 //!     on_bad_record: BadRecordPolicy::Fail,
 //!     dead_letters: None,
+//!     event_time: None,
 //! });
 //! graph.add_sink(input, "collect", collect.descriptor(), Arc::new(collect.clone()));
 //! execute(&graph, &ExecOptions { workers: 2, metrics: None })?;

@@ -76,6 +76,7 @@ fn csv_to_collect_job_with_dead_letters() {
             source: Arc::new(source),
             on_bad_record: BadRecordPolicy::DeadLetter,
             dead_letters: Some((dead.descriptor(), Arc::new(dead.clone()))),
+            event_time: None,
         },
     );
     graph.add_sink(
@@ -121,6 +122,7 @@ fn stdout_job_runs_on_one_worker() {
             source: Arc::new(source),
             on_bad_record: BadRecordPolicy::Fail,
             dead_letters: None,
+            event_time: None,
         },
     );
     graph.add_sink(input, "stdout", sink.descriptor(), Arc::new(sink));

@@ -180,10 +180,28 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
         })?;
         let input = node.inputs.first().and_then(|&i| placed[i].clone());
         let here = match (&node.kind, imp, input) {
-            (NodeKind::Source { connector, .. }, NodeImpl::Source { source, .. }, None) => {
+            (
+                NodeKind::Source {
+                    connector,
+                    event_time,
+                    ..
+                },
+                NodeImpl::Source { source, .. },
+                None,
+            ) => {
                 let schema = source
                     .schema()
                     .map_err(|e| Error::Plan(format!("source '{}': {e}", node.name)))?;
+                if let Some(spec) = event_time {
+                    let what = format!("source '{}': event time", node.name);
+                    let column =
+                        column_indices(&schema, std::slice::from_ref(&spec.column), &what)?[0];
+                    crate::time::event_time_type_check(
+                        schema.field(column).data_type(),
+                        &spec.column,
+                    )
+                    .map_err(|e| Error::Plan(format!("source '{}': {e}", node.name)))?;
+                }
                 stages.push(Stage {
                     id: stages.len(),
                     parallelism: workers,

@@ -14,13 +14,15 @@
 //! input's frontier, so they never stall this accounting.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
@@ -35,7 +37,8 @@ use crate::connector::{
 };
 use crate::error::{Error, Result};
 use crate::operator::{Collector, Operator as StreamOperator, WorkerContext};
-use crate::plan::{JobGraph, NodeImpl, NodeKind, Partitioning};
+use crate::plan::{EventTimeSpec, JobGraph, NodeImpl, NodeKind, Partitioning};
+use crate::time::Time;
 
 /// Epochs a source may run ahead of the slowest stage.
 pub const MAX_EPOCHS_IN_FLIGHT: u64 = 16;
@@ -45,7 +48,7 @@ pub const READS_PER_ACTIVATION: usize = 4;
 
 /// A batch tagged with the worker it is routed to.
 type Tagged = (u32, Batch);
-type TaggedStream<'s> = Stream<'s, u64, Vec<Tagged>>;
+type TaggedStream<'s> = Stream<'s, Time, Vec<Tagged>>;
 
 /// Counters a running job updates, readable from another thread (for a progress bar).
 #[derive(Debug, Default)]
@@ -196,8 +199,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
         index: worker.index(),
         workers: worker.peers(),
     };
-    let pace = ProbeHandle::<u64>::new();
-    worker.dataflow::<u64, _, _>(|scope| build_dataflow(scope, shared, &ctx, &pace))?;
+    let pace = ProbeHandle::<Time>::new();
+    worker.dataflow::<Time, _, _>(|scope| build_dataflow(scope, shared, &ctx, &pace))?;
     while worker.step_or_park(Some(Duration::from_millis(20))) {
         if shared.aborted() {
             break;
@@ -207,10 +210,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
 }
 
 fn build_dataflow<'s>(
-    scope: Scope<'s, u64>,
+    scope: Scope<'s, Time>,
     shared: &Arc<Shared>,
     ctx: &WorkerContext,
-    pace: &ProbeHandle<u64>,
+    pace: &ProbeHandle<Time>,
 ) -> Result<()> {
     let mut outputs: Vec<TaggedStream<'s>> = Vec::with_capacity(shared.plan.stages.len());
     for stage in &shared.plan.stages {
@@ -344,14 +347,25 @@ fn run_chain(
     Ok(())
 }
 
-/// Finishes every operator of the chain in order, pushing what each emits through the rest.
-fn finish_chain(chain: &mut [ChainOp], out: &mut Vec<RecordBatch>) -> Result<()> {
+/// A signal that passes down a chain: each operator in turn receives it, and what it emits
+/// flows through the operators after it (which receive the signal after that).
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    /// The input's watermark advanced to this event time (ms).
+    Watermark(u64),
+    /// The input ended.
+    Finish,
+}
+
+fn signal_chain(chain: &mut [ChainOp], signal: Signal, out: &mut Vec<RecordBatch>) -> Result<()> {
     for i in 0..chain.len() {
         let mut collector = Collector::new();
         let op = &mut chain[i];
-        op.op
-            .finish(&mut collector)
-            .map_err(|e| name_error(&op.name, e))?;
+        match signal {
+            Signal::Watermark(w) => op.op.on_watermark(w, &mut collector),
+            Signal::Finish => op.op.finish(&mut collector),
+        }
+        .map_err(|e| name_error(&op.name, e))?;
         for batch in collector.take() {
             run_chain(chain, i + 1, batch, out)?;
         }
@@ -368,7 +382,7 @@ fn chain_operator<'s, P>(
     shared: &Arc<Shared>,
 ) -> TaggedStream<'s>
 where
-    P: ParallelizationContract<u64, Vec<Tagged>>,
+    P: ParallelizationContract<Time, Vec<Tagged>>,
 {
     let shared = Arc::clone(shared);
     input.unary_frontier::<CapacityContainerBuilder<Vec<Tagged>>, _, _, _>(
@@ -377,8 +391,9 @@ where
         move |capability, _info| {
             // Only a blocking stage emits after its input ends, and so needs to hold a
             // capability; it holds it at its input frontier, never behind it.
-            let mut held: Option<Capability<u64>> = blocking.then_some(capability);
+            let mut held: Option<Capability<Time>> = blocking.then_some(capability);
             let mut finished = false;
+            let mut watermark = 0u64;
             move |(input, frontier), output| {
                 let mut failure = None;
                 input.for_each_stamp(|cap, data| {
@@ -409,11 +424,28 @@ where
                 {
                     cap.downgrade(&least);
                 }
+                // The watermark is the event-time part of the input frontier.
+                if let (Some(cap), Some(least)) = (held.as_ref(), frontier.first())
+                    && least.watermark > watermark
+                    && !shared.aborted()
+                {
+                    watermark = least.watermark;
+                    let mut emitted = Vec::new();
+                    match signal_chain(&mut chain, Signal::Watermark(watermark), &mut emitted) {
+                        Ok(()) => {
+                            let mut session = output.session(cap);
+                            for batch in emitted {
+                                session.give((0u32, Batch(batch)));
+                            }
+                        }
+                        Err(e) => shared.fail(e),
+                    }
+                }
                 if frontier.is_empty() && !finished {
                     finished = true;
                     if !shared.aborted() {
                         let mut emitted = Vec::new();
-                        match finish_chain(&mut chain, &mut emitted) {
+                        match signal_chain(&mut chain, Signal::Finish, &mut emitted) {
                             Ok(()) => {
                                 if let Some(cap) = held.as_ref() {
                                     let mut session = output.session(cap);
@@ -548,12 +580,12 @@ impl StreamOperator for SinkOperator {
 }
 
 fn build_source_stage<'s>(
-    scope: Scope<'s, u64>,
+    scope: Scope<'s, Time>,
     shared: &Arc<Shared>,
     stage: &Stage,
     ctx: &WorkerContext,
     active: bool,
-    pace: &ProbeHandle<u64>,
+    pace: &ProbeHandle<Time>,
 ) -> Result<TaggedStream<'s>> {
     let head = stage
         .ops
@@ -591,6 +623,19 @@ fn build_source_stage<'s>(
             false,
         )
     });
+    let mut clock = match &node.kind {
+        NodeKind::Source {
+            event_time: Some(spec),
+            ..
+        } => {
+            let schema = head
+                .output_schema
+                .clone()
+                .ok_or_else(|| Error::Internal(format!("source '{source_name}' has no schema")))?;
+            Some(EventClock::new(spec, &schema, &source_name)?)
+        }
+        _ => None,
+    };
     let shared = Arc::clone(shared);
     let pace = pace.clone();
     let name = stage_name(stage);
@@ -603,6 +648,8 @@ fn build_source_stage<'s>(
             let mut collector = SourceCollector::new(policy);
             let activator = RefCell::new(activator);
             let mut waits: u32 = 0;
+            // The times of the last MAX_EPOCHS_IN_FLIGHT reads, oldest first.
+            let mut recent: VecDeque<Time> = VecDeque::new();
             move |output| {
                 let Some(current) = cap.as_mut() else {
                     return;
@@ -611,8 +658,10 @@ fn build_source_stage<'s>(
                     cap = None;
                     return;
                 }
-                let epoch = *current.time();
-                if epoch >= MAX_EPOCHS_IN_FLIGHT && pace.less_than(&(epoch - MAX_EPOCHS_IN_FLIGHT))
+                let now = *current.time();
+                if recent.len() as u64 >= MAX_EPOCHS_IN_FLIGHT
+                    && let Some(oldest) = recent.front()
+                    && pace.less_than(oldest)
                 {
                     // Downstream is behind. Operators of this worker catch up in the same step,
                     // so look again at once a few times; then back off, so that waiting for
@@ -650,7 +699,30 @@ fn build_source_stage<'s>(
                         .records_in
                         .fetch_add(records, Ordering::Relaxed);
                     shared.metrics.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-                    let (batches, dead) = collector.take();
+                    let (batches, mut dead) = collector.take();
+                    let mut admitted = Vec::with_capacity(batches.len());
+                    for batch in batches {
+                        match clock.as_mut() {
+                            None => admitted.push(batch),
+                            Some(clock) => {
+                                // The watermark reached so far, which is never behind the
+                                // one the batch is sent under: lateness then does not
+                                // depend on how reads fall into activations.
+                                let watermark = clock.watermark(now.watermark);
+                                match clock.admit(batch, watermark, &mut collector) {
+                                    Ok(batch) => admitted.push(batch),
+                                    Err(e) => {
+                                        failed = Some(e);
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    dead.extend(collector.take().1);
+                    if failed.is_some() {
+                        break;
+                    }
                     if !dead.is_empty() {
                         shared
                             .metrics
@@ -669,7 +741,7 @@ fn build_source_stage<'s>(
                             break;
                         }
                     }
-                    for batch in batches {
+                    for batch in admitted {
                         if let Err(e) = run_chain(&mut chain, 0, batch, &mut emitted) {
                             failed = Some(e);
                             break;
@@ -680,7 +752,7 @@ fn build_source_stage<'s>(
                     }
                 }
                 if !more && failed.is_none() {
-                    if let Err(e) = finish_chain(&mut chain, &mut emitted) {
+                    if let Err(e) = signal_chain(&mut chain, Signal::Finish, &mut emitted) {
                         failed = Some(e);
                     }
                     if let Some(w) = dead_writer.as_mut()
@@ -700,14 +772,128 @@ fn build_source_stage<'s>(
                         session.give((0u32, Batch(batch)));
                     }
                 }
-                if more {
-                    current.downgrade(&(epoch + 1));
-                    activator.borrow().activate();
-                } else {
+                if !more {
                     cap = None;
+                    return;
                 }
+                recent.push_back(now);
+                if recent.len() as u64 > MAX_EPOCHS_IN_FLIGHT {
+                    recent.pop_front();
+                }
+                let watermark = clock
+                    .as_ref()
+                    .map_or(now.watermark, |c| c.watermark(now.watermark));
+                current.downgrade(&Time::new(watermark, now.epoch + 1));
+                if watermark > now.watermark {
+                    // The operators fused behind the source see its watermark directly.
+                    let mut emitted = Vec::new();
+                    match signal_chain(&mut chain, Signal::Watermark(watermark), &mut emitted) {
+                        Ok(()) => {
+                            let mut session = output.session(&*current);
+                            for batch in emitted {
+                                session.give((0u32, Batch(batch)));
+                            }
+                        }
+                        Err(e) => {
+                            shared.fail(e);
+                            cap = None;
+                            return;
+                        }
+                    }
+                }
+                activator.borrow().activate();
             }
         },
     );
     Ok(stream)
+}
+
+/// Event time at a source: admits the records at or after the watermark, reports the late
+/// ones, and moves the watermark to the latest event time seen minus the allowed delay.
+struct EventClock {
+    source: String,
+    column: usize,
+    max_delay_ms: u64,
+    latest: Option<u64>,
+}
+
+impl EventClock {
+    fn new(spec: &EventTimeSpec, schema: &SchemaRef, source: &str) -> Result<Self> {
+        let column = column_indices(schema, std::slice::from_ref(&spec.column), "event time")?[0];
+        crate::time::event_time_type_check(schema.field(column).data_type(), &spec.column)?;
+        Ok(EventClock {
+            source: source.to_owned(),
+            column,
+            max_delay_ms: spec.max_delay_ms,
+            latest: None,
+        })
+    }
+
+    /// The watermark after what has been admitted: never behind `current`.
+    fn watermark(&self, current: u64) -> u64 {
+        self.latest.map_or(current, |t| {
+            current.max(t.saturating_sub(self.max_delay_ms))
+        })
+    }
+
+    /// Keeps the rows of `batch` whose event time is at or after `watermark`; hands the
+    /// others to `out` as bad records (which fails the job unless the source dead-letters).
+    fn admit(
+        &mut self,
+        batch: RecordBatch,
+        watermark: u64,
+        out: &mut SourceCollector,
+    ) -> Result<RecordBatch> {
+        let times = crate::time::event_millis(batch.column(self.column))
+            .map_err(|e| Error::arrow(format!("event time of '{}'", self.source), e))?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut all = true;
+        for row in 0..batch.num_rows() {
+            let time = times.is_valid(row).then(|| times.value(row));
+            let reason = match time {
+                None => Some("the record has no event time".to_owned()),
+                Some(t) if t < 0 || (t as u64) < watermark => Some(format!(
+                    "late: event time {t} ms is behind the watermark {watermark} ms (allowed delay {} ms)",
+                    self.max_delay_ms
+                )),
+                Some(t) => {
+                    self.latest = Some(self.latest.map_or(t as u64, |l| l.max(t as u64)));
+                    None
+                }
+            };
+            if let Some(reason) = reason {
+                out.bad_record(DeadLetter {
+                    location: format!("{} (event time)", self.source),
+                    reason,
+                    record: row_text(&batch, row),
+                })?;
+                all = false;
+            }
+            keep.push(is_admitted(time, watermark));
+        }
+        if all {
+            return Ok(batch);
+        }
+        filter_record_batch(&batch, &BooleanArray::from(keep))
+            .map_err(|e| Error::arrow(format!("event time of '{}'", self.source), e))
+    }
+}
+
+fn is_admitted(time: Option<i64>, watermark: u64) -> bool {
+    matches!(time, Some(t) if t >= 0 && (t as u64) >= watermark)
+}
+
+/// One row as `a, b, c`, for dead letters.
+fn row_text(batch: &RecordBatch, row: usize) -> String {
+    let options = arrow::util::display::FormatOptions::default();
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options)
+                .map(|f| f.value(row).to_string())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

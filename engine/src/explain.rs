@@ -20,8 +20,12 @@ fn node_text(kind: &NodeKind) -> String {
             connector,
             on_bad_record,
             dead_letters,
+            event_time,
         } => {
             let mut s = format!("source {}{}", connector.kind, config_text(connector));
+            if let Some(t) = event_time {
+                let _ = write!(s, " event-time({}, delay {} ms)", t.column, t.max_delay_ms);
+            }
             if *on_bad_record == BadRecordPolicy::DeadLetter {
                 match dead_letters {
                     Some(d) => write!(s, " dead-letters→{}{}", d.kind, config_text(d)).ok(),

@@ -55,6 +55,7 @@
 //! let src = graph.add_source("numbers", SourceDecl {
 //!     descriptor: Descriptor::new("numbers", serde_json::Value::Null),
 //!     source: Arc::new(Numbers), on_bad_record: BadRecordPolicy::Fail, dead_letters: None,
+//!     event_time: None,
 //! });
 //! graph.add_sink(src, "discard", Descriptor::new("discard", serde_json::Value::Null), Arc::new(Discard));
 //! let report = execute(&graph, &ExecOptions { workers: 2, metrics: None })?;
@@ -70,6 +71,7 @@ mod exec;
 pub mod explain;
 mod operator;
 mod plan;
+mod time;
 
 pub use batch::{Batch, column_indices, column_list, hash_rows, split_by_hash};
 pub use compile::{
@@ -86,6 +88,7 @@ pub use exec::{
 };
 pub use operator::{Collector, Operator, OperatorFactory, WorkerContext};
 pub use plan::{
-    Descriptor, JobGraph, LOGICAL_PLAN_VERSION, LogicalNode, LogicalPlan, NodeId, NodeImpl,
-    NodeKind, OperatorDecl, Partitioning, SourceDecl,
+    Descriptor, EventTimeSpec, JobGraph, LOGICAL_PLAN_VERSION, LogicalNode, LogicalPlan, NodeId,
+    NodeImpl, NodeKind, OperatorDecl, Partitioning, SourceDecl,
 };
+pub use time::{Time, TimeSummary, event_millis, event_time_type_check};

@@ -60,6 +60,13 @@ pub trait Operator {
     /// Processes one batch, emitting zero or more batches.
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()>;
 
+    /// Called when the watermark of the operator's input (event time, in milliseconds)
+    /// advances: no record with an earlier event time will arrive any more. Windows close
+    /// here. Only a [blocking](OperatorFactory::is_blocking) operator may emit.
+    fn on_watermark(&mut self, _watermark: u64, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+
     /// Called once after the last batch. Operators that hold data (aggregates, top-k) emit
     /// it here; sinks commit. Only a [blocking](OperatorFactory::is_blocking) operator may emit.
     fn finish(&mut self, _out: &mut Collector) -> Result<()> {
@@ -79,8 +86,9 @@ pub trait OperatorFactory: Send + Sync {
     /// Creates this worker's instance.
     fn create(&self, ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>>;
 
-    /// Whether the operator holds its output until the input ends (aggregates, top-k).
-    /// Stateless operators return `false` and then must not emit from [`Operator::finish`].
+    /// Whether the operator holds output until its input ends or its watermark advances
+    /// (aggregates, top-k, windows). Stateless operators return `false` and then must not emit
+    /// from [`Operator::finish`] or [`Operator::on_watermark`].
     fn is_blocking(&self) -> bool {
         false
     }

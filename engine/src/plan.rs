@@ -36,6 +36,17 @@ impl Descriptor {
     }
 }
 
+/// Where a source's records get their event time, and how far out of order they may come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventTimeSpec {
+    /// The column holding event time: a timestamp (any unit) or an Int64 of milliseconds.
+    pub column: String,
+    /// How far behind the latest event time seen a record may still arrive, in milliseconds.
+    /// The source's watermark is the latest event time seen minus this; records behind the
+    /// watermark are late, and go to the source's bad-record path with the reason.
+    pub max_delay_ms: u64,
+}
+
 /// How an edge moves batches from the workers of one operator to those of the next.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,6 +90,9 @@ pub enum NodeKind {
         on_bad_record: BadRecordPolicy,
         /// Where unreadable records go under [`BadRecordPolicy::DeadLetter`].
         dead_letters: Option<Descriptor>,
+        /// Event time, when the source has it.
+        #[serde(default)]
+        event_time: Option<EventTimeSpec>,
     },
     /// Transforms batches.
     Operator {
@@ -250,6 +264,8 @@ pub struct SourceDecl {
     pub on_bad_record: BadRecordPolicy,
     /// The dead-letter sink, with its descriptor.
     pub dead_letters: Option<(Descriptor, Arc<dyn Sink>)>,
+    /// Event time, when the source has it.
+    pub event_time: Option<EventTimeSpec>,
 }
 
 /// The declaration of an operator added to a [`JobGraph`].
@@ -307,6 +323,7 @@ impl JobGraph {
                 connector: decl.descriptor,
                 on_bad_record: decl.on_bad_record,
                 dead_letters: dl_desc,
+                event_time: decl.event_time,
             },
             None,
             NodeImpl::Source {
@@ -314,6 +331,36 @@ impl JobGraph {
                 dead_letters: dl_sink,
             },
         )
+    }
+
+    /// Gives source `node` event time. Fails if `node` is not a source.
+    pub fn set_event_time(&mut self, node: NodeId, spec: EventTimeSpec) -> Result<()> {
+        match self
+            .plan
+            .nodes
+            .get_mut(node)
+            .map(|n| (&n.name, &mut n.kind))
+        {
+            Some((_, NodeKind::Source { event_time, .. })) => {
+                *event_time = Some(spec);
+                Ok(())
+            }
+            Some((name, _)) => Err(Error::Plan(format!(
+                "event time is set on a source, but '{name}' is not one: call event_time right after source(..)"
+            ))),
+            None => Err(Error::Internal(format!("no node {node}"))),
+        }
+    }
+
+    /// The event time of the stream produced by `node`: that of the source it descends from.
+    pub fn event_time_of(&self, node: NodeId) -> Option<&EventTimeSpec> {
+        let mut current = self.plan.nodes.get(node)?;
+        loop {
+            match &current.kind {
+                NodeKind::Source { event_time, .. } => return event_time.as_ref(),
+                _ => current = self.plan.nodes.get(*current.inputs.first()?)?,
+            }
+        }
     }
 
     /// Adds an operator reading `input`.
@@ -386,6 +433,7 @@ mod tests {
                 connector: Descriptor::new("files.text", serde_json::json!({"path": "a/*.txt"})),
                 on_bad_record: BadRecordPolicy::Fail,
                 dead_letters: None,
+                event_time: None,
             },
             inputs: vec![],
         });

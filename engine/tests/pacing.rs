@@ -106,6 +106,7 @@ fn a_fast_source_stays_within_its_epoch_budget_ahead_of_a_slow_operator() {
             source: Arc::new(Fast(Arc::clone(&counters))),
             on_bad_record: BadRecordPolicy::Fail,
             dead_letters: None,
+            event_time: None,
         },
     );
     // The slow operator runs on worker 0 only, behind a gather edge: worker 1's source,

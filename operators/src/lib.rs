@@ -10,6 +10,7 @@
 //! | [`SplitWords`] | one row per normalised word of a text column |
 //! | [`Aggregate`] | keyed `count`/`sum`/`min`/`max`/`mean`, in partial and final phases |
 //! | [`TopK`] | the k greatest rows by a column |
+//! | [`WindowAggregate`] | keyed aggregates per tumbling event-time window |
 //!
 //! Each implements the engine's [`OperatorFactory`](streamrun_engine::OperatorFactory). Most
 //! users meet them through the `streamrun` crate's DSL (`stream.key_by("word").count()`); here
@@ -41,6 +42,7 @@ mod batchfn;
 mod select;
 mod topk;
 mod typed;
+mod window;
 mod words;
 
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
@@ -48,4 +50,5 @@ pub use batchfn::MapBatches;
 pub use select::{CmpOp, Compare, Select, project_schema};
 pub use topk::TopK;
 pub use typed::{TypedTask, plain_field};
+pub use window::WindowAggregate;
 pub use words::{SplitWords, push_words};

@@ -9,4 +9,5 @@ mod groupby;
 mod nexmark;
 mod plan;
 mod typed;
+mod windows;
 mod wordcount;

@@ -1,0 +1,294 @@
+//! Tumbling event-time windows against recomputations from the raw events: in-order
+//! Nexmark bids on 1 and 4 workers, out-of-order records within the allowed delay, and late
+//! records, which go to the dead letters (or fail the job), never silently away.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
+use nexmark::EventGenerator;
+use nexmark::event::Event;
+use streamrun::connectors::Replay;
+use streamrun::prelude::*;
+
+use crate::common::{run, sorted_rows};
+
+/// (window start, key) → count, read from a window aggregate's output.
+fn window_counts(batches: &[RecordBatch]) -> HashMap<(i64, i64), i64> {
+    let mut out = HashMap::new();
+    for b in batches {
+        let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+        let end = b.column(1).as_primitive::<TimestampMillisecondType>();
+        let key = b.column(2).as_primitive::<Int64Type>();
+        let count = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            assert_eq!(end.value(i) - start.value(i), 1000, "window length");
+            let previous = out.insert((start.value(i), key.value(i)), count.value(i));
+            assert!(
+                previous.is_none(),
+                "window {} of key {} emitted twice",
+                start.value(i),
+                key.value(i)
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn tumbling_counts_of_nexmark_bids_match_a_recomputation_on_1_and_4_workers() {
+    const EVENTS: u64 = 60_000;
+    let mut expected: HashMap<(i64, i64), i64> = HashMap::new();
+    for event in EventGenerator::new(Nexmark::bids(EVENTS).config()).take(EVENTS as usize) {
+        if let Event::Bid(b) = event {
+            let t = b.date_time as i64;
+            *expected
+                .entry((t - t % 1000, b.auction as i64))
+                .or_default() += 1;
+        }
+    }
+    let windows: std::collections::HashSet<i64> = expected.keys().map(|k| k.0).collect();
+    assert!(windows.len() >= 3, "the events should span several windows");
+    let mut first = None;
+    for workers in [1, 4] {
+        let job = Job::new("windows");
+        let out = Collect::new();
+        job.source(Nexmark::bids(EVENTS))
+            .event_time("date_time", Duration::ZERO)
+            .key_by("auction")
+            .window(Tumbling::of(Duration::from_secs(1)))
+            .count()
+            .sink(out.clone());
+        run(&job, workers);
+        let batches = out.batches();
+        assert_eq!(window_counts(&batches), expected, "{workers} workers");
+        let rows = sorted_rows(&batches);
+        match &first {
+            None => first = Some(rows),
+            Some(f) => assert_eq!(&rows, f),
+        }
+    }
+}
+
+fn events_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("t", DataType::Int64, false),
+    ]))
+}
+
+fn events(rows: &[(&str, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        events_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+        ],
+    )
+    .expect("batch")
+}
+
+/// (window start, key) → count over `rows`, the oracle.
+fn recount(rows: &[(&str, i64)]) -> HashMap<(i64, String), i64> {
+    let mut out = HashMap::new();
+    for (k, t) in rows {
+        *out.entry((t - t % 1000, (*k).to_owned())).or_default() += 1;
+    }
+    out
+}
+
+fn run_counts(
+    batches: Vec<RecordBatch>,
+    delay: Duration,
+    dead: Option<Collect>,
+) -> streamrun::Result<HashMap<(i64, String), i64>> {
+    let job = Job::new("late");
+    let out = Collect::new();
+    let replay = Replay::new(events_schema(), batches);
+    let source = match dead {
+        Some(dead) => job.source_with_dead_letters(replay, dead),
+        None => job.source(replay),
+    };
+    source
+        .event_time("t", delay)
+        .key_by("k")
+        .window(Tumbling::of(Duration::from_secs(1)))
+        .count()
+        .sink(out.clone());
+    streamrun::execute_with(
+        &job,
+        &ExecOptions {
+            workers: 1,
+            metrics: None,
+        },
+    )?;
+    let mut got = HashMap::new();
+    for b in out.batches() {
+        let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+        let key = b.column(2).as_string::<i32>();
+        let count = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            got.insert((start.value(i), key.value(i).to_owned()), count.value(i));
+        }
+    }
+    Ok(got)
+}
+
+#[test]
+fn out_of_order_records_within_the_delay_are_all_counted() {
+    // Each batch goes back up to 900 ms in time; a delay of one second admits all of it.
+    let batches: Vec<Vec<(&str, i64)>> = (0..6)
+        .map(|b| {
+            (0..50)
+                .map(|i| (if i % 3 == 0 { "x" } else { "y" }, b * 700 + (i * 37) % 900))
+                .collect()
+        })
+        .collect();
+    let all: Vec<(&str, i64)> = batches.iter().flatten().copied().collect();
+    let got = run_counts(
+        batches.iter().map(|rows| events(rows)).collect(),
+        Duration::from_secs(1),
+        None,
+    )
+    .expect("no record is late");
+    assert_eq!(got, recount(&all));
+}
+
+#[test]
+fn late_records_go_to_the_dead_letters_and_the_rest_is_counted() {
+    let on_time: Vec<(&str, i64)> = (0..100)
+        .map(|i| (if i % 2 == 0 { "a" } else { "b" }, i * 10))
+        .collect();
+    // After the first batch the watermark is 990 - 100 = 890: 50 ms is late, 2,000 ms is not.
+    let second = vec![("a", 50), ("b", 2000)];
+    let dead = Collect::new();
+    let got = run_counts(
+        vec![events(&on_time), events(&second)],
+        Duration::from_millis(100),
+        Some(dead.clone()),
+    )
+    .expect("late records are dead-lettered");
+    let mut kept = on_time.clone();
+    kept.push(("b", 2000));
+    assert_eq!(got, recount(&kept));
+    let letters = dead.batches();
+    assert_eq!(letters.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+    let reason = letters[0].column(2).as_string::<i32>().value(0).to_owned();
+    let record = letters[0].column(3).as_string::<i32>().value(0).to_owned();
+    assert!(
+        reason.contains("late") && reason.contains("890"),
+        "{reason}"
+    );
+    assert_eq!(record, "a,50");
+}
+
+#[test]
+fn a_late_record_fails_the_job_by_default_naming_its_time() {
+    let on_time: Vec<(&str, i64)> = (0..100).map(|i| ("a", i * 10)).collect();
+    let err = run_counts(
+        vec![events(&on_time), events(&[("a", 50)])],
+        Duration::from_millis(100),
+        None,
+    )
+    .expect_err("late record");
+    let message = err.to_string();
+    assert!(
+        message.contains("late") && message.contains("50 ms"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_window_without_event_time_is_refused_before_running() {
+    let job = Job::new("no time");
+    job.source(Replay::new(events_schema(), vec![events(&[("a", 1)])]))
+        .key_by("k")
+        .window(Tumbling::of(Duration::from_secs(1)))
+        .count()
+        .sink(Collect::new());
+    let err = streamrun::explain(&job, 1).expect_err("no event time");
+    assert!(err.to_string().contains("event time"), "{err}");
+    let job = Job::new("misplaced");
+    job.source(Replay::new(events_schema(), vec![events(&[("a", 1)])]))
+        .select(["k", "t"])
+        .event_time("t", Duration::ZERO)
+        .sink(Collect::new());
+    let err = streamrun::execute(&job).expect_err("event time on an operator");
+    assert!(err.to_string().contains("right after source"), "{err}");
+}
+
+/// A sink noting how many records the sources had read when its first batch arrived.
+#[derive(Clone)]
+struct FirstArrival {
+    metrics: Arc<streamrun::Metrics>,
+    seen: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+impl streamrun::engine::Sink for FirstArrival {
+    fn open(
+        &self,
+        _: &streamrun::engine::WorkerContext,
+        _: &SchemaRef,
+    ) -> streamrun::Result<Box<dyn streamrun::engine::SinkWriter>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl streamrun::engine::SinkWriter for FirstArrival {
+    fn write(&mut self, _: &RecordBatch) -> streamrun::Result<()> {
+        let mut seen = self.seen.lock().expect("lock");
+        if seen.is_none() {
+            *seen = Some(
+                self.metrics
+                    .records_in
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            );
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> streamrun::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn windows_are_emitted_when_the_watermark_passes_not_at_the_end() {
+    // 20 seconds of events, one per millisecond, in 200 batches.
+    let batches: Vec<RecordBatch> = (0..200)
+        .map(|b| {
+            let rows: Vec<(&str, i64)> = (0..100).map(|i| ("k", b * 100 + i)).collect();
+            events(&rows)
+        })
+        .collect();
+    let metrics = Arc::new(streamrun::Metrics::default());
+    let sink = FirstArrival {
+        metrics: Arc::clone(&metrics),
+        seen: Arc::default(),
+    };
+    let job = Job::new("early");
+    job.source(Replay::new(events_schema(), batches))
+        .event_time("t", Duration::ZERO)
+        .key_by("k")
+        .window(Tumbling::of(Duration::from_secs(1)))
+        .count()
+        .sink((
+            streamrun::engine::Descriptor::new("first-arrival", serde_json::Value::Null),
+            Arc::new(sink.clone()) as Arc<dyn streamrun::engine::Sink>,
+        ));
+    let report = streamrun::execute_with(
+        &job,
+        &ExecOptions {
+            workers: 2,
+            metrics: Some(metrics),
+        },
+    )
+    .expect("job");
+    assert_eq!(report.records_in, 20_000);
+    let first = sink.seen.lock().expect("lock").expect("windows arrived");
+    assert!(
+        first < 20_000,
+        "the first window arrived only after all {first} records were read"
+    );
+}
