@@ -467,12 +467,57 @@ impl KeyedStream {
         self.aggregate(vec![Agg::mean(column)])
     }
 
-    /// Groups each key's records into event-time windows; aggregate them next.
-    pub fn window(&self, window: Tumbling) -> WindowedStream {
+    /// Groups each key's records into event-time windows ([`Tumbling`] or [`Sliding`]);
+    /// aggregate them next.
+    pub fn window(&self, window: impl WindowSpec) -> WindowedStream {
+        let (size, slide) = window.size_and_slide();
         WindowedStream {
             keyed: self.clone(),
-            window,
+            size,
+            slide,
         }
+    }
+}
+
+/// A kind of event-time window, for [`KeyedStream::window`].
+pub trait WindowSpec {
+    /// The window's length and the distance between window starts.
+    fn size_and_slide(&self) -> (std::time::Duration, std::time::Duration);
+}
+
+impl WindowSpec for Tumbling {
+    fn size_and_slide(&self) -> (std::time::Duration, std::time::Duration) {
+        (self.size, self.size)
+    }
+}
+
+/// Sliding (hopping) event-time windows: of one length, starting every `slide`, so that a
+/// record belongs to `size / slide` windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sliding {
+    size: std::time::Duration,
+    slide: std::time::Duration,
+}
+
+impl Sliding {
+    /// Windows of length `size`, starting every second until [`Sliding::every`] says otherwise.
+    pub fn of(size: std::time::Duration) -> Self {
+        Sliding {
+            size,
+            slide: std::time::Duration::from_secs(1),
+        }
+    }
+
+    /// Starts a window every `slide` (at most the window's length).
+    pub fn every(mut self, slide: std::time::Duration) -> Self {
+        self.slide = slide;
+        self
+    }
+}
+
+impl WindowSpec for Sliding {
+    fn size_and_slide(&self) -> (std::time::Duration, std::time::Duration) {
+        (self.size, self.slide)
     }
 }
 
@@ -494,7 +539,8 @@ impl Tumbling {
 #[derive(Clone, Debug)]
 pub struct WindowedStream {
     keyed: KeyedStream,
-    window: Tumbling,
+    size: std::time::Duration,
+    slide: std::time::Duration,
 }
 
 impl WindowedStream {
@@ -508,8 +554,14 @@ impl WindowedStream {
             .lock()
             .event_time_of(stream.node)
             .map(|t| t.column.clone());
-        let size_ms = u64::try_from(self.window.size.as_millis()).unwrap_or(u64::MAX);
-        let op = WindowAggregate::tumbling(size_ms, time_column, self.keyed.keys.clone(), aggs);
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let op = WindowAggregate::sliding(
+            millis(self.size),
+            millis(self.slide),
+            time_column,
+            self.keyed.keys.clone(),
+            aggs,
+        );
         stream.operator(
             "window",
             OperatorDecl {

@@ -1,6 +1,8 @@
-//! Tumbling event-time windows over keyed aggregates.
+//! Tumbling and sliding event-time windows over keyed aggregates.
 //!
-//! A window `[start, start + size)` collects the rows whose event time falls in it, aggregated
+//! Windows start at every multiple of the slide (the size, for tumbling windows); a record
+//! belongs to every window `[start, start + size)` its event time falls in. A window collects
+//! its rows aggregated
 //! per key with the same kernels as [`Aggregate`]. It is emitted exactly once, when the
 //! operator's watermark reaches its end (or when the input ends). Sources hold back records
 //! behind their watermark (they go to the source's dead letters as late), so no record ever
@@ -20,7 +22,8 @@ use streamrun_engine::{
 
 use crate::aggregate::{Agg, Aggregate};
 
-/// A keyed aggregate over tumbling event-time windows of `size_ms` milliseconds.
+/// A keyed aggregate over event-time windows of `size_ms` milliseconds starting every
+/// `slide_ms` (equal for tumbling windows, smaller for sliding ones).
 ///
 /// Output columns: `window_start`, `window_end` (millisecond timestamps), the keys, then the
 /// aggregates.
@@ -28,6 +31,8 @@ use crate::aggregate::{Agg, Aggregate};
 pub struct WindowAggregate {
     /// The window length, in milliseconds.
     pub size_ms: u64,
+    /// The distance between window starts, in milliseconds.
+    pub slide_ms: u64,
     /// The event-time column (`None` when the stream has no event time: an error at plan
     /// time).
     pub time_column: Option<String>,
@@ -45,8 +50,23 @@ impl WindowAggregate {
     ) -> Self {
         WindowAggregate {
             size_ms,
+            slide_ms: size_ms,
             time_column,
             aggregate: Aggregate::new(keys, aggs),
+        }
+    }
+
+    /// `aggs` by `keys` over windows of `size_ms` starting every `slide_ms`.
+    pub fn sliding(
+        size_ms: u64,
+        slide_ms: u64,
+        time_column: Option<String>,
+        keys: Vec<String>,
+        aggs: Vec<Agg>,
+    ) -> Self {
+        WindowAggregate {
+            slide_ms,
+            ..Self::tumbling(size_ms, time_column, keys, aggs)
         }
     }
 
@@ -56,7 +76,8 @@ impl WindowAggregate {
         Descriptor::new(
             "window",
             serde_json::json!({
-                "tumbling_ms": self.size_ms,
+                "size_ms": self.size_ms,
+                "slide_ms": self.slide_ms,
                 "time": self.time_column,
                 "keys": inner.config.get("keys"),
                 "aggs": inner.config.get("aggs"),
@@ -71,8 +92,16 @@ impl WindowAggregate {
                     .into(),
             )
         })?;
-        if self.size_ms == 0 {
-            return Err(Error::Plan("a window must be at least 1 ms long".into()));
+        if self.size_ms == 0 || self.slide_ms == 0 {
+            return Err(Error::Plan(
+                "a window and its slide must be at least 1 ms long".into(),
+            ));
+        }
+        if self.slide_ms > self.size_ms {
+            return Err(Error::Plan(format!(
+                "a window slide ({} ms) longer than the window ({} ms) would skip records",
+                self.slide_ms, self.size_ms
+            )));
         }
         let index = column_indices(input, std::slice::from_ref(column), "window")?[0];
         event_time_type_check(input.field(index).data_type(), column)?;
@@ -101,6 +130,8 @@ impl OperatorFactory for WindowAggregate {
         Ok(Box::new(WindowInstance {
             size: i64::try_from(self.size_ms)
                 .map_err(|_| Error::Plan("window size out of range".into()))?,
+            slide: i64::try_from(self.slide_ms)
+                .map_err(|_| Error::Plan("window slide out of range".into()))?,
             time: self.time_index(input)?,
             aggregate: self.aggregate.clone(),
             ctx: ctx.clone(),
@@ -117,6 +148,7 @@ impl OperatorFactory for WindowAggregate {
 
 struct WindowInstance {
     size: i64,
+    slide: i64,
     time: usize,
     aggregate: Aggregate,
     ctx: WorkerContext,
@@ -169,19 +201,24 @@ impl Operator for WindowInstance {
                 "a record without event time reached a window".into(),
             ));
         }
-        let size = self.size;
-        let start_of = |t: i64| t - t.rem_euclid(size);
+        let (size, slide) = (self.size, self.slide);
+        // The latest window a time belongs to starts at the last multiple of the slide.
+        let last_start = |t: i64| t - t.rem_euclid(slide);
         let values = times.values();
-        let first = values.first().map(|&t| start_of(t));
-        if let Some(first) = first
-            && values.iter().all(|&t| start_of(t) == first)
+        if size == slide
+            && let Some(first) = values.first().map(|&t| last_start(t))
+            && values.iter().all(|&t| last_start(t) == first)
         {
             let mut sink = Collector::new();
             return self.window(first)?.process_batch(batch, &mut sink);
         }
         let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for (row, &t) in values.iter().enumerate() {
-            rows.entry(start_of(t)).or_default().push(row as u32);
+            let mut start = last_start(t);
+            while start > t - size {
+                rows.entry(start).or_default().push(row as u32);
+                start -= slide;
+            }
         }
         for (start, indices) in rows {
             let part = take_record_batch(&batch, &UInt32Array::from(indices))

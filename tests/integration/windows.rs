@@ -292,3 +292,71 @@ fn windows_are_emitted_when_the_watermark_passes_not_at_the_end() {
         "the first window arrived only after all {first} records were read"
     );
 }
+
+#[test]
+fn sliding_windows_match_a_recomputation_on_1_and_4_workers() {
+    // Windows of 2 s every 500 ms: each bid counts in four windows.
+    const EVENTS: u64 = 40_000;
+    let (size, slide) = (2000i64, 500i64);
+    let mut expected: HashMap<(i64, i64), (i64, i64)> = HashMap::new();
+    for event in EventGenerator::new(Nexmark::bids(EVENTS).config()).take(EVENTS as usize) {
+        if let Event::Bid(b) = event {
+            let t = b.date_time as i64;
+            let mut start = t - t % slide;
+            while start > t - size {
+                let e = expected
+                    .entry((start, (b.auction % 10) as i64))
+                    .or_insert((0, i64::MIN));
+                e.0 += 1;
+                e.1 = e.1.max(b.price as i64);
+                start -= slide;
+            }
+        }
+    }
+    for workers in [1, 4] {
+        let job = Job::new("sliding");
+        let out = Collect::new();
+        job.source(Nexmark::bids(EVENTS))
+            .event_time("date_time", Duration::ZERO)
+            .map_batches("bucket", |b: RecordBatch| {
+                // A coarse key, so that windows hold several bids per key.
+                let auction = b.column(0).as_primitive::<Int64Type>();
+                let bucket: Int64Array = auction.unary(|a| a % 10);
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("bucket", DataType::Int64, false),
+                    b.schema().field_with_name("price")?.clone(),
+                    b.schema().field_with_name("date_time")?.clone(),
+                ]));
+                RecordBatch::try_new(
+                    schema,
+                    vec![
+                        Arc::new(bucket),
+                        Arc::clone(b.column_by_name("price").expect("price")),
+                        Arc::clone(b.column_by_name("date_time").expect("date_time")),
+                    ],
+                )
+            })
+            .key_by("bucket")
+            .window(Sliding::of(Duration::from_secs(2)).every(Duration::from_millis(500)))
+            .aggregate(vec![Agg::count(), Agg::max("price")])
+            .sink(out.clone());
+        run(&job, workers);
+        let mut got = HashMap::new();
+        for b in out.batches() {
+            let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let end = b.column(1).as_primitive::<TimestampMillisecondType>();
+            let key = b.column(2).as_primitive::<Int64Type>();
+            let count = b.column(3).as_primitive::<Int64Type>();
+            let max = b.column(4).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                assert_eq!(end.value(i) - start.value(i), size);
+                let previous = got.insert(
+                    (start.value(i), key.value(i)),
+                    (count.value(i), max.value(i)),
+                );
+                assert!(previous.is_none(), "a window was emitted twice");
+            }
+        }
+        assert_eq!(got, expected, "{workers} workers");
+    }
+}
