@@ -11,8 +11,8 @@ use streamrun_engine::{
     Parallelism, Partitioning, Sink, Source, SourceDecl,
 };
 use streamrun_operators::{
-    Agg, Aggregate, CmpOp, Compare, MapBatches, Phase, Select, SplitWords, TopK, TypedTask,
-    WindowAggregate,
+    Agg, Aggregate, CmpOp, Compare, MapBatches, Phase, Select, SessionAggregate, SplitWords, TopK,
+    TypedTask, WindowAggregate,
 };
 
 /// A job being declared: a graph of sources, operators and sinks.
@@ -467,27 +467,41 @@ impl KeyedStream {
         self.aggregate(vec![Agg::mean(column)])
     }
 
-    /// Groups each key's records into event-time windows ([`Tumbling`] or [`Sliding`]);
-    /// aggregate them next.
-    pub fn window(&self, window: impl WindowSpec) -> WindowedStream {
-        let (size, slide) = window.size_and_slide();
+    /// Groups each key's records into event-time windows ([`Tumbling`], [`Sliding`] or
+    /// [`Session`]); aggregate them next.
+    pub fn window(&self, window: impl WindowSpec + 'static) -> WindowedStream {
         WindowedStream {
             keyed: self.clone(),
-            size,
-            slide,
+            window: Arc::new(window),
         }
     }
 }
 
-/// A kind of event-time window, for [`KeyedStream::window`].
-pub trait WindowSpec {
-    /// The window's length and the distance between window starts.
-    fn size_and_slide(&self) -> (std::time::Duration, std::time::Duration);
+/// A kind of event-time window, for [`KeyedStream::window`]: it builds the operator that
+/// aggregates `aggs` by `keys` per window of its kind.
+pub trait WindowSpec: Send + Sync + std::fmt::Debug {
+    /// The operator, with its plan descriptor.
+    fn build(
+        &self,
+        time_column: Option<String>,
+        keys: Vec<String>,
+        aggs: Vec<Agg>,
+    ) -> (Descriptor, Arc<dyn OperatorFactory>);
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl WindowSpec for Tumbling {
-    fn size_and_slide(&self) -> (std::time::Duration, std::time::Duration) {
-        (self.size, self.size)
+    fn build(
+        &self,
+        time_column: Option<String>,
+        keys: Vec<String>,
+        aggs: Vec<Agg>,
+    ) -> (Descriptor, Arc<dyn OperatorFactory>) {
+        let op = WindowAggregate::tumbling(millis(self.size), time_column, keys, aggs);
+        (op.descriptor(), Arc::new(op))
     }
 }
 
@@ -516,8 +530,46 @@ impl Sliding {
 }
 
 impl WindowSpec for Sliding {
-    fn size_and_slide(&self) -> (std::time::Duration, std::time::Duration) {
-        (self.size, self.slide)
+    fn build(
+        &self,
+        time_column: Option<String>,
+        keys: Vec<String>,
+        aggs: Vec<Agg>,
+    ) -> (Descriptor, Arc<dyn OperatorFactory>) {
+        let op = WindowAggregate::sliding(
+            millis(self.size),
+            millis(self.slide),
+            time_column,
+            keys,
+            aggs,
+        );
+        (op.descriptor(), Arc::new(op))
+    }
+}
+
+/// Session windows: per key, records closer than `gap` in event time form one session, which
+/// closes when the watermark passes its last record plus the gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    gap: std::time::Duration,
+}
+
+impl Session {
+    /// Sessions separated by `gap` of inactivity.
+    pub fn with_gap(gap: std::time::Duration) -> Self {
+        Session { gap }
+    }
+}
+
+impl WindowSpec for Session {
+    fn build(
+        &self,
+        time_column: Option<String>,
+        keys: Vec<String>,
+        aggs: Vec<Agg>,
+    ) -> (Descriptor, Arc<dyn OperatorFactory>) {
+        let op = SessionAggregate::new(millis(self.gap), time_column, keys, aggs);
+        (op.descriptor(), Arc::new(op))
     }
 }
 
@@ -539,8 +591,7 @@ impl Tumbling {
 #[derive(Clone, Debug)]
 pub struct WindowedStream {
     keyed: KeyedStream,
-    size: std::time::Duration,
-    slide: std::time::Duration,
+    window: Arc<dyn WindowSpec>,
 }
 
 impl WindowedStream {
@@ -554,19 +605,14 @@ impl WindowedStream {
             .lock()
             .event_time_of(stream.node)
             .map(|t| t.column.clone());
-        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let op = WindowAggregate::sliding(
-            millis(self.size),
-            millis(self.slide),
-            time_column,
-            self.keyed.keys.clone(),
-            aggs,
-        );
+        let (descriptor, op) = self
+            .window
+            .build(time_column, self.keyed.keys.clone(), aggs);
         stream.operator(
             "window",
             OperatorDecl {
-                descriptor: op.descriptor(),
-                op: Arc::new(op),
+                descriptor,
+                op,
                 combiner: None,
                 parallelism: Parallelism::Workers,
             },

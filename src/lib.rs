@@ -42,8 +42,8 @@ pub mod nexmark;
 pub mod spec;
 
 pub use dsl::{
-    IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Sliding, Stream, Tumbling, WindowSpec,
-    WindowedStream,
+    IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Session, Sliding, Stream, Tumbling,
+    WindowSpec, WindowedStream,
 };
 pub use streamrun_connectors as connectors;
 pub use streamrun_engine as engine;
@@ -53,8 +53,8 @@ pub use streamrun_operators as operators;
 /// Everything a program needs: `use streamrun::prelude::*`.
 pub mod prelude {
     pub use crate::dsl::{
-        IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Sliding, Stream, Tumbling, WindowSpec,
-        WindowedStream,
+        IntoColumns, IntoSink, IntoSource, Job, KeyedStream, Session, Sliding, Stream, Tumbling,
+        WindowSpec, WindowedStream,
     };
     pub use streamrun_connectors::{Collect, Files, Nexmark, Stdout};
     pub use streamrun_engine::{Error, ExecOptions, JobReport, Result};

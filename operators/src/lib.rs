@@ -10,7 +10,8 @@
 //! | [`SplitWords`] | one row per normalised word of a text column |
 //! | [`Aggregate`] | keyed `count`/`sum`/`min`/`max`/`mean`, in partial and final phases |
 //! | [`TopK`] | the k greatest rows by a column |
-//! | [`WindowAggregate`] | keyed aggregates per tumbling event-time window |
+//! | [`WindowAggregate`] | keyed aggregates per tumbling or sliding event-time window |
+//! | [`SessionAggregate`] | keyed aggregates per session (records closer than a gap) |
 //!
 //! Each implements the engine's [`OperatorFactory`](streamrun_engine::OperatorFactory). Most
 //! users meet them through the `streamrun` crate's DSL (`stream.key_by("word").count()`); here
@@ -40,6 +41,7 @@
 mod aggregate;
 mod batchfn;
 mod select;
+mod session;
 mod topk;
 mod typed;
 mod window;
@@ -48,6 +50,7 @@ mod words;
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
 pub use select::{CmpOp, Compare, Select, project_schema};
+pub use session::SessionAggregate;
 pub use topk::TopK;
 pub use typed::{TypedTask, plain_field};
 pub use window::WindowAggregate;

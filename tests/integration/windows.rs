@@ -360,3 +360,80 @@ fn sliding_windows_match_a_recomputation_on_1_and_4_workers() {
         assert_eq!(got, expected, "{workers} workers");
     }
 }
+
+#[test]
+fn session_windows_match_a_recomputation_with_out_of_order_input() {
+    use rand::{Rng, SeedableRng};
+    const GAP: i64 = 300;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let keys = ["p", "q", "r", "s"];
+    // Batch i holds times in [100 i, 100 i + 100), shuffled, with bursts and pauses per key.
+    let mut all: Vec<(&str, i64)> = Vec::new();
+    let batches: Vec<RecordBatch> = (0..120)
+        .map(|i| {
+            let rows: Vec<(&str, i64)> = (0..40)
+                .filter_map(|_| {
+                    let key = keys[rng.random_range(0..keys.len())];
+                    let t = i * 100 + rng.random_range(0..100);
+                    // A key pauses for a while now and then, ending its session.
+                    let paused =
+                        (t / 1000 + key.len() as i64 * (key.as_bytes()[0] as i64)) % 4 == 0;
+                    (!paused).then_some((key, t))
+                })
+                .collect();
+            all.extend(rows.iter().copied());
+            events(&rows)
+        })
+        .collect();
+    let mut expected: Vec<String> = Vec::new();
+    for key in keys {
+        let mut times: Vec<i64> = all.iter().filter(|r| r.0 == key).map(|r| r.1).collect();
+        times.sort_unstable();
+        let mut start = 0;
+        for i in 1..=times.len() {
+            if i == times.len() || times[i] - times[i - 1] >= GAP {
+                expected.push(format!(
+                    "{}|{}|{key}|{}",
+                    times[start],
+                    times[i - 1] + GAP,
+                    i - start
+                ));
+                start = i;
+            }
+        }
+    }
+    expected.sort();
+    assert!(
+        expected.len() > keys.len(),
+        "the data should hold several sessions per key"
+    );
+    for workers in [1, 3] {
+        let job = Job::new("sessions");
+        let out = Collect::new();
+        job.source(Replay::new(events_schema(), batches.clone()))
+            .event_time("t", Duration::from_millis(200))
+            .key_by("k")
+            .window(Session::with_gap(Duration::from_millis(GAP as u64)))
+            .count()
+            .sink(out.clone());
+        run(&job, workers);
+        let mut got = Vec::new();
+        for b in out.batches() {
+            let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let end = b.column(1).as_primitive::<TimestampMillisecondType>();
+            let key = b.column(2).as_string::<i32>();
+            let count = b.column(3).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                got.push(format!(
+                    "{}|{}|{}|{}",
+                    start.value(i),
+                    end.value(i),
+                    key.value(i),
+                    count.value(i)
+                ));
+            }
+        }
+        got.sort();
+        assert_eq!(got, expected, "{workers} workers");
+    }
+}
