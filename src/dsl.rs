@@ -426,6 +426,12 @@ pub struct KeyedStream {
 }
 
 impl KeyedStream {
+    /// The partitioned stream itself, for an operator of your own that needs its input
+    /// partitioned by key.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
     /// Aggregates by key: a partial aggregate runs before the exchange, the final one after.
     pub fn aggregate(&self, aggs: Vec<Agg>) -> Stream {
         let spec = Aggregate::new(self.keys.clone(), aggs);

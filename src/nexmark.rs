@@ -2,12 +2,17 @@
 //!
 //! The queries follow the standard definitions of the Nexmark suite as published with Flink
 //! SQL (`nexmark/queries/qN.sql`). Each function adds the query to a job and returns its
-//! result stream; [`Query::columns`] documents the result columns. Queries q3–q8 need
-//! windows and joins on event time and are not here yet.
+//! result stream; [`Query::columns`] documents the result columns. q3, q4, q7 and q8 need
+//! joins and are not here yet.
 
 use std::sync::Arc;
 
-use crate::dsl::{IntoSource, Job, Stream};
+use std::time::Duration;
+
+use streamrun_engine::{OperatorDecl, Parallelism};
+use streamrun_operators::{Agg, WindowArgMax};
+
+use crate::dsl::{IntoSource, Job, Sliding, Stream};
 use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow::compute::kernels::cmp::eq;
 use arrow::compute::kernels::numeric::rem;
@@ -24,6 +29,8 @@ pub enum Query {
     Q1,
     /// Selection: the bids on auctions whose id is a multiple of 123.
     Q2,
+    /// Hot items: per sliding window (10 s every 2 s), the auctions with the most bids.
+    Q5,
 }
 
 impl Query {
@@ -33,6 +40,7 @@ impl Query {
             Query::Q0 => "auction, bidder, price, channel, url, date_time, extra",
             Query::Q1 => "auction, bidder, price (Float64, euros), date_time, extra",
             Query::Q2 => "auction, price",
+            Query::Q5 => "window_start, window_end, auction, num (bids in the window)",
         }
     }
 
@@ -45,6 +53,24 @@ impl Query {
             Query::Q0 => bids,
             Query::Q1 => bids.map_batches("q1: price in euros", q1),
             Query::Q2 => bids.map_batches("q2: auction % 123 = 0", q2),
+            Query::Q5 => {
+                // The generator emits each worker's bids in event-time order.
+                let counts = bids
+                    .event_time("date_time", Duration::ZERO)
+                    .key_by("auction")
+                    .window(Sliding::of(Duration::from_secs(10)).every(Duration::from_secs(2)))
+                    .aggregate(vec![Agg::count().alias("num")]);
+                let hot = WindowArgMax::new("window_end", "num");
+                counts.key_by("window_end").stream().operator(
+                    "q5: most bids per window",
+                    OperatorDecl {
+                        descriptor: hot.descriptor(),
+                        op: Arc::new(hot),
+                        combiner: None,
+                        parallelism: Parallelism::Workers,
+                    },
+                )
+            }
         }
     }
 }

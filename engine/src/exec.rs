@@ -419,10 +419,11 @@ where
                     shared.fail(e);
                 }
                 let frontier = frontier.frontier();
-                if let (Some(cap), Some(&least)) = (held.as_mut(), frontier.first())
-                    && least > *cap.time()
-                {
-                    cap.downgrade(&least);
+                if let (Some(cap), Some(&least)) = (held.as_mut(), frontier.first()) {
+                    let target = hold_target(&chain, least);
+                    if target > *cap.time() {
+                        cap.downgrade(&target);
+                    }
                 }
                 // The watermark is the event-time part of the input frontier.
                 if let (Some(cap), Some(least)) = (held.as_ref(), frontier.first())
@@ -439,6 +440,13 @@ where
                             }
                         }
                         Err(e) => shared.fail(e),
+                    }
+                }
+                // What was emitted may have released holds: follow the frontier again.
+                if let (Some(cap), Some(&least)) = (held.as_mut(), frontier.first()) {
+                    let target = hold_target(&chain, least);
+                    if target > *cap.time() {
+                        cap.downgrade(&target);
                     }
                 }
                 if frontier.is_empty() && !finished {
@@ -465,6 +473,15 @@ where
             }
         },
     )
+}
+
+/// Where a blocking stage's capability may move: the input frontier, but no further than the
+/// least event time an operator of the chain still holds back.
+fn hold_target(chain: &[ChainOp], frontier: Time) -> Time {
+    match chain.iter().filter_map(|op| op.op.hold()).min() {
+        Some(hold) => frontier.min(Time::new(hold, u64::MAX)),
+        None => frontier,
+    }
 }
 
 /// Tags every batch of `input` with its destination worker according to `partitioning`.

@@ -67,6 +67,15 @@ pub trait Operator {
         Ok(())
     }
 
+    /// The least event time (ms) of any record the operator may still emit, when it holds
+    /// records back: a window operator's is the end of its earliest open window, less one.
+    /// The engine then keeps the operator's output watermark at or below it, so that what
+    /// the operator emits later is never behind the watermark it travels under, and event-time
+    /// operators downstream (a max over window counts) see complete input.
+    fn hold(&self) -> Option<u64> {
+        None
+    }
+
     /// Called once after the last batch. Operators that hold data (aggregates, top-k) emit
     /// it here; sinks commit. Only a [blocking](OperatorFactory::is_blocking) operator may emit.
     fn finish(&mut self, _out: &mut Collector) -> Result<()> {

@@ -53,5 +53,5 @@ pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;
 pub use topk::TopK;
 pub use typed::{TypedTask, plain_field};
-pub use window::WindowAggregate;
+pub use window::{WindowAggregate, WindowArgMax};
 pub use words::{SplitWords, push_words};

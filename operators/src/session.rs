@@ -252,6 +252,15 @@ impl Operator for SessionInstance {
         Ok(())
     }
 
+    fn hold(&self) -> Option<u64> {
+        // A session's result carries event time `end - 1`.
+        self.sessions
+            .values()
+            .flatten()
+            .map(|s| u64::try_from(s.end.saturating_sub(1)).unwrap_or(0))
+            .min()
+    }
+
     fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
         self.close_until(i64::try_from(watermark).unwrap_or(i64::MAX), out)
     }

@@ -229,6 +229,14 @@ impl Operator for WindowInstance {
         Ok(())
     }
 
+    fn hold(&self) -> Option<u64> {
+        // A window's results carry event time `end - 1`.
+        self.open
+            .keys()
+            .next()
+            .map(|&start| u64::try_from(start.saturating_add(self.size - 1)).unwrap_or(0))
+    }
+
     fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
         let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
         let due: Vec<i64> = self
@@ -249,5 +257,198 @@ impl Operator for WindowInstance {
             self.close(start, out)?;
         }
         Ok(())
+    }
+}
+
+/// Per window (the rows sharing a `window_end`), keeps the rows whose `by` is the greatest,
+/// ties included: "the auctions with the most bids in each window". A window's rows are
+/// complete, and emitted, when the watermark reaches its end; the input must be partitioned
+/// by `window_end` (`key_by("window_end")`) and come from a window operator, whose results
+/// carry event time `window_end - 1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowArgMax {
+    /// The window-end column (a timestamp or Int64 milliseconds).
+    pub window_end: String,
+    /// The column ranked.
+    pub by: String,
+}
+
+impl WindowArgMax {
+    /// Keeps, per `window_end`, the rows with the greatest `by`.
+    pub fn new(window_end: impl Into<String>, by: impl Into<String>) -> Self {
+        WindowArgMax {
+            window_end: window_end.into(),
+            by: by.into(),
+        }
+    }
+
+    /// The plan descriptor.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            "window_arg_max",
+            serde_json::json!({ "window_end": self.window_end, "by": self.by }),
+        )
+    }
+
+    fn columns(&self, input: &SchemaRef) -> Result<(usize, usize)> {
+        let indices = column_indices(
+            input,
+            &[self.window_end.clone(), self.by.clone()],
+            "window_arg_max",
+        )?;
+        event_time_type_check(input.field(indices[0]).data_type(), &self.window_end)?;
+        Ok((indices[0], indices[1]))
+    }
+}
+
+impl OperatorFactory for WindowArgMax {
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        self.columns(input)?;
+        Ok(Arc::clone(input))
+    }
+
+    fn create(&self, _ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>> {
+        let (end, by) = self.columns(input)?;
+        Ok(Box::new(ArgMaxInstance {
+            end,
+            by,
+            schema: Arc::clone(input),
+            open: BTreeMap::new(),
+        }))
+    }
+
+    fn is_blocking(&self) -> bool {
+        true
+    }
+}
+
+struct ArgMaxInstance {
+    end: usize,
+    by: usize,
+    schema: SchemaRef,
+    /// Rows per window end.
+    open: BTreeMap<i64, Vec<RecordBatch>>,
+}
+
+impl ArgMaxInstance {
+    fn close(&mut self, end: i64, out: &mut Collector) -> Result<()> {
+        let Some(batches) = self.open.remove(&end) else {
+            return Ok(());
+        };
+        let rows = arrow::compute::concat_batches(&self.schema, &batches)
+            .map_err(|e| Error::arrow("window_arg_max", e))?;
+        let by = rows.column(self.by);
+        let Some(max) = arrow::compute::max_array::<arrow::datatypes::Int64Type, _>(
+            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                &arrow::compute::cast(by, &DataType::Int64)
+                    .map_err(|e| Error::arrow("window_arg_max", e))?,
+            ),
+        ) else {
+            return Ok(());
+        };
+        let ranked = arrow::compute::cast(by, &DataType::Int64)
+            .map_err(|e| Error::arrow("window_arg_max", e))?;
+        let keep =
+            arrow::compute::kernels::cmp::eq(&ranked, &arrow::array::Int64Array::new_scalar(max))
+                .map_err(|e| Error::arrow("window_arg_max", e))?;
+        out.emit(
+            arrow::compute::filter_record_batch(&rows, &keep)
+                .map_err(|e| Error::arrow("window_arg_max", e))?,
+        );
+        Ok(())
+    }
+}
+
+impl Operator for ArgMaxInstance {
+    fn process_batch(&mut self, batch: RecordBatch, _out: &mut Collector) -> Result<()> {
+        let ends =
+            event_millis(batch.column(self.end)).map_err(|e| Error::arrow("window_arg_max", e))?;
+        let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, &end) in ends.values().iter().enumerate() {
+            rows.entry(end).or_default().push(row as u32);
+        }
+        for (end, indices) in rows {
+            let part = take_record_batch(&batch, &UInt32Array::from(indices))
+                .map_err(|e| Error::arrow("window_arg_max", e))?;
+            self.open.entry(end).or_default().push(part);
+        }
+        Ok(())
+    }
+
+    fn hold(&self) -> Option<u64> {
+        self.open
+            .keys()
+            .next()
+            .map(|&end| u64::try_from(end.saturating_sub(1)).unwrap_or(0))
+    }
+
+    fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
+        let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
+        let due: Vec<i64> = self
+            .open
+            .keys()
+            .copied()
+            .take_while(|&end| end <= watermark)
+            .collect();
+        for end in due {
+            self.close(end, out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Collector) -> Result<()> {
+        let ends: Vec<i64> = self.open.keys().copied().collect();
+        for end in ends {
+            self.close(end, out)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    fn batch(times: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("t", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(times.iter().map(|_| "k"))),
+                Arc::new(Int64Array::from(times.to_vec())),
+            ],
+        )
+        .expect("batch")
+    }
+
+    #[test]
+    fn windows_hold_their_results_event_time_and_close_on_the_watermark() {
+        let op =
+            WindowAggregate::tumbling(1000, Some("t".into()), vec!["k".into()], vec![Agg::count()]);
+        let input = batch(&[]).schema();
+        let ctx = WorkerContext {
+            job: "t".into(),
+            index: 0,
+            workers: 1,
+        };
+        let mut window = op.create(&ctx, &input).expect("create");
+        let mut out = Collector::new();
+        assert_eq!(window.hold(), None, "nothing open, nothing held");
+        window
+            .process_batch(batch(&[1500, 2500, 1999]), &mut out)
+            .expect("process");
+        // Results of [1000, 2000) carry event time 1999.
+        assert_eq!(window.hold(), Some(1999));
+        window.on_watermark(1999, &mut out).expect("watermark");
+        assert!(out.is_empty(), "[1000, 2000) is not complete before 2000");
+        window.on_watermark(2000, &mut out).expect("watermark");
+        let emitted = out.take();
+        assert_eq!(emitted.len(), 1);
+        assert_eq!(emitted[0].num_rows(), 1);
+        assert_eq!(window.hold(), Some(2999));
     }
 }

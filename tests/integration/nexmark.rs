@@ -102,3 +102,56 @@ fn q2_selects_the_bids_on_every_123rd_auction() {
     assert_eq!(one, expected);
     assert_eq!(sorted_rows(&run_query(Query::Q2, 4)), one);
 }
+
+#[test]
+fn q5_finds_the_hottest_auctions_of_every_sliding_window() {
+    const Q5_EVENTS: u64 = 100_000;
+    let (size, slide) = (10_000i64, 2_000i64);
+    let mut counts: std::collections::HashMap<(i64, i64), i64> = Default::default();
+    for event in EventGenerator::new(Nexmark::bids(Q5_EVENTS).config()).take(Q5_EVENTS as usize) {
+        if let Event::Bid(b) = event {
+            let t = b.date_time as i64;
+            let mut start = t - t % slide;
+            while start > t - size {
+                *counts.entry((start, b.auction as i64)).or_default() += 1;
+                start -= slide;
+            }
+        }
+    }
+    let mut max: std::collections::HashMap<i64, i64> = Default::default();
+    for (&(start, _), &n) in &counts {
+        let m = max.entry(start).or_insert(0);
+        *m = (*m).max(n);
+    }
+    let mut expected: Vec<(i64, i64, i64)> = counts
+        .iter()
+        .filter(|(k, n)| max[&k.0] == **n)
+        .map(|(&(start, auction), &n)| (start, auction, n))
+        .collect();
+    expected.sort_unstable();
+    assert!(max.len() >= 5, "several windows");
+
+    for workers in [1, 4] {
+        let job = Job::new("q5");
+        let out = Collect::new();
+        Query::Q5
+            .build(&job, Nexmark::bids(Q5_EVENTS))
+            .sink(out.clone());
+        run(&job, workers);
+        let mut got = Vec::new();
+        for b in out.batches() {
+            use arrow::array::AsArray;
+            use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+            let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let end = b.column(1).as_primitive::<TimestampMillisecondType>();
+            let auction = b.column(2).as_primitive::<Int64Type>();
+            let num = b.column(3).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                assert_eq!(end.value(i) - start.value(i), size);
+                got.push((start.value(i), auction.value(i), num.value(i)));
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, expected, "{workers} workers");
+    }
+}
