@@ -1,4 +1,4 @@
-//! Nexmark throughput for the queries Streamrun runs today (q0, q1, q2, q5), in bids per second per
+//! Nexmark throughput for the queries Streamrun runs today (q0, q1, q2, q5, q7), in bids per second per
 //! core, with generation measured apart from processing, beside a hand-written timely
 //! implementation of q1 over the same data in the same run.
 //!
@@ -143,7 +143,7 @@ fn main() {
         );
         let raw = common::median_time(runs, || raw_timely_q1(&shared, workers));
         line("raw timely q1", bids, workers, raw, None);
-        for query in [Query::Q0, Query::Q1, Query::Q2, Query::Q5] {
+        for query in [Query::Q0, Query::Q1, Query::Q2, Query::Q5, Query::Q7] {
             let time = common::median_time(runs, || streamrun_query(query, &replay, workers));
             let reference = (query == Query::Q1).then_some(raw);
             line(

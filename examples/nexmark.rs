@@ -7,7 +7,7 @@
 //! The generator's configuration is fixed (its base time included) unless given, so runs are
 //! reproducible, and the workers together read exactly the first `--events` events. With
 //! `--out`, the result is written as CSV part files with a header into DIR; otherwise its
-//! first rows are printed. Queries q0, q1, q2 and q5 run today; q3, q4, q7 and q8 need joins.
+//! first rows are printed. Queries q0, q1, q2, q5 and q7 run today; q3, q4 and q8 need joins.
 
 use clap::Parser;
 use streamrun::nexmark::Query;

@@ -2,7 +2,7 @@
 //!
 //! The queries follow the standard definitions of the Nexmark suite as published with Flink
 //! SQL (`nexmark/queries/qN.sql`). Each function adds the query to a job and returns its
-//! result stream; [`Query::columns`] documents the result columns. q3, q4, q7 and q8 need
+//! result stream; [`Query::columns`] documents the result columns. q3, q4 and q8 need
 //! joins and are not here yet.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use streamrun_engine::{OperatorDecl, Parallelism};
 use streamrun_operators::{Agg, WindowArgMax};
 
 use crate::dsl::{IntoSource, Job, Sliding, Stream};
-use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow::compute::kernels::cmp::eq;
 use arrow::compute::kernels::numeric::rem;
 use arrow::compute::{cast, filter_record_batch};
@@ -31,6 +31,8 @@ pub enum Query {
     Q2,
     /// Hot items: per sliding window (10 s every 2 s), the auctions with the most bids.
     Q5,
+    /// Highest bid: per tumbling window of 10 s, the bids with the highest price.
+    Q7,
 }
 
 impl Query {
@@ -41,6 +43,7 @@ impl Query {
             Query::Q1 => "auction, bidder, price (Float64, euros), date_time, extra",
             Query::Q2 => "auction, price",
             Query::Q5 => "window_start, window_end, auction, num (bids in the window)",
+            Query::Q7 => "auction, price, bidder, date_time, window_end",
         }
     }
 
@@ -60,19 +63,61 @@ impl Query {
                     .key_by("auction")
                     .window(Sliding::of(Duration::from_secs(10)).every(Duration::from_secs(2)))
                     .aggregate(vec![Agg::count().alias("num")]);
-                let hot = WindowArgMax::new("window_end", "num");
-                counts.key_by("window_end").stream().operator(
-                    "q5: most bids per window",
-                    OperatorDecl {
-                        descriptor: hot.descriptor(),
-                        op: Arc::new(hot),
-                        combiner: None,
-                        parallelism: Parallelism::Workers,
-                    },
-                )
+                arg_max_per_window(&counts, "num", "q5: most bids per window")
+            }
+            Query::Q7 => {
+                let bids = bids
+                    .event_time("date_time", Duration::ZERO)
+                    .map_batches("q7: 10 s window of each bid", q7_window_end);
+                arg_max_per_window(&bids, "price", "q7: highest bid per window")
             }
         }
     }
+}
+
+/// Per `window_end`, the rows with the greatest `by`.
+fn arg_max_per_window(stream: &Stream, by: &str, name: &str) -> Stream {
+    let op = WindowArgMax::new("window_end", by);
+    stream.key_by("window_end").stream().operator(
+        name,
+        OperatorDecl {
+            descriptor: op.descriptor(),
+            op: Arc::new(op),
+            combiner: None,
+            parallelism: Parallelism::Workers,
+        },
+    )
+}
+
+/// `auction, price, bidder, date_time` of each bid, with the end of its 10-second tumbling
+/// window: `window_end`.
+pub fn q7_window_end(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    const WINDOW_MS: i64 = 10_000;
+    let time = column(&bids, "date_time")?;
+    let millis = cast(time, &DataType::Int64)?;
+    let ends: arrow::array::TimestampMillisecondArray = millis
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .unary(|t| t - t.rem_euclid(WINDOW_MS) + WINDOW_MS);
+    let schema = bids.schema();
+    let keep = |name: &str| -> Result<(Field, ArrayRef), ArrowError> {
+        Ok((
+            schema.field_with_name(name)?.clone(),
+            Arc::clone(column(&bids, name)?),
+        ))
+    };
+    let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = [
+        keep("auction")?,
+        keep("price")?,
+        keep("bidder")?,
+        keep("date_time")?,
+        (
+            Field::new("window_end", ends.data_type().clone(), false),
+            Arc::new(ends) as ArrayRef,
+        ),
+    ]
+    .into_iter()
+    .unzip();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ArrowError> {

@@ -314,6 +314,7 @@ impl OperatorFactory for WindowArgMax {
             by,
             schema: Arc::clone(input),
             open: BTreeMap::new(),
+            watermark: 0,
         }))
     }
 
@@ -326,13 +327,15 @@ struct ArgMaxInstance {
     end: usize,
     by: usize,
     schema: SchemaRef,
-    /// Rows per window end.
-    open: BTreeMap<i64, Vec<RecordBatch>>,
+    /// Rows per window end, with the watermark when the window's first rows came: their
+    /// event times are at or after it.
+    open: BTreeMap<i64, (u64, Vec<RecordBatch>)>,
+    watermark: u64,
 }
 
 impl ArgMaxInstance {
     fn close(&mut self, end: i64, out: &mut Collector) -> Result<()> {
-        let Some(batches) = self.open.remove(&end) else {
+        let Some((_, batches)) = self.open.remove(&end) else {
             return Ok(());
         };
         let rows = arrow::compute::concat_batches(&self.schema, &batches)
@@ -370,19 +373,23 @@ impl Operator for ArgMaxInstance {
         for (end, indices) in rows {
             let part = take_record_batch(&batch, &UInt32Array::from(indices))
                 .map_err(|e| Error::arrow("window_arg_max", e))?;
-            self.open.entry(end).or_default().push(part);
+            let watermark = self.watermark;
+            self.open
+                .entry(end)
+                .or_insert_with(|| (watermark, Vec::new()))
+                .1
+                .push(part);
         }
         Ok(())
     }
 
     fn hold(&self) -> Option<u64> {
-        self.open
-            .keys()
-            .next()
-            .map(|&end| u64::try_from(end.saturating_sub(1)).unwrap_or(0))
+        // The rows it emits are rows it received, at or after the watermark of their arrival.
+        self.open.values().map(|(since, _)| *since).min()
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
         let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
         let due: Vec<i64> = self
             .open

@@ -155,3 +155,64 @@ fn q5_finds_the_hottest_auctions_of_every_sliding_window() {
         assert_eq!(got, expected, "{workers} workers");
     }
 }
+
+#[test]
+fn q7_finds_the_highest_bids_of_every_tumbling_window() {
+    const Q7_EVENTS: u64 = 100_000;
+    const WINDOW: i64 = 10_000;
+    let bids: Vec<nexmark::event::Bid> = EventGenerator::new(Nexmark::bids(Q7_EVENTS).config())
+        .take(Q7_EVENTS as usize)
+        .filter_map(|e| match e {
+            Event::Bid(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let mut max: std::collections::HashMap<i64, usize> = Default::default();
+    for b in &bids {
+        let end = b.date_time as i64 / WINDOW * WINDOW + WINDOW;
+        let m = max.entry(end).or_insert(0);
+        *m = (*m).max(b.price);
+    }
+    let mut expected: Vec<(i64, i64, i64, i64)> = bids
+        .iter()
+        .filter(|b| max[&(b.date_time as i64 / WINDOW * WINDOW + WINDOW)] == b.price)
+        .map(|b| {
+            (
+                b.auction as i64,
+                b.price as i64,
+                b.bidder as i64,
+                b.date_time as i64,
+            )
+        })
+        .collect();
+    expected.sort_unstable();
+    assert!(max.len() >= 2, "several windows");
+
+    for workers in [1, 4] {
+        let job = Job::new("q7");
+        let out = Collect::new();
+        Query::Q7
+            .build(&job, Nexmark::bids(Q7_EVENTS))
+            .sink(out.clone());
+        run(&job, workers);
+        let mut got = Vec::new();
+        for b in out.batches() {
+            use arrow::array::AsArray;
+            use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+            let auction = b.column(0).as_primitive::<Int64Type>();
+            let price = b.column(1).as_primitive::<Int64Type>();
+            let bidder = b.column(2).as_primitive::<Int64Type>();
+            let time = b.column(3).as_primitive::<TimestampMillisecondType>();
+            for i in 0..b.num_rows() {
+                got.push((
+                    auction.value(i),
+                    price.value(i),
+                    bidder.value(i),
+                    time.value(i),
+                ));
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, expected, "{workers} workers");
+    }
+}
