@@ -71,7 +71,8 @@ fn streamrun_query(query: Query, replay: &Replay, workers: usize) -> u64 {
     let rows = CountRows::default();
     let descriptor = streamrun::engine::Descriptor::new("count", serde_json::Value::Null);
     query
-        .build(&job, replay.clone())
+        .on_bids(&job, replay.clone())
+        .expect("a query over bids")
         .sink((descriptor, Arc::new(rows.clone()) as Arc<dyn Sink>));
     streamrun::execute_with(
         &job,

@@ -11,8 +11,8 @@ use streamrun_engine::{
     Parallelism, Partitioning, Sink, Source, SourceDecl,
 };
 use streamrun_operators::{
-    Agg, Aggregate, CmpOp, Compare, MapBatches, Phase, Select, SessionAggregate, SplitWords, TopK,
-    TypedTask, WindowAggregate,
+    Agg, Aggregate, CmpOp, Compare, JoinKind, MapBatches, Phase, Select, SessionAggregate,
+    SplitWords, TopK, TypedTask, WindowAggregate, WindowJoin,
 };
 
 /// A job being declared: a graph of sources, operators and sinks.
@@ -471,6 +471,43 @@ impl KeyedStream {
     /// Mean of `column` per key, as `mean_<column>`.
     pub fn mean(&self, column: &str) -> Stream {
         self.aggregate(vec![Agg::mean(column)])
+    }
+
+    /// Joins this stream with `other` within tumbling event-time windows: the rows whose keys
+    /// are equal (this stream's keys matched in order with `other`'s) and whose event times
+    /// fall in the same window. Emitted once per window, when both inputs' watermark passes
+    /// its end, with columns `window_start`, `window_end`, then this stream's columns and,
+    /// for [`JoinKind::Inner`], `other`'s.
+    pub fn window_join(&self, other: &KeyedStream, window: Tumbling, kind: JoinKind) -> Stream {
+        let job = &self.stream.job;
+        if !Arc::ptr_eq(&job.graph, &other.stream.job.graph) {
+            job.record_error("window_join: both streams must belong to the same job".into());
+            return self.stream.clone();
+        }
+        let mut graph = job.lock();
+        let op = WindowJoin {
+            size_ms: millis(window.size),
+            left_time: graph
+                .event_time_of(self.stream.node)
+                .map(|t| t.column.clone()),
+            right_time: graph
+                .event_time_of(other.stream.node)
+                .map(|t| t.column.clone()),
+            left_keys: self.keys.clone(),
+            right_keys: other.keys.clone(),
+            kind,
+        };
+        let node = graph.add_join(
+            self.stream.node,
+            other.stream.node,
+            "window_join",
+            op.descriptor(),
+            Arc::new(op),
+        );
+        Stream {
+            job: job.clone(),
+            node,
+        }
     }
 
     /// Groups each key's records into event-time windows ([`Tumbling`], [`Sliding`] or

@@ -2,17 +2,18 @@
 //!
 //! The queries follow the standard definitions of the Nexmark suite as published with Flink
 //! SQL (`nexmark/queries/qN.sql`). Each function adds the query to a job and returns its
-//! result stream; [`Query::columns`] documents the result columns. q3, q4 and q8 need
-//! joins and are not here yet.
+//! result stream; [`Query::columns`] documents the result columns. q3 and q4 need an
+//! incremental join and a join over auction lifetimes, and are not here yet.
 
 use std::sync::Arc;
 
 use std::time::Duration;
 
+use streamrun_connectors::Nexmark;
 use streamrun_engine::{OperatorDecl, Parallelism};
-use streamrun_operators::{Agg, WindowArgMax};
+use streamrun_operators::{Agg, JoinKind, WindowArgMax};
 
-use crate::dsl::{IntoSource, Job, Sliding, Stream};
+use crate::dsl::{IntoSource, Job, Sliding, Stream, Tumbling};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow::compute::kernels::cmp::eq;
 use arrow::compute::kernels::numeric::rem;
@@ -33,6 +34,9 @@ pub enum Query {
     Q5,
     /// Highest bid: per tumbling window of 10 s, the bids with the highest price.
     Q7,
+    /// Monitor new users: the people who registered and opened an auction within the same
+    /// tumbling window of 10 s.
+    Q8,
 }
 
 impl Query {
@@ -44,15 +48,42 @@ impl Query {
             Query::Q2 => "auction, price",
             Query::Q5 => "window_start, window_end, auction, num (bids in the window)",
             Query::Q7 => "auction, price, bidder, date_time, window_end",
+            Query::Q8 => "id, name, window_start",
         }
     }
 
-    /// Adds the query over `bids` (a [`Nexmark::bids`](streamrun_connectors::Nexmark::bids)
-    /// source, or a replay of its batches)
-    /// to `job`, returning the result stream.
-    pub fn build(self, job: &Job, bids: impl IntoSource) -> Stream {
+    /// Adds the query over the first `events` events of the Nexmark generator (with its base
+    /// time) to `job`, returning the result stream.
+    pub fn build(self, job: &Job, events: u64, base_time: u64) -> Stream {
+        if self == Query::Q8 {
+            let persons = job
+                .source(Nexmark::persons(events).base_time(base_time))
+                .event_time("date_time", Duration::ZERO)
+                .key_by("id");
+            let auctions = job
+                .source(Nexmark::auctions(events).base_time(base_time))
+                .event_time("date_time", Duration::ZERO)
+                .key_by("seller");
+            return persons
+                .window_join(
+                    &auctions,
+                    Tumbling::of(Duration::from_secs(10)),
+                    JoinKind::LeftSemi,
+                )
+                .select(["id", "name", "window_start"]);
+        }
+        self.on_bids(job, Nexmark::bids(events).base_time(base_time))
+            .unwrap_or_else(|| job.source(Nexmark::bids(0)))
+    }
+
+    /// Adds the query over `bids` (a [`Nexmark::bids`] source, or a replay of its batches)
+    /// to `job`; `None` for a query that reads no bids (q8).
+    pub fn on_bids(self, job: &Job, bids: impl IntoSource) -> Option<Stream> {
+        if self == Query::Q8 {
+            return None;
+        }
         let bids = job.source(bids);
-        match self {
+        Some(match self {
             Query::Q0 => bids,
             Query::Q1 => bids.map_batches("q1: price in euros", q1),
             Query::Q2 => bids.map_batches("q2: auction % 123 = 0", q2),
@@ -71,7 +102,8 @@ impl Query {
                     .map_batches("q7: 10 s window of each bid", q7_window_end);
                 arg_max_per_window(&bids, "price", "q7: highest bid per window")
             }
-        }
+            Query::Q8 => return None,
+        })
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Role {
     Combiner,
     /// Writes output.
     Sink,
+    /// Joins two inputs: first in its stage.
+    Join,
 }
 
 /// One operator of a stage.
@@ -50,6 +52,9 @@ pub struct PhysicalOp {
     /// The schema of its input (none for a source).
     #[serde(skip)]
     pub input_schema: Option<SchemaRef>,
+    /// The schema of its second input (a join's right side).
+    #[serde(skip)]
+    pub second_input_schema: Option<SchemaRef>,
     /// The schema of its output.
     #[serde(skip)]
     pub output_schema: Option<SchemaRef>,
@@ -73,6 +78,9 @@ pub struct Stage {
     pub parallelism: usize,
     /// Its input edge (none for a source stage).
     pub input: Option<StageInput>,
+    /// Its second input edge (a join stage's right side).
+    #[serde(default)]
+    pub second_input: Option<StageInput>,
     /// The operators, in order.
     pub ops: Vec<PhysicalOp>,
 }
@@ -81,9 +89,10 @@ impl Stage {
     /// Whether some operator of this stage holds its output until its input ends.
     pub fn is_blocking(&self, graph: &JobGraph) -> bool {
         self.ops.iter().any(|op| {
-            factory_of(graph, op)
-                .map(|f| f.is_blocking())
-                .unwrap_or(false)
+            op.role == Role::Join
+                || factory_of(graph, op)
+                    .map(|f| f.is_blocking())
+                    .unwrap_or(false)
         })
     }
 }
@@ -206,6 +215,7 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                     id: stages.len(),
                     parallelism: workers,
                     input: None,
+                    second_input: None,
                     ops: vec![PhysicalOp {
                         node: node.id,
                         name: node.name.clone(),
@@ -213,6 +223,7 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                         role: Role::Source,
                         output: describe_schema(&schema),
                         input_schema: None,
+                        second_input_schema: None,
                         output_schema: Some(Arc::clone(&schema)),
                     }],
                 });
@@ -234,6 +245,54 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                     pending: partitioning.clone(),
                     extendable: input.extendable && single_consumer(node.id),
                     ..input
+                }
+            }
+            (NodeKind::Join { op }, NodeImpl::Join(factory), Some(left)) => {
+                let right = node
+                    .inputs
+                    .get(1)
+                    .and_then(|&i| placed[i].clone())
+                    .ok_or_else(|| {
+                        Error::Internal(format!("join '{}' has no right input", node.name))
+                    })?;
+                let output = factory
+                    .output_schema(&left.schema, &right.schema)
+                    .map_err(|e| Error::Plan(format!("'{}': {e}", node.name)))?;
+                for side in [&left.pending, &right.pending] {
+                    if matches!(side, Partitioning::Gather | Partitioning::Broadcast) {
+                        crate::plan_err!(
+                            "join '{}': its inputs must be partitioned by key (key_by), not {side}",
+                            node.name
+                        );
+                    }
+                }
+                stages.push(Stage {
+                    id: stages.len(),
+                    parallelism: workers,
+                    input: Some(StageInput {
+                        stage: left.stage,
+                        partitioning: left.pending.clone(),
+                    }),
+                    second_input: Some(StageInput {
+                        stage: right.stage,
+                        partitioning: right.pending.clone(),
+                    }),
+                    ops: vec![PhysicalOp {
+                        node: node.id,
+                        name: node.name.clone(),
+                        kind: op.kind.clone(),
+                        role: Role::Join,
+                        output: describe_schema(&output),
+                        input_schema: Some(Arc::clone(&left.schema)),
+                        second_input_schema: Some(Arc::clone(&right.schema)),
+                        output_schema: Some(Arc::clone(&output)),
+                    }],
+                });
+                Placed {
+                    stage: stages.len() - 1,
+                    pending: Partitioning::Forward,
+                    schema: output,
+                    extendable: single_consumer(node.id),
                 }
             }
             (kind, imp, Some(input)) => {
@@ -284,6 +343,7 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                         role: Role::Combiner,
                         output: describe_schema(&schema),
                         input_schema: Some(Arc::clone(&op_input)),
+                        second_input_schema: None,
                         output_schema: Some(Arc::clone(&schema)),
                     };
                     if extendable {
@@ -296,6 +356,7 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                                 stage: from,
                                 partitioning: Partitioning::Forward,
                             }),
+                            second_input: None,
                             ops: vec![op],
                         });
                         from = stages.len() - 1;
@@ -316,6 +377,7 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                     role,
                     output: describe_schema(&output),
                     input_schema: Some(op_input),
+                    second_input_schema: None,
                     output_schema: Some(Arc::clone(&output)),
                 };
                 let stage = if partitioning == Partitioning::Forward && extendable {
@@ -334,6 +396,7 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                             stage: from,
                             partitioning,
                         }),
+                        second_input: None,
                         ops: vec![op],
                     });
                     stages.len() - 1

@@ -31,12 +31,12 @@ use timely::dataflow::operators::{Capability, Operator, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::batch::{Batch, column_indices, split_by_hash};
-use crate::compile::{PhysicalPlan, Role, Stage, compile, factory_of};
+use crate::compile::{PhysicalPlan, Role, Stage, StageInput, compile, factory_of};
 use crate::connector::{
     BadRecordPolicy, DeadLetter, Sink, SinkWriter, SourceCollector, SourceReader,
 };
 use crate::error::{Error, Result};
-use crate::operator::{Collector, Operator as StreamOperator, WorkerContext};
+use crate::operator::{Collector, JoinOperator, Operator as StreamOperator, Side, WorkerContext};
 use crate::plan::{EventTimeSpec, JobGraph, NodeImpl, NodeKind, Partitioning};
 use crate::time::Time;
 
@@ -220,40 +220,113 @@ fn build_dataflow<'s>(
         // A stage of parallelism one runs on worker 0 only: elsewhere it is an empty shell
         // that keeps the dataflow the same shape on every worker.
         let active = stage.parallelism > 1 || ctx.index == 0;
-        let stream = match &stage.input {
-            None => build_source_stage(scope, shared, stage, ctx, active, pace)?,
-            Some(input) => {
-                let upstream = outputs
-                    .get(input.stage)
-                    .cloned()
-                    .ok_or_else(|| Error::Internal(format!("stage {} has no input", stage.id)))?;
+        let name = stage_name(stage);
+        let stream = match (&stage.input, &stage.second_input) {
+            (None, _) => build_source_stage(scope, shared, stage, ctx, active, pace)?,
+            (Some(input), None) => {
+                let (upstream, forward) = edge(&outputs, input, ctx, shared)?;
                 let chain = if active {
                     create_chain(shared, stage, ctx, 0)?
                 } else {
                     Vec::new()
                 };
                 let blocking = stage.is_blocking(&shared.graph);
-                let name = stage_name(stage);
-                match &input.partitioning {
-                    Partitioning::Forward => {
-                        chain_operator(upstream, Pipeline, &name, chain, blocking, shared)
+                if forward {
+                    chain_operator(upstream, Pipeline, &name, chain, blocking, shared)
+                } else {
+                    chain_operator(upstream, exchange(), &name, chain, blocking, shared)
+                }
+            }
+            (Some(left), Some(right)) => {
+                let head = stage
+                    .ops
+                    .first()
+                    .ok_or_else(|| Error::Internal(format!("stage {} is empty", stage.id)))?;
+                let schemas = head
+                    .input_schema
+                    .as_ref()
+                    .zip(head.second_input_schema.as_ref());
+                let join = match (shared.graph.node_impl(head.node), schemas) {
+                    (Some(NodeImpl::Join(factory)), Some((l, r))) => factory
+                        .create(ctx, l, r)
+                        .map_err(|e| Error::Plan(format!("'{}': {e}", head.name)))?,
+                    _ => return Err(Error::Internal(format!("'{}' is not a join", head.name))),
+                };
+                let rest = create_chain(shared, stage, ctx, 1)?;
+                let (l, l_forward) = edge(&outputs, left, ctx, shared)?;
+                let (r, r_forward) = edge(&outputs, right, ctx, shared)?;
+                let label = head.name.clone();
+                match (l_forward, r_forward) {
+                    (true, true) => {
+                        join_operator(l, r, (Pipeline, Pipeline), &name, join, rest, label, shared)
                     }
-                    partitioning => {
-                        let upstream_schema = shared.plan.stages[input.stage]
-                            .ops
-                            .last()
-                            .and_then(|op| op.output_schema.clone())
-                            .ok_or_else(|| Error::Internal("stage without schema".into()))?;
-                        let routed = route(upstream, partitioning, &upstream_schema, ctx, shared)?;
-                        let pact = Exchange::new(|tagged: &Tagged| u64::from(tagged.0));
-                        chain_operator(routed, pact, &name, chain, blocking, shared)
-                    }
+                    (true, false) => join_operator(
+                        l,
+                        r,
+                        (Pipeline, exchange()),
+                        &name,
+                        join,
+                        rest,
+                        label,
+                        shared,
+                    ),
+                    (false, true) => join_operator(
+                        l,
+                        r,
+                        (exchange(), Pipeline),
+                        &name,
+                        join,
+                        rest,
+                        label,
+                        shared,
+                    ),
+                    (false, false) => join_operator(
+                        l,
+                        r,
+                        (exchange(), exchange()),
+                        &name,
+                        join,
+                        rest,
+                        label,
+                        shared,
+                    ),
                 }
             }
         };
         outputs.push(stream.probe_with(pace));
     }
     Ok(())
+}
+
+/// The exchange on the destination tag that follows every router.
+fn exchange() -> impl ParallelizationContract<Time, Vec<Tagged>> {
+    Exchange::new(|tagged: &Tagged| u64::from(tagged.0))
+}
+
+/// The stream an input edge delivers: the upstream stage's output, routed when the edge is
+/// not forward; and whether it is forward.
+fn edge<'s>(
+    outputs: &[TaggedStream<'s>],
+    input: &StageInput,
+    ctx: &WorkerContext,
+    shared: &Arc<Shared>,
+) -> Result<(TaggedStream<'s>, bool)> {
+    let upstream = outputs
+        .get(input.stage)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("stage {} is not built yet", input.stage)))?;
+    if input.partitioning == Partitioning::Forward {
+        return Ok((upstream, true));
+    }
+    let schema = shared.plan.stages[input.stage]
+        .ops
+        .last()
+        .and_then(|op| op.output_schema.clone())
+        .ok_or_else(|| Error::Internal("stage without schema".into()))?;
+    Ok((
+        route(upstream, &input.partitioning, &schema, ctx, shared)?,
+        false,
+    ))
 }
 
 fn stage_name(stage: &Stage) -> String {
@@ -293,9 +366,9 @@ fn create_chain(
                 )),
                 _ => return Err(Error::Internal(format!("'{}' is not a sink", op.name))),
             },
-            Role::Source => {
+            Role::Source | Role::Join => {
                 return Err(Error::Internal(format!(
-                    "source '{}' in the middle of a stage",
+                    "'{}' in the middle of a stage",
                     op.name
                 )));
             }
@@ -373,11 +446,89 @@ fn signal_chain(chain: &mut [ChainOp], signal: Signal, out: &mut Vec<RecordBatch
     Ok(())
 }
 
+/// The state of a stage operator between activations: its chain, the capability a blocking
+/// stage holds, and how far its watermark and its end have been signalled.
+struct StageRun {
+    chain: Vec<ChainOp>,
+    held: Option<Capability<Time>>,
+    watermark: u64,
+    finished: bool,
+    shared: Arc<Shared>,
+}
+
+impl StageRun {
+    /// Pushes one input batch through the chain from position `from`; a failure stops the job.
+    fn push(&mut self, from: usize, batch: RecordBatch, emitted: &mut Vec<RecordBatch>) {
+        if self.shared.aborted() {
+            return;
+        }
+        if let Err(e) = run_chain(&mut self.chain, from, batch, emitted) {
+            self.shared.fail(e);
+        }
+    }
+
+    /// After the input of an activation: follows the input frontier (`None` once every input
+    /// has ended), signals a watermark that advanced and the end, and hands what that emits
+    /// to `emit` with the capability to send it under.
+    fn advance(
+        &mut self,
+        frontier: Option<Time>,
+        emit: &mut impl FnMut(&Capability<Time>, Vec<RecordBatch>),
+    ) {
+        self.follow(frontier);
+        if let (Some(least), false) = (frontier, self.shared.aborted())
+            && least.watermark > self.watermark
+        {
+            self.watermark = least.watermark;
+            self.signal(Signal::Watermark(least.watermark), emit);
+            // What was emitted may have released holds: follow the frontier again.
+            self.follow(frontier);
+        }
+        if frontier.is_none() && !self.finished {
+            self.finished = true;
+            if !self.shared.aborted() {
+                self.signal(Signal::Finish, emit);
+            }
+            self.held = None;
+        }
+        if self.shared.aborted() {
+            self.held = None;
+        }
+    }
+
+    fn follow(&mut self, frontier: Option<Time>) {
+        if let (Some(cap), Some(least)) = (self.held.as_mut(), frontier) {
+            let target = hold_target(&self.chain, least);
+            if target > *cap.time() {
+                cap.downgrade(&target);
+            }
+        }
+    }
+
+    fn signal(
+        &mut self,
+        signal: Signal,
+        emit: &mut impl FnMut(&Capability<Time>, Vec<RecordBatch>),
+    ) {
+        let mut emitted = Vec::new();
+        match signal_chain(&mut self.chain, signal, &mut emitted) {
+            Ok(()) => {
+                if let Some(cap) = self.held.as_ref()
+                    && !emitted.is_empty()
+                {
+                    emit(cap, emitted);
+                }
+            }
+            Err(e) => self.shared.fail(e),
+        }
+    }
+}
+
 fn chain_operator<'s, P>(
     input: TaggedStream<'s>,
     pact: P,
     name: &str,
-    mut chain: Vec<ChainOp>,
+    chain: Vec<ChainOp>,
     blocking: bool,
     shared: &Arc<Shared>,
 ) -> TaggedStream<'s>
@@ -390,89 +541,156 @@ where
         name,
         move |capability, _info| {
             // Only a blocking stage emits after its input ends, and so needs to hold a
-            // capability; it holds it at its input frontier, never behind it.
-            let mut held: Option<Capability<Time>> = blocking.then_some(capability);
-            let mut finished = false;
-            let mut watermark = 0u64;
+            // capability; it holds it at its input frontier (or behind it, by the holds of
+            // its operators).
+            let mut run = StageRun {
+                chain,
+                held: blocking.then_some(capability),
+                watermark: 0,
+                finished: false,
+                shared,
+            };
             move |(input, frontier), output| {
-                let mut failure = None;
                 input.for_each_stamp(|cap, data| {
                     let mut emitted = Vec::new();
                     for container in data {
                         for (_, batch) in container.drain(..) {
-                            if failure.is_none()
-                                && !shared.aborted()
-                                && let Err(e) = run_chain(&mut chain, 0, batch.0, &mut emitted)
-                            {
-                                failure = Some(e);
-                            }
+                            run.push(0, batch.0, &mut emitted);
                         }
                     }
-                    if !emitted.is_empty() {
-                        let mut session = output.session(&cap);
-                        for batch in emitted {
-                            session.give((0u32, Batch(batch)));
-                        }
-                    }
+                    give(&mut output.session(&cap), emitted);
                 });
-                if let Some(e) = failure {
-                    shared.fail(e);
-                }
-                let frontier = frontier.frontier();
-                if let (Some(cap), Some(&least)) = (held.as_mut(), frontier.first()) {
-                    let target = hold_target(&chain, least);
-                    if target > *cap.time() {
-                        cap.downgrade(&target);
-                    }
-                }
-                // The watermark is the event-time part of the input frontier.
-                if let (Some(cap), Some(least)) = (held.as_ref(), frontier.first())
-                    && least.watermark > watermark
-                    && !shared.aborted()
-                {
-                    watermark = least.watermark;
-                    let mut emitted = Vec::new();
-                    match signal_chain(&mut chain, Signal::Watermark(watermark), &mut emitted) {
-                        Ok(()) => {
-                            let mut session = output.session(cap);
-                            for batch in emitted {
-                                session.give((0u32, Batch(batch)));
-                            }
-                        }
-                        Err(e) => shared.fail(e),
-                    }
-                }
-                // What was emitted may have released holds: follow the frontier again.
-                if let (Some(cap), Some(&least)) = (held.as_mut(), frontier.first()) {
-                    let target = hold_target(&chain, least);
-                    if target > *cap.time() {
-                        cap.downgrade(&target);
-                    }
-                }
-                if frontier.is_empty() && !finished {
-                    finished = true;
-                    if !shared.aborted() {
-                        let mut emitted = Vec::new();
-                        match signal_chain(&mut chain, Signal::Finish, &mut emitted) {
-                            Ok(()) => {
-                                if let Some(cap) = held.as_ref() {
-                                    let mut session = output.session(cap);
-                                    for batch in emitted {
-                                        session.give((0u32, Batch(batch)));
-                                    }
-                                }
-                            }
-                            Err(e) => shared.fail(e),
-                        }
-                    }
-                    held = None;
-                }
-                if shared.aborted() {
-                    held = None;
-                }
+                let least = frontier.frontier().first().copied();
+                run.advance(least, &mut |cap, batches| {
+                    give(&mut output.session(cap), batches)
+                });
             }
         },
     )
+}
+
+/// Sends batches into an output session.
+fn give<S: GiveTagged>(session: &mut S, batches: Vec<RecordBatch>) {
+    for batch in batches {
+        session.give_tagged((0u32, Batch(batch)));
+    }
+}
+
+/// An output session of tagged batches, whatever its capability type.
+trait GiveTagged {
+    fn give_tagged(&mut self, item: Tagged);
+}
+
+impl<'a, 'b, CT: timely::dataflow::operators::CapabilityTrait<Time>> GiveTagged
+    for timely::dataflow::operators::generic::Session<
+        'a,
+        'b,
+        Time,
+        CapacityContainerBuilder<Vec<Tagged>>,
+        CT,
+    >
+{
+    fn give_tagged(&mut self, item: Tagged) {
+        self.give(item);
+    }
+}
+
+/// Builds the operator of a join stage: the join, then the operators fused after it.
+#[allow(clippy::too_many_arguments)] // the parts of a join stage, each needed once
+fn join_operator<'s, P1, P2>(
+    left: TaggedStream<'s>,
+    right: TaggedStream<'s>,
+    pacts: (P1, P2),
+    name: &str,
+    join: Box<dyn JoinOperator>,
+    rest: Vec<ChainOp>,
+    join_name: String,
+    shared: &Arc<Shared>,
+) -> TaggedStream<'s>
+where
+    P1: ParallelizationContract<Time, Vec<Tagged>>,
+    P2: ParallelizationContract<Time, Vec<Tagged>>,
+{
+    let shared = Arc::clone(shared);
+    let join = Rc::new(RefCell::new(join));
+    let mut chain = vec![ChainOp {
+        name: join_name.clone(),
+        op: Box::new(JoinHead(Rc::clone(&join))),
+    }];
+    chain.extend(rest);
+    left.binary_frontier::<_, CapacityContainerBuilder<Vec<Tagged>>, _, _, _, _>(
+        right,
+        pacts.0,
+        pacts.1,
+        name,
+        move |capability, _info| {
+            let mut run = StageRun {
+                chain,
+                held: Some(capability),
+                watermark: 0,
+                finished: false,
+                shared,
+            };
+            move |(left, left_frontier), (right, right_frontier), output| {
+                // The two inputs have different types (their pacts differ), hence a macro.
+                macro_rules! read {
+                    ($side:expr, $input:expr) => {
+                        $input.for_each_stamp(|cap, data| {
+                            let mut emitted = Vec::new();
+                            for container in data {
+                                for (_, batch) in container.drain(..) {
+                                    let mut out = Collector::new();
+                                    let result = join
+                                        .borrow_mut()
+                                        .process_batch($side, batch.0, &mut out)
+                                        .map_err(|e| name_error(&join_name, e));
+                                    match result {
+                                        Ok(()) => {
+                                            for b in out.take() {
+                                                run.push(1, b, &mut emitted);
+                                            }
+                                        }
+                                        Err(e) => run.shared.fail(e),
+                                    }
+                                }
+                            }
+                            give(&mut output.session(&cap), emitted);
+                        })
+                    };
+                }
+                read!(Side::Left, left);
+                read!(Side::Right, right);
+                let least = [left_frontier, right_frontier]
+                    .iter()
+                    .filter_map(|f| f.frontier().first().copied())
+                    .min();
+                run.advance(least, &mut |cap, batches| {
+                    give(&mut output.session(cap), batches)
+                });
+            }
+        },
+    )
+}
+
+/// The join at the head of a join stage's chain: it receives its input batches directly
+/// (with their side), and the chain's signals through this adapter.
+struct JoinHead(Rc<RefCell<Box<dyn JoinOperator>>>);
+
+impl StreamOperator for JoinHead {
+    fn process_batch(&mut self, _batch: RecordBatch, _out: &mut Collector) -> Result<()> {
+        Err(Error::Internal(
+            "a join received a batch without its side".into(),
+        ))
+    }
+    fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
+        self.0.borrow_mut().on_watermark(watermark, out)
+    }
+    fn hold(&self) -> Option<u64> {
+        self.0.borrow().hold()
+    }
+    fn finish(&mut self, out: &mut Collector) -> Result<()> {
+        self.0.borrow_mut().finish(out)
+    }
 }
 
 /// Where a blocking stage's capability may move: the input frontier, but no further than the

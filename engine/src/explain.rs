@@ -49,6 +49,7 @@ fn node_text(kind: &NodeKind) -> String {
             s
         }
         NodeKind::Exchange { partitioning } => format!("exchange {partitioning}"),
+        NodeKind::Join { op } => format!("join {}{}", op.kind, config_text(op)),
         NodeKind::Sink { sink, parallelism } => {
             let mut s = format!("sink {}{}", sink.kind, config_text(sink));
             if *parallelism == Parallelism::Single {
@@ -86,6 +87,7 @@ fn role_text(role: Role) -> &'static str {
         Role::Operator => "op",
         Role::Combiner => "combiner",
         Role::Sink => "sink",
+        Role::Join => "join",
     }
 }
 
@@ -99,10 +101,17 @@ pub fn physical_text(plan: &PhysicalPlan) -> String {
         plan.version
     );
     for stage in &plan.stages {
-        let edge = match &stage.input {
+        let mut edge = match &stage.input {
             Some(input) => format!(" <- stage {} via {}", input.stage, input.partitioning),
             None => String::new(),
         };
+        if let Some(right) = &stage.second_input {
+            let _ = write!(
+                edge,
+                " and stage {} via {}",
+                right.stage, right.partitioning
+            );
+        }
         let _ = writeln!(out, "  stage {} x{}{edge}", stage.id, stage.parallelism);
         for op in &stage.ops {
             let _ = writeln!(
@@ -169,7 +178,7 @@ pub fn dot(logical: &LogicalPlan, physical: &PhysicalPlan) -> String {
             }
         }
         out.push_str("    }\n");
-        if let Some(input) = &stage.input {
+        for input in stage.input.iter().chain(&stage.second_input) {
             let last = physical
                 .stages
                 .get(input.stage)

@@ -86,7 +86,9 @@ pub use exec::{
     ExecOptions, JobReport, MAX_EPOCHS_IN_FLIGHT, Metrics, READS_PER_ACTIVATION, execute,
     execute_plan,
 };
-pub use operator::{Collector, Operator, OperatorFactory, WorkerContext};
+pub use operator::{
+    Collector, JoinOperator, JoinOperatorFactory, Operator, OperatorFactory, Side, WorkerContext,
+};
 pub use plan::{
     Descriptor, EventTimeSpec, JobGraph, LOGICAL_PLAN_VERSION, LogicalNode, LogicalPlan, NodeId,
     NodeImpl, NodeKind, OperatorDecl, Partitioning, SourceDecl,

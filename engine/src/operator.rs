@@ -102,3 +102,50 @@ pub trait OperatorFactory: Send + Sync {
         false
     }
 }
+
+/// Which input of a two-input operator a batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first input.
+    Left,
+    /// The second input.
+    Right,
+}
+
+/// One instance of a two-input operator (a join), owned by one worker.
+///
+/// Like [`Operator`], with batches tagged by the input they come from. The watermark it is
+/// given is the lesser of its two inputs' watermarks.
+pub trait JoinOperator {
+    /// Processes one batch from `side`.
+    fn process_batch(&mut self, side: Side, batch: RecordBatch, out: &mut Collector) -> Result<()>;
+
+    /// The watermark of both inputs advanced; see [`Operator::on_watermark`].
+    fn on_watermark(&mut self, _watermark: u64, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+
+    /// See [`Operator::hold`].
+    fn hold(&self) -> Option<u64> {
+        None
+    }
+
+    /// Both inputs ended.
+    fn finish(&mut self, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Creates the instances of a two-input operator and describes its output.
+pub trait JoinOperatorFactory: Send + Sync {
+    /// The schema of its output, given its inputs' schemas.
+    fn output_schema(&self, left: &SchemaRef, right: &SchemaRef) -> Result<SchemaRef>;
+
+    /// Creates this worker's instance.
+    fn create(
+        &self,
+        ctx: &WorkerContext,
+        left: &SchemaRef,
+        right: &SchemaRef,
+    ) -> Result<Box<dyn JoinOperator>>;
+}

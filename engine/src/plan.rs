@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connector::{BadRecordPolicy, Parallelism, Sink, Source};
 use crate::error::{Error, Result};
-use crate::operator::OperatorFactory;
+use crate::operator::{JoinOperatorFactory, OperatorFactory};
 
 /// The version of the logical plan's serialized form. Bump it on any incompatible change.
 pub const LOGICAL_PLAN_VERSION: u32 = 1;
@@ -103,6 +103,11 @@ pub enum NodeKind {
         /// On how many workers it runs.
         parallelism: Parallelism,
     },
+    /// Joins two streams (its two inputs, left then right).
+    Join {
+        /// The join operator.
+        op: Descriptor,
+    },
     /// Repartitions the stream for the next operator (`key_by`, `rebalance`, `broadcast`).
     Exchange {
         /// How.
@@ -190,6 +195,15 @@ impl LogicalPlan {
                 );
             }
             let wants_input = !matches!(node.kind, NodeKind::Source { .. });
+            if let NodeKind::Join { .. } = node.kind {
+                match node.inputs.as_slice() {
+                    [l, r] if *l < position && *r < position => continue,
+                    _ => crate::plan_err!(
+                        "join '{}' needs two inputs that come before it",
+                        node.name
+                    ),
+                }
+            }
             match (wants_input, node.inputs.as_slice()) {
                 (false, []) => {}
                 (false, _) => crate::plan_err!("source '{}' cannot have an input", node.name),
@@ -232,6 +246,8 @@ pub enum NodeImpl {
         /// The pre-aggregation, if any.
         combiner: Option<Arc<dyn OperatorFactory>>,
     },
+    /// A two-input operator.
+    Join(Arc<dyn JoinOperatorFactory>),
     /// A repartitioning: no code of its own.
     Exchange,
     /// A sink.
@@ -382,6 +398,26 @@ impl JobGraph {
                 combiner: c_op,
             },
         )
+    }
+
+    /// Adds a two-input operator reading `left` and `right`.
+    pub fn add_join(
+        &mut self,
+        left: NodeId,
+        right: NodeId,
+        name: &str,
+        descriptor: Descriptor,
+        op: Arc<dyn JoinOperatorFactory>,
+    ) -> NodeId {
+        let id = self.plan.nodes.len();
+        self.plan.nodes.push(LogicalNode {
+            id,
+            name: name.to_owned(),
+            kind: NodeKind::Join { op: descriptor },
+            inputs: vec![left, right],
+        });
+        self.impls.push(NodeImpl::Join(op));
+        id
     }
 
     /// Adds a repartitioning of `input`.

@@ -12,6 +12,7 @@
 //! | [`TopK`] | the k greatest rows by a column |
 //! | [`WindowAggregate`] | keyed aggregates per tumbling or sliding event-time window |
 //! | [`SessionAggregate`] | keyed aggregates per session (records closer than a gap) |
+//! | [`WindowJoin`] | inner or semi join of two keyed streams within tumbling windows |
 //!
 //! Each implements the engine's [`OperatorFactory`](streamrun_engine::OperatorFactory). Most
 //! users meet them through the `streamrun` crate's DSL (`stream.key_by("word").count()`); here
@@ -40,6 +41,7 @@
 
 mod aggregate;
 mod batchfn;
+mod join;
 mod select;
 mod session;
 mod topk;
@@ -49,6 +51,7 @@ mod words;
 
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
+pub use join::{JoinKind, WindowJoin};
 pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;
 pub use topk::TopK;

@@ -23,7 +23,9 @@ fn bids() -> Vec<nexmark::event::Bid> {
 fn run_query(query: Query, workers: usize) -> Vec<arrow::array::RecordBatch> {
     let job = Job::new("nexmark");
     let out = Collect::new();
-    query.build(&job, Nexmark::bids(EVENTS)).sink(out.clone());
+    query
+        .build(&job, EVENTS, streamrun::connectors::DEFAULT_BASE_TIME_MS)
+        .sink(out.clone());
     run(&job, workers);
     out.batches()
 }
@@ -135,7 +137,7 @@ fn q5_finds_the_hottest_auctions_of_every_sliding_window() {
         let job = Job::new("q5");
         let out = Collect::new();
         Query::Q5
-            .build(&job, Nexmark::bids(Q5_EVENTS))
+            .build(&job, Q5_EVENTS, streamrun::connectors::DEFAULT_BASE_TIME_MS)
             .sink(out.clone());
         run(&job, workers);
         let mut got = Vec::new();
@@ -192,7 +194,7 @@ fn q7_finds_the_highest_bids_of_every_tumbling_window() {
         let job = Job::new("q7");
         let out = Collect::new();
         Query::Q7
-            .build(&job, Nexmark::bids(Q7_EVENTS))
+            .build(&job, Q7_EVENTS, streamrun::connectors::DEFAULT_BASE_TIME_MS)
             .sink(out.clone());
         run(&job, workers);
         let mut got = Vec::new();
@@ -214,5 +216,46 @@ fn q7_finds_the_highest_bids_of_every_tumbling_window() {
         }
         got.sort_unstable();
         assert_eq!(got, expected, "{workers} workers");
+    }
+}
+
+#[test]
+fn q8_finds_the_people_who_registered_and_opened_an_auction_in_the_same_window() {
+    const Q8_EVENTS: u64 = 200_000;
+    const WINDOW: i64 = 10_000;
+    let window = |t: u64| t as i64 / WINDOW * WINDOW;
+    let mut people = Vec::new();
+    let mut sellers: std::collections::HashSet<(i64, i64)> = Default::default();
+    for event in EventGenerator::new(Nexmark::bids(Q8_EVENTS).config()).take(Q8_EVENTS as usize) {
+        match event {
+            Event::Person(p) => people.push((p.id as i64, p.name, window(p.date_time))),
+            Event::Auction(a) => {
+                sellers.insert((a.seller as i64, window(a.date_time)));
+            }
+            Event::Bid(_) => {}
+        }
+    }
+    let mut expected: Vec<String> = people
+        .into_iter()
+        .filter(|(id, _, w)| sellers.contains(&(*id, *w)))
+        .map(|(id, name, w)| format!("{id}|{name}|{}", time(w as u64)))
+        .collect();
+    expected.sort();
+    assert!(!expected.is_empty(), "some new people sell at once");
+
+    let mut first = None;
+    for workers in [1, 4] {
+        let job = Job::new("q8");
+        let out = Collect::new();
+        Query::Q8
+            .build(&job, Q8_EVENTS, streamrun::connectors::DEFAULT_BASE_TIME_MS)
+            .sink(out.clone());
+        run(&job, workers);
+        let rows = sorted_rows(&out.batches());
+        assert_eq!(rows, expected, "{workers} workers");
+        match &first {
+            None => first = Some(rows),
+            Some(f) => assert_eq!(&rows, f),
+        }
     }
 }

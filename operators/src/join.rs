@@ -1,0 +1,303 @@
+//! Window joins: the rows of two streams that share a key and a tumbling event-time window.
+//!
+//! Each side's rows are kept per window until the watermark (the lesser of both inputs')
+//! reaches the window's end; the window's rows are then hash-joined on the keys and emitted
+//! once. Both inputs must be partitioned by their keys (`key_by`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Serialize};
+use streamrun_engine::{
+    Collector, Descriptor, Error, JoinOperator, JoinOperatorFactory, Result, Side, WorkerContext,
+    column_indices, event_millis, event_time_type_check,
+};
+
+/// Which rows a join emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinKind {
+    /// Every pair of matching rows: the left columns, then the right ones (renamed
+    /// `right_<name>` where a name is taken).
+    Inner,
+    /// Each left row that has at least one match, once: the left columns only.
+    LeftSemi,
+}
+
+/// A join of two keyed streams within tumbling event-time windows of `size_ms`.
+///
+/// Output columns: `window_start`, `window_end`, then the joined columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowJoin {
+    /// The window length, in milliseconds.
+    pub size_ms: u64,
+    /// Event-time column of the left input (`None`: an error at plan time).
+    pub left_time: Option<String>,
+    /// Event-time column of the right input.
+    pub right_time: Option<String>,
+    /// Key columns of the left input.
+    pub left_keys: Vec<String>,
+    /// Key columns of the right input, matched in order with the left ones.
+    pub right_keys: Vec<String>,
+    /// Which rows to emit.
+    pub kind: JoinKind,
+}
+
+impl WindowJoin {
+    /// The plan descriptor.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            "window_join",
+            serde_json::json!({
+                "tumbling_ms": self.size_ms,
+                "on": self.left_keys.iter().zip(&self.right_keys)
+                    .map(|(l, r)| format!("{l} = {r}")).collect::<Vec<_>>(),
+                "kind": self.kind,
+            }),
+        )
+    }
+
+    /// Resolves (event-time column, key columns) of one side.
+    fn side(
+        &self,
+        schema: &SchemaRef,
+        time: &Option<String>,
+        keys: &[String],
+        which: &str,
+    ) -> Result<(usize, Vec<usize>)> {
+        let time = time.as_ref().ok_or_else(|| {
+            Error::Plan(format!(
+                "the {which} input of a window join has no event time: give its source one with .event_time(column, delay)"
+            ))
+        })?;
+        let t = column_indices(
+            schema,
+            std::slice::from_ref(time),
+            &format!("window join ({which})"),
+        )?[0];
+        event_time_type_check(schema.field(t).data_type(), time)?;
+        Ok((
+            t,
+            column_indices(schema, keys, &format!("window join key ({which})"))?,
+        ))
+    }
+
+    fn check(
+        &self,
+        left: &SchemaRef,
+        right: &SchemaRef,
+    ) -> Result<(usize, Vec<usize>, usize, Vec<usize>)> {
+        if self.size_ms == 0 {
+            return Err(Error::Plan(
+                "a join window must be at least 1 ms long".into(),
+            ));
+        }
+        if self.left_keys.is_empty() || self.left_keys.len() != self.right_keys.len() {
+            return Err(Error::Plan(format!(
+                "a window join needs as many right keys as left keys, and at least one (left {:?}, right {:?})",
+                self.left_keys, self.right_keys
+            )));
+        }
+        let (lt, lk) = self.side(left, &self.left_time, &self.left_keys, "left")?;
+        let (rt, rk) = self.side(right, &self.right_time, &self.right_keys, "right")?;
+        for (&l, &r) in lk.iter().zip(&rk) {
+            let (lt, rt) = (left.field(l).data_type(), right.field(r).data_type());
+            if lt != rt {
+                return Err(Error::Plan(format!(
+                    "window join keys '{}' ({lt}) and '{}' ({rt}) have different types",
+                    left.field(l).name(),
+                    right.field(r).name()
+                )));
+            }
+        }
+        Ok((lt, lk, rt, rk))
+    }
+}
+
+impl JoinOperatorFactory for WindowJoin {
+    fn output_schema(&self, left: &SchemaRef, right: &SchemaRef) -> Result<SchemaRef> {
+        self.check(left, right)?;
+        let time = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let mut fields = vec![
+            Field::new("window_start", time.clone(), false),
+            Field::new("window_end", time, false),
+        ];
+        fields.extend(left.fields().iter().map(|f| f.as_ref().clone()));
+        if self.kind == JoinKind::Inner {
+            for f in right.fields() {
+                let taken = fields.iter().any(|g| g.name() == f.name());
+                let name = if taken {
+                    format!("right_{}", f.name())
+                } else {
+                    f.name().clone()
+                };
+                fields.push(f.as_ref().clone().with_name(name));
+            }
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn create(
+        &self,
+        _ctx: &WorkerContext,
+        left: &SchemaRef,
+        right: &SchemaRef,
+    ) -> Result<Box<dyn JoinOperator>> {
+        let (lt, lk, rt, rk) = self.check(left, right)?;
+        let sort_fields = lk
+            .iter()
+            .map(|&i| SortField::new(left.field(i).data_type().clone()))
+            .collect();
+        Ok(Box::new(WindowJoinInstance {
+            size: i64::try_from(self.size_ms)
+                .map_err(|_| Error::Plan("window size out of range".into()))?,
+            kind: self.kind,
+            time: [lt, rt],
+            keys: [lk, rk],
+            inputs: [Arc::clone(left), Arc::clone(right)],
+            converter: RowConverter::new(sort_fields)
+                .map_err(|e| Error::arrow("window join keys", e))?,
+            schema: self.output_schema(left, right)?,
+            open: BTreeMap::new(),
+        }))
+    }
+}
+
+struct WindowJoinInstance {
+    size: i64,
+    kind: JoinKind,
+    time: [usize; 2],
+    keys: [Vec<usize>; 2],
+    inputs: [SchemaRef; 2],
+    converter: RowConverter,
+    schema: SchemaRef,
+    /// Per window start, each side's rows.
+    open: BTreeMap<i64, [Vec<RecordBatch>; 2]>,
+}
+
+impl WindowJoinInstance {
+    fn close(&mut self, start: i64, out: &mut Collector) -> Result<()> {
+        let Some([left, right]) = self.open.remove(&start) else {
+            return Ok(());
+        };
+        if left.is_empty() || right.is_empty() {
+            return Ok(());
+        }
+        let arrow_err = |e| Error::arrow("window join", e);
+        let left = concat_batches(&self.inputs[0], &left).map_err(arrow_err)?;
+        let right = concat_batches(&self.inputs[1], &right).map_err(arrow_err)?;
+        let key_rows = |batch: &RecordBatch, keys: &[usize]| {
+            let columns: Vec<ArrayRef> =
+                keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
+            self.converter.convert_columns(&columns).map_err(arrow_err)
+        };
+        let (left_keys, right_keys) = (
+            key_rows(&left, &self.keys[0])?,
+            key_rows(&right, &self.keys[1])?,
+        );
+        let mut index: HashMap<&[u8], Vec<u32>> = HashMap::new();
+        for (row, key) in right_keys.iter().enumerate() {
+            index.entry(key.data()).or_default().push(row as u32);
+        }
+        let (mut li, mut ri): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+        for (row, key) in left_keys.iter().enumerate() {
+            if let Some(matches) = index.get(key.data()) {
+                match self.kind {
+                    JoinKind::Inner => {
+                        li.extend(std::iter::repeat_n(row as u32, matches.len()));
+                        ri.extend(matches);
+                    }
+                    JoinKind::LeftSemi => li.push(row as u32),
+                }
+            }
+        }
+        if li.is_empty() {
+            return Ok(());
+        }
+        let n = li.len();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from(vec![start; n])),
+            Arc::new(TimestampMillisecondArray::from(vec![start + self.size; n])),
+        ];
+        columns.extend(
+            take_record_batch(&left, &UInt32Array::from(li))
+                .map_err(arrow_err)?
+                .columns()
+                .iter()
+                .cloned(),
+        );
+        if self.kind == JoinKind::Inner {
+            columns.extend(
+                take_record_batch(&right, &UInt32Array::from(ri))
+                    .map_err(arrow_err)?
+                    .columns()
+                    .iter()
+                    .cloned(),
+            );
+        }
+        out.emit(RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(arrow_err)?);
+        Ok(())
+    }
+}
+
+impl JoinOperator for WindowJoinInstance {
+    fn process_batch(
+        &mut self,
+        side: Side,
+        batch: RecordBatch,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        let s = match side {
+            Side::Left => 0,
+            Side::Right => 1,
+        };
+        let times = event_millis(batch.column(self.time[s]))
+            .map_err(|e| Error::arrow("window join event time", e))?;
+        let size = self.size;
+        let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, &t) in times.values().iter().enumerate() {
+            rows.entry(t - t.rem_euclid(size))
+                .or_default()
+                .push(row as u32);
+        }
+        for (start, indices) in rows {
+            let part = take_record_batch(&batch, &UInt32Array::from(indices))
+                .map_err(|e| Error::arrow("window join", e))?;
+            self.open.entry(start).or_default()[s].push(part);
+        }
+        Ok(())
+    }
+
+    fn hold(&self) -> Option<u64> {
+        self.open
+            .keys()
+            .next()
+            .map(|&start| u64::try_from(start.saturating_add(self.size - 1)).unwrap_or(0))
+    }
+
+    fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
+        let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
+        let due: Vec<i64> = self
+            .open
+            .keys()
+            .copied()
+            .take_while(|&start| start.saturating_add(self.size) <= watermark)
+            .collect();
+        for start in due {
+            self.close(start, out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Collector) -> Result<()> {
+        let starts: Vec<i64> = self.open.keys().copied().collect();
+        for start in starts {
+            self.close(start, out)?;
+        }
+        Ok(())
+    }
+}
