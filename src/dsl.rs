@@ -12,7 +12,7 @@ use streamrun_engine::{
 };
 use streamrun_operators::{
     Agg, Aggregate, CmpOp, Compare, JoinKind, MapBatches, Phase, Select, SessionAggregate,
-    SplitWords, TopK, TypedTask, WindowAggregate, WindowJoin,
+    SplitWords, StreamJoin, TopK, TypedTask, WindowAggregate, WindowJoin,
 };
 
 /// A job being declared: a graph of sources, operators and sinks.
@@ -479,31 +479,50 @@ impl KeyedStream {
     /// its end, with columns `window_start`, `window_end`, then this stream's columns and,
     /// for [`JoinKind::Inner`], `other`'s.
     pub fn window_join(&self, other: &KeyedStream, window: Tumbling, kind: JoinKind) -> Stream {
+        self.join_with(other, "window_join", |graph| {
+            let op = WindowJoin {
+                size_ms: millis(window.size),
+                left_time: graph
+                    .event_time_of(self.stream.node)
+                    .map(|t| t.column.clone()),
+                right_time: graph
+                    .event_time_of(other.stream.node)
+                    .map(|t| t.column.clone()),
+                left_keys: self.keys.clone(),
+                right_keys: other.keys.clone(),
+                kind,
+            };
+            (op.descriptor(), Arc::new(op))
+        })
+    }
+
+    /// Joins this stream with `other` over everything seen so far: each pair of rows with
+    /// equal keys is emitted once, as soon as both have arrived, with this stream's columns
+    /// then `other`'s. Both sides are kept whole, so use it where one side is a bounded table.
+    pub fn join(&self, other: &KeyedStream) -> Stream {
+        self.join_with(other, "join", |_| {
+            let op = StreamJoin {
+                left_keys: self.keys.clone(),
+                right_keys: other.keys.clone(),
+            };
+            (op.descriptor(), Arc::new(op))
+        })
+    }
+
+    fn join_with(
+        &self,
+        other: &KeyedStream,
+        name: &str,
+        op: impl FnOnce(&JobGraph) -> (Descriptor, Arc<dyn streamrun_engine::JoinOperatorFactory>),
+    ) -> Stream {
         let job = &self.stream.job;
         if !Arc::ptr_eq(&job.graph, &other.stream.job.graph) {
-            job.record_error("window_join: both streams must belong to the same job".into());
+            job.record_error(format!("{name}: both streams must belong to the same job"));
             return self.stream.clone();
         }
         let mut graph = job.lock();
-        let op = WindowJoin {
-            size_ms: millis(window.size),
-            left_time: graph
-                .event_time_of(self.stream.node)
-                .map(|t| t.column.clone()),
-            right_time: graph
-                .event_time_of(other.stream.node)
-                .map(|t| t.column.clone()),
-            left_keys: self.keys.clone(),
-            right_keys: other.keys.clone(),
-            kind,
-        };
-        let node = graph.add_join(
-            self.stream.node,
-            other.stream.node,
-            "window_join",
-            op.descriptor(),
-            Arc::new(op),
-        );
+        let (descriptor, op) = op(&graph);
+        let node = graph.add_join(self.stream.node, other.stream.node, name, descriptor, op);
         Stream {
             job: job.clone(),
             node,

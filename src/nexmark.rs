@@ -2,8 +2,8 @@
 //!
 //! The queries follow the standard definitions of the Nexmark suite as published with Flink
 //! SQL (`nexmark/queries/qN.sql`). Each function adds the query to a job and returns its
-//! result stream; [`Query::columns`] documents the result columns. q3 and q4 need an
-//! incremental join and a join over auction lifetimes, and are not here yet.
+//! result stream; [`Query::columns`] documents the result columns. q4 (a join over auction
+//! lifetimes) is not here yet.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use streamrun_connectors::Nexmark;
 use streamrun_engine::{OperatorDecl, Parallelism};
-use streamrun_operators::{Agg, JoinKind, WindowArgMax};
+use streamrun_operators::{Agg, CmpOp, JoinKind, WindowArgMax};
 
 use crate::dsl::{IntoSource, Job, Sliding, Stream, Tumbling};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
@@ -30,6 +30,9 @@ pub enum Query {
     Q1,
     /// Selection: the bids on auctions whose id is a multiple of 123.
     Q2,
+    /// Local item suggestion: who sells in category 10 from Oregon, Idaho or California (an
+    /// incremental join of auctions and persons).
+    Q3,
     /// Hot items: per sliding window (10 s every 2 s), the auctions with the most bids.
     Q5,
     /// Highest bid: per tumbling window of 10 s, the bids with the highest price.
@@ -46,6 +49,7 @@ impl Query {
             Query::Q0 => "auction, bidder, price, channel, url, date_time, extra",
             Query::Q1 => "auction, bidder, price (Float64, euros), date_time, extra",
             Query::Q2 => "auction, price",
+            Query::Q3 => "name, city, state, id (the auction)",
             Query::Q5 => "window_start, window_end, auction, num (bids in the window)",
             Query::Q7 => "auction, price, bidder, date_time, window_end",
             Query::Q8 => "id, name, window_start",
@@ -55,6 +59,19 @@ impl Query {
     /// Adds the query over the first `events` events of the Nexmark generator (with its base
     /// time) to `job`, returning the result stream.
     pub fn build(self, job: &Job, events: u64, base_time: u64) -> Stream {
+        if self == Query::Q3 {
+            let auctions = job
+                .source(Nexmark::auctions(events).base_time(base_time))
+                .where_("category", CmpOp::Eq, 10)
+                .key_by("seller");
+            let persons = job
+                .source(Nexmark::persons(events).base_time(base_time))
+                .map_batches("q3: state in (or, id, ca)", q3_states)
+                .key_by("id");
+            return auctions
+                .join(&persons)
+                .select(["name", "city", "state", "id"]);
+        }
         if self == Query::Q8 {
             let persons = job
                 .source(Nexmark::persons(events).base_time(base_time))
@@ -77,9 +94,9 @@ impl Query {
     }
 
     /// Adds the query over `bids` (a [`Nexmark::bids`] source, or a replay of its batches)
-    /// to `job`; `None` for a query that reads no bids (q8).
+    /// to `job`; `None` for a query that reads no bids (q3, q8).
     pub fn on_bids(self, job: &Job, bids: impl IntoSource) -> Option<Stream> {
-        if self == Query::Q8 {
+        if matches!(self, Query::Q3 | Query::Q8) {
             return None;
         }
         let bids = job.source(bids);
@@ -102,9 +119,21 @@ impl Query {
                     .map_batches("q7: 10 s window of each bid", q7_window_end);
                 arg_max_per_window(&bids, "price", "q7: highest bid per window")
             }
-            Query::Q8 => return None,
+            Query::Q3 | Query::Q8 => return None,
         })
     }
+}
+
+/// The persons of Oregon, Idaho and California. The generator writes states in lower case
+/// (`or`), where Flink's writes `OR`.
+fn q3_states(persons: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let state = column(&persons, "state")?;
+    let mut keep = eq(state, &arrow::array::StringArray::new_scalar("or"))?;
+    for other in ["id", "ca"] {
+        let here = eq(state, &arrow::array::StringArray::new_scalar(other))?;
+        keep = arrow::compute::or(&keep, &here)?;
+    }
+    filter_record_batch(&persons, &keep)
 }
 
 /// Per `window_end`, the rows with the greatest `by`.

@@ -1,4 +1,5 @@
-//! Window joins: the rows of two streams that share a key and a tumbling event-time window.
+//! Joins of two keyed streams: within tumbling event-time windows ([`WindowJoin`]), or over
+//! everything seen so far ([`StreamJoin`]).
 //!
 //! Each side's rows are kept per window until the watermark (the lesser of both inputs')
 //! reaches the window's end; the window's rows are then hash-joined on the keys and emitted
@@ -122,22 +123,18 @@ impl JoinOperatorFactory for WindowJoin {
     fn output_schema(&self, left: &SchemaRef, right: &SchemaRef) -> Result<SchemaRef> {
         self.check(left, right)?;
         let time = DataType::Timestamp(TimeUnit::Millisecond, None);
-        let mut fields = vec![
+        let window = vec![
             Field::new("window_start", time.clone(), false),
             Field::new("window_end", time, false),
         ];
-        fields.extend(left.fields().iter().map(|f| f.as_ref().clone()));
-        if self.kind == JoinKind::Inner {
-            for f in right.fields() {
-                let taken = fields.iter().any(|g| g.name() == f.name());
-                let name = if taken {
-                    format!("right_{}", f.name())
-                } else {
-                    f.name().clone()
-                };
-                fields.push(f.as_ref().clone().with_name(name));
+        let fields = match self.kind {
+            JoinKind::Inner => joined_fields(left, right, window),
+            JoinKind::LeftSemi => {
+                let mut fields = window;
+                fields.extend(left.fields().iter().map(|f| f.as_ref().clone()));
+                fields
             }
-        }
+        };
         Ok(Arc::new(Schema::new(fields)))
     }
 
@@ -298,6 +295,172 @@ impl JoinOperator for WindowJoinInstance {
         for start in starts {
             self.close(start, out)?;
         }
+        Ok(())
+    }
+}
+
+/// An inner join of two keyed streams with no window: every row is kept, and each new row
+/// is joined at once with the other side's rows seen so far, so every matching pair is
+/// emitted exactly once, when its second row arrives.
+///
+/// Its state grows with its input (both sides are kept whole); use it where at least one side
+/// is a bounded table, as Nexmark q3 joins auctions with the people who sell them.
+///
+/// Output columns: the left columns, then the right ones (renamed `right_<name>` where a name
+/// is taken).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamJoin {
+    /// Key columns of the left input.
+    pub left_keys: Vec<String>,
+    /// Key columns of the right input, matched in order with the left ones.
+    pub right_keys: Vec<String>,
+}
+
+impl StreamJoin {
+    /// The plan descriptor.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            "join",
+            serde_json::json!({
+                "on": self.left_keys.iter().zip(&self.right_keys)
+                    .map(|(l, r)| format!("{l} = {r}")).collect::<Vec<_>>(),
+            }),
+        )
+    }
+
+    fn check(&self, left: &SchemaRef, right: &SchemaRef) -> Result<(Vec<usize>, Vec<usize>)> {
+        if self.left_keys.is_empty() || self.left_keys.len() != self.right_keys.len() {
+            return Err(Error::Plan(format!(
+                "a join needs as many right keys as left keys, and at least one (left {:?}, right {:?})",
+                self.left_keys, self.right_keys
+            )));
+        }
+        let lk = column_indices(left, &self.left_keys, "join key (left)")?;
+        let rk = column_indices(right, &self.right_keys, "join key (right)")?;
+        for (&l, &r) in lk.iter().zip(&rk) {
+            let (lt, rt) = (left.field(l).data_type(), right.field(r).data_type());
+            if lt != rt {
+                return Err(Error::Plan(format!(
+                    "join keys '{}' ({lt}) and '{}' ({rt}) have different types",
+                    left.field(l).name(),
+                    right.field(r).name()
+                )));
+            }
+        }
+        Ok((lk, rk))
+    }
+}
+
+/// The left fields, then the right ones renamed where a name is taken.
+fn joined_fields(left: &SchemaRef, right: &SchemaRef, mut fields: Vec<Field>) -> Vec<Field> {
+    fields.extend(left.fields().iter().map(|f| f.as_ref().clone()));
+    for f in right.fields() {
+        let taken = fields.iter().any(|g| g.name() == f.name());
+        let name = if taken {
+            format!("right_{}", f.name())
+        } else {
+            f.name().clone()
+        };
+        fields.push(f.as_ref().clone().with_name(name));
+    }
+    fields
+}
+
+impl JoinOperatorFactory for StreamJoin {
+    fn output_schema(&self, left: &SchemaRef, right: &SchemaRef) -> Result<SchemaRef> {
+        self.check(left, right)?;
+        Ok(Arc::new(Schema::new(joined_fields(
+            left,
+            right,
+            Vec::new(),
+        ))))
+    }
+
+    fn create(
+        &self,
+        _ctx: &WorkerContext,
+        left: &SchemaRef,
+        right: &SchemaRef,
+    ) -> Result<Box<dyn JoinOperator>> {
+        let (lk, rk) = self.check(left, right)?;
+        let sort_fields = lk
+            .iter()
+            .map(|&i| SortField::new(left.field(i).data_type().clone()))
+            .collect();
+        Ok(Box::new(StreamJoinInstance {
+            keys: [lk, rk],
+            converter: RowConverter::new(sort_fields).map_err(|e| Error::arrow("join keys", e))?,
+            schema: self.output_schema(left, right)?,
+            sides: [JoinSide::default(), JoinSide::default()],
+        }))
+    }
+}
+
+/// The rows one side of a join has seen, and where each key's rows are.
+#[derive(Default)]
+struct JoinSide {
+    batches: Vec<RecordBatch>,
+    index: HashMap<Vec<u8>, Vec<(usize, usize)>>,
+}
+
+struct StreamJoinInstance {
+    keys: [Vec<usize>; 2],
+    converter: RowConverter,
+    schema: SchemaRef,
+    sides: [JoinSide; 2],
+}
+
+impl JoinOperator for StreamJoinInstance {
+    fn process_batch(&mut self, side: Side, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let (this, other) = match side {
+            Side::Left => (0, 1),
+            Side::Right => (1, 0),
+        };
+        let arrow_err = |e| Error::arrow("join", e);
+        let columns: Vec<ArrayRef> = self.keys[this]
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        let keys = self
+            .converter
+            .convert_columns(&columns)
+            .map_err(arrow_err)?;
+        // Pairs (row of this batch, row of the other side) with equal keys.
+        let mut mine: Vec<u32> = Vec::new();
+        let mut theirs: Vec<(usize, usize)> = Vec::new();
+        for (row, key) in keys.iter().enumerate() {
+            if let Some(matches) = self.sides[other].index.get(key.data()) {
+                mine.extend(std::iter::repeat_n(row as u32, matches.len()));
+                theirs.extend(matches);
+            }
+        }
+        let at = self.sides[this].batches.len();
+        for (row, key) in keys.iter().enumerate() {
+            self.sides[this]
+                .index
+                .entry(key.data().to_vec())
+                .or_default()
+                .push((at, row));
+        }
+        if !mine.is_empty() {
+            let mine = take_record_batch(&batch, &UInt32Array::from(mine)).map_err(arrow_err)?;
+            let stored = &self.sides[other].batches;
+            let theirs: Vec<ArrayRef> = (0..stored.first().map_or(0, RecordBatch::num_columns))
+                .map(|c| {
+                    let arrays: Vec<&dyn arrow::array::Array> =
+                        stored.iter().map(|b| b.column(c).as_ref()).collect();
+                    arrow::compute::interleave(&arrays, &theirs)
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map_err(arrow_err)?;
+            let (left, right): (Vec<ArrayRef>, Vec<ArrayRef>) = match side {
+                Side::Left => (mine.columns().to_vec(), theirs),
+                Side::Right => (theirs, mine.columns().to_vec()),
+            };
+            let columns: Vec<ArrayRef> = left.into_iter().chain(right).collect();
+            out.emit(RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(arrow_err)?);
+        }
+        self.sides[this].batches.push(batch);
         Ok(())
     }
 }

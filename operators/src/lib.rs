@@ -13,6 +13,7 @@
 //! | [`WindowAggregate`] | keyed aggregates per tumbling or sliding event-time window |
 //! | [`SessionAggregate`] | keyed aggregates per session (records closer than a gap) |
 //! | [`WindowJoin`] | inner or semi join of two keyed streams within tumbling windows |
+//! | [`StreamJoin`] | inner join of two keyed streams over everything seen so far |
 //!
 //! Each implements the engine's [`OperatorFactory`](streamrun_engine::OperatorFactory). Most
 //! users meet them through the `streamrun` crate's DSL (`stream.key_by("word").count()`); here
@@ -51,7 +52,7 @@ mod words;
 
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
-pub use join::{JoinKind, WindowJoin};
+pub use join::{JoinKind, StreamJoin, WindowJoin};
 pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;
 pub use topk::TopK;

@@ -259,3 +259,39 @@ fn q8_finds_the_people_who_registered_and_opened_an_auction_in_the_same_window()
         }
     }
 }
+
+#[test]
+fn q3_joins_category_10_auctions_with_their_western_sellers() {
+    const Q3_EVENTS: u64 = 100_000;
+    let mut people: std::collections::HashMap<i64, (String, String, String)> = Default::default();
+    let mut auctions = Vec::new();
+    for event in EventGenerator::new(Nexmark::bids(Q3_EVENTS).config()).take(Q3_EVENTS as usize) {
+        match event {
+            Event::Person(p) if ["or", "id", "ca"].contains(&p.state.as_str()) => {
+                people.insert(p.id as i64, (p.name, p.city, p.state));
+            }
+            Event::Auction(a) if a.category == 10 => auctions.push((a.id as i64, a.seller as i64)),
+            _ => {}
+        }
+    }
+    let mut expected: Vec<String> = auctions
+        .iter()
+        .filter_map(|(id, seller)| {
+            people
+                .get(seller)
+                .map(|(name, city, state)| format!("{name}|{city}|{state}|{id}"))
+        })
+        .collect();
+    expected.sort();
+    assert!(!expected.is_empty(), "some auctions match");
+
+    for workers in [1, 4] {
+        let job = Job::new("q3");
+        let out = Collect::new();
+        Query::Q3
+            .build(&job, Q3_EVENTS, streamrun::connectors::DEFAULT_BASE_TIME_MS)
+            .sink(out.clone());
+        run(&job, workers);
+        assert_eq!(sorted_rows(&out.batches()), expected, "{workers} workers");
+    }
+}
