@@ -7,7 +7,8 @@
 //! The generator's configuration is fixed (its base time included) unless given, so runs are
 //! reproducible, and the workers together read exactly the first `--events` events. With
 //! `--out`, the result is written as CSV part files with a header into DIR; otherwise its
-//! first rows are printed. Queries q0, q1, q2, q3, q5, q7 and q8 run today; q4 is still to come.
+//! first rows are printed. Queries q0, q1, q2, q3, q4, q5, q7 and q8 run; q4 emits its averages
+//! when the input ends rather than updating them as auctions close.
 
 use clap::Parser;
 use streamrun::nexmark::Query;

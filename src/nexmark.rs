@@ -2,8 +2,7 @@
 //!
 //! The queries follow the standard definitions of the Nexmark suite as published with Flink
 //! SQL (`nexmark/queries/qN.sql`). Each function adds the query to a job and returns its
-//! result stream; [`Query::columns`] documents the result columns. q4 (a join over auction
-//! lifetimes) is not here yet.
+//! result stream; [`Query::columns`] documents the result columns.
 
 use std::sync::Arc;
 
@@ -33,6 +32,9 @@ pub enum Query {
     /// Local item suggestion: who sells in category 10 from Oregon, Idaho or California (an
     /// incremental join of auctions and persons).
     Q3,
+    /// Average closing price per category: the winning (highest) bid of each auction, among
+    /// the bids made while it was open, averaged per category. Emitted when the input ends.
+    Q4,
     /// Hot items: per sliding window (10 s every 2 s), the auctions with the most bids.
     Q5,
     /// Highest bid: per tumbling window of 10 s, the bids with the highest price.
@@ -50,6 +52,7 @@ impl Query {
             Query::Q1 => "auction, bidder, price (Float64, euros), date_time, extra",
             Query::Q2 => "auction, price",
             Query::Q3 => "name, city, state, id (the auction)",
+            Query::Q4 => "category, final (mean winning price)",
             Query::Q5 => "window_start, window_end, auction, num (bids in the window)",
             Query::Q7 => "auction, price, bidder, date_time, window_end",
             Query::Q8 => "id, name, window_start",
@@ -71,6 +74,21 @@ impl Query {
             return auctions
                 .join(&persons)
                 .select(["name", "city", "state", "id"]);
+        }
+        if self == Query::Q4 {
+            let auctions = job
+                .source(Nexmark::auctions(events).base_time(base_time))
+                .key_by("id");
+            let bids = job
+                .source(Nexmark::bids(events).base_time(base_time))
+                .key_by("auction");
+            return auctions
+                .join(&bids)
+                .map_batches("q4: bids while the auction is open", q4_open_bids)
+                .key_by(["id", "category"])
+                .aggregate(vec![Agg::max("price").alias("final")])
+                .key_by("category")
+                .aggregate(vec![Agg::mean("final").alias("final")]);
         }
         if self == Query::Q8 {
             let persons = job
@@ -94,9 +112,9 @@ impl Query {
     }
 
     /// Adds the query over `bids` (a [`Nexmark::bids`] source, or a replay of its batches)
-    /// to `job`; `None` for a query that reads no bids (q3, q8).
+    /// to `job`; `None` for a query that reads more than bids (q3, q4, q8).
     pub fn on_bids(self, job: &Job, bids: impl IntoSource) -> Option<Stream> {
-        if matches!(self, Query::Q3 | Query::Q8) {
+        if matches!(self, Query::Q3 | Query::Q4 | Query::Q8) {
             return None;
         }
         let bids = job.source(bids);
@@ -119,9 +137,19 @@ impl Query {
                     .map_batches("q7: 10 s window of each bid", q7_window_end);
                 arg_max_per_window(&bids, "price", "q7: highest bid per window")
             }
-            Query::Q3 | Query::Q8 => return None,
+            Query::Q3 | Query::Q4 | Query::Q8 => return None,
         })
     }
+}
+
+/// The joined (auction, bid) rows whose bid came while the auction was open:
+/// `auction.date_time <= bid.date_time <= auction.expires`.
+fn q4_open_bids(joined: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use arrow::compute::kernels::cmp::lt_eq;
+    let bid_time = column(&joined, "right_date_time")?;
+    let opened = lt_eq(column(&joined, "date_time")?, bid_time)?;
+    let not_expired = lt_eq(bid_time, column(&joined, "expires")?)?;
+    filter_record_batch(&joined, &arrow::compute::and(&opened, &not_expired)?)
 }
 
 /// The persons of Oregon, Idaho and California. The generator writes states in lower case

@@ -295,3 +295,65 @@ fn q3_joins_category_10_auctions_with_their_western_sellers() {
         assert_eq!(sorted_rows(&out.batches()), expected, "{workers} workers");
     }
 }
+
+#[test]
+fn q4_averages_the_winning_bids_per_category() {
+    const Q4_EVENTS: u64 = 100_000;
+    let mut auctions: std::collections::HashMap<i64, (i64, u64, u64)> = Default::default();
+    let mut bids = Vec::new();
+    for event in EventGenerator::new(Nexmark::bids(Q4_EVENTS).config()).take(Q4_EVENTS as usize) {
+        match event {
+            Event::Auction(a) => {
+                auctions.insert(a.id as i64, (a.category as i64, a.date_time, a.expires));
+            }
+            Event::Bid(b) => bids.push(b),
+            Event::Person(_) => {}
+        }
+    }
+    let mut winning: std::collections::HashMap<i64, (i64, i64)> = Default::default();
+    for b in &bids {
+        if let Some(&(category, opened, expires)) = auctions.get(&(b.auction as i64))
+            && opened <= b.date_time
+            && b.date_time <= expires
+        {
+            let w = winning
+                .entry(b.auction as i64)
+                .or_insert((category, i64::MIN));
+            w.1 = w.1.max(b.price as i64);
+        }
+    }
+    let mut per_category: std::collections::BTreeMap<i64, (f64, f64)> = Default::default();
+    for (category, price) in winning.values() {
+        let e = per_category.entry(*category).or_default();
+        e.0 += *price as f64;
+        e.1 += 1.0;
+    }
+    assert!(!per_category.is_empty());
+    for workers in [1, 4] {
+        let job = Job::new("q4");
+        let out = Collect::new();
+        Query::Q4
+            .build(&job, Q4_EVENTS, streamrun::connectors::DEFAULT_BASE_TIME_MS)
+            .sink(out.clone());
+        run(&job, workers);
+        let mut got = std::collections::BTreeMap::new();
+        for b in out.batches() {
+            use arrow::array::AsArray;
+            use arrow::datatypes::{Float64Type, Int64Type};
+            let category = b.column(0).as_primitive::<Int64Type>();
+            let mean = b.column(1).as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                got.insert(category.value(i), mean.value(i));
+            }
+        }
+        assert_eq!(got.len(), per_category.len(), "{workers} workers");
+        for (category, (sum, n)) in &per_category {
+            let expected = sum / n;
+            assert!(
+                (got[category] - expected).abs() < 1e-6 * expected,
+                "category {category}: {} vs {expected}",
+                got[category]
+            );
+        }
+    }
+}
