@@ -529,6 +529,28 @@ impl KeyedStream {
         }
     }
 
+    /// Runs an [`Actor`](streamrun_operators::Actor) over this keyed stream: each worker
+    /// builds one with `make`, and the actor sees every record with the state of its key.
+    pub fn actor<A: streamrun_operators::Actor>(
+        &self,
+        name: &str,
+        make: impl Fn() -> A + Send + Sync + 'static,
+    ) -> Stream {
+        let op = streamrun_operators::ActorOperator::new(name, self.keys.clone(), make);
+        self.stream.operator(
+            name,
+            OperatorDecl {
+                descriptor: Descriptor::new(
+                    "actor",
+                    serde_json::json!({ "type": std::any::type_name::<A>(), "keys": self.keys }),
+                ),
+                op: Arc::new(op),
+                combiner: None,
+                parallelism: Parallelism::Workers,
+            },
+        )
+    }
+
     /// Groups each key's records into event-time windows ([`Tumbling`], [`Sliding`] or
     /// [`Session`]); aggregate them next.
     pub fn window(&self, window: impl WindowSpec + 'static) -> WindowedStream {

@@ -82,11 +82,13 @@ pub fn hash_rows(batch: &RecordBatch, key_indices: &[usize]) -> Result<Vec<u64>>
     let rows = converter
         .convert_columns(&columns)
         .map_err(|e| Error::arrow("encoding the key columns", e))?;
-    let state = foldhash::fast::FixedState::with_seed(ROUTING_SEED);
-    Ok(rows
-        .iter()
-        .map(|row| state.hash_one(row.as_ref()))
-        .collect())
+    Ok(rows.iter().map(|row| key_hash(row.as_ref())).collect())
+}
+
+/// The hash of a key encoded in Arrow's row format: the same in every process, and the
+/// one that both routing and keyed state use to find a key's group.
+pub fn key_hash(row: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(ROUTING_SEED).hash_one(row)
 }
 
 /// Resolves column names against a schema, naming the missing column and the ones available.
@@ -114,8 +116,35 @@ pub fn column_list(schema: &SchemaRef) -> String {
     }
 }
 
-/// Splits `batch` into at most `parts` batches by the hash of its key columns; returns
-/// `(part index, batch)` for every non-empty part.
+/// How many key groups the key space is cut into. A key's group is the hash of its key
+/// columns modulo this; a worker owns a contiguous range of groups
+/// ([`worker_key_groups`]). Keyed state is snapshotted and restored by group ranges, which is
+/// what lets a later rescale move state between workers. Jobs have at most this many workers.
+pub const KEY_GROUPS: u32 = 1024;
+
+/// The key group of a key hash.
+pub fn key_group(hash: u64) -> u32 {
+    (hash % u64::from(KEY_GROUPS)) as u32
+}
+
+/// The worker that owns key group `group` among `workers`.
+pub fn worker_of_group(group: u32, workers: usize) -> usize {
+    (group as usize * workers) / KEY_GROUPS as usize
+}
+
+/// The key groups worker `index` of `workers` owns.
+pub fn worker_key_groups(index: usize, workers: usize) -> std::ops::Range<u32> {
+    let first = (0..KEY_GROUPS).find(|&g| worker_of_group(g, workers) >= index);
+    let start = first.unwrap_or(KEY_GROUPS);
+    let end = (start..KEY_GROUPS)
+        .find(|&g| worker_of_group(g, workers) > index)
+        .unwrap_or(KEY_GROUPS);
+    start..end
+}
+
+/// Splits `batch` into at most `parts` batches by the key group of its key columns (part `i`
+/// gets the rows of the groups worker `i` owns); returns `(part index, batch)` for every
+/// non-empty part.
 pub fn split_by_hash(
     batch: &RecordBatch,
     key_indices: &[usize],
@@ -128,7 +157,7 @@ pub fn split_by_hash(
     let mut indices: Vec<Vec<u32>> = vec![Vec::new(); parts];
     for (row, hash) in hashes.iter().enumerate() {
         // Rows of a batch never exceed u32::MAX: Arrow's offsets are i32 for most types.
-        indices[(hash % parts as u64) as usize].push(row as u32);
+        indices[worker_of_group(key_group(*hash), parts)].push(row as u32);
     }
     let mut out = Vec::with_capacity(parts);
     for (part, rows) in indices.into_iter().enumerate() {
@@ -170,6 +199,20 @@ mod tests {
             ],
         )
         .expect("valid batch")
+    }
+
+    #[test]
+    fn workers_own_contiguous_ranges_covering_every_key_group() {
+        for workers in [1, 2, 3, 7, 64, KEY_GROUPS as usize] {
+            let mut next = 0;
+            for w in 0..workers {
+                let range = worker_key_groups(w, workers);
+                assert_eq!(range.start, next, "{workers} workers");
+                assert!(range.clone().all(|g| worker_of_group(g, workers) == w));
+                next = range.end;
+            }
+            assert_eq!(next, KEY_GROUPS, "{workers} workers");
+        }
     }
 
     #[test]

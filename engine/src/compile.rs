@@ -162,6 +162,12 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
     if workers == 0 {
         crate::plan_err!("a job needs at least one worker");
     }
+    if workers > crate::batch::KEY_GROUPS as usize {
+        crate::plan_err!(
+            "a job has at most {} workers (one per key group), not {workers}",
+            crate::batch::KEY_GROUPS
+        );
+    }
     plan.validate()?;
     if !plan
         .nodes

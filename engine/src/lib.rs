@@ -73,7 +73,10 @@ mod operator;
 mod plan;
 mod time;
 
-pub use batch::{Batch, column_indices, column_list, hash_rows, split_by_hash};
+pub use batch::{
+    Batch, KEY_GROUPS, column_indices, column_list, hash_rows, key_group, key_hash, split_by_hash,
+    worker_key_groups, worker_of_group,
+};
 pub use compile::{
     PHYSICAL_PLAN_VERSION, PhysicalOp, PhysicalPlan, Role, Stage, StageInput, compile,
 };

@@ -10,6 +10,7 @@
 //! | [`SplitWords`] | one row per normalised word of a text column |
 //! | [`Aggregate`] | keyed `count`/`sum`/`min`/`max`/`mean`, in partial and final phases |
 //! | [`TopK`] | the k greatest rows by a column |
+//! | [`ActorOperator`] | your [`Actor`]: a stateful operator with keyed state, snapshotted by key group |
 //! | [`WindowAggregate`] | keyed aggregates per tumbling or sliding event-time window |
 //! | [`SessionAggregate`] | keyed aggregates per session (records closer than a gap) |
 //! | [`WindowJoin`] | inner or semi join of two keyed streams within tumbling windows |
@@ -40,6 +41,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod actor;
 mod aggregate;
 mod batchfn;
 mod join;
@@ -50,6 +52,7 @@ mod typed;
 mod window;
 mod words;
 
+pub use actor::{Actor, ActorInstance, ActorOperator};
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
 pub use join::{JoinKind, StreamJoin, WindowJoin};

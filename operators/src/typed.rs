@@ -28,14 +28,14 @@ fn tracing_options() -> TracingOptions {
 
 /// How a Rust type sits in a batch.
 #[derive(Clone)]
-enum Shape {
+pub(crate) enum Shape {
     /// A struct: one column per field.
     Struct(Vec<FieldRef>),
     /// A plain value: one column.
     Plain(FieldRef),
 }
 
-fn shape_of<T: DeserializeOwned>(column_name: &str) -> Result<Shape> {
+pub(crate) fn shape_of<T: DeserializeOwned>(column_name: &str) -> Result<Shape> {
     if let Ok(fields) = Vec::<FieldRef>::from_type::<T>(tracing_options()) {
         return Ok(Shape::Struct(fields));
     }
@@ -56,7 +56,7 @@ fn shape_of<T: DeserializeOwned>(column_name: &str) -> Result<Shape> {
     )))
 }
 
-fn shape_schema(shape: &Shape) -> SchemaRef {
+pub(crate) fn shape_schema(shape: &Shape) -> SchemaRef {
     match shape {
         Shape::Struct(fields) => Arc::new(Schema::new(fields.clone())),
         Shape::Plain(field) => Arc::new(Schema::new(vec![Arc::clone(field)])),
@@ -64,7 +64,7 @@ fn shape_schema(shape: &Shape) -> SchemaRef {
 }
 
 /// Checks that `input` can feed records of type `I` and says how to read them.
-fn input_shape<I: DeserializeOwned>(task: &str, input: &SchemaRef) -> Result<Shape> {
+pub(crate) fn input_shape<I: DeserializeOwned>(task: &str, input: &SchemaRef) -> Result<Shape> {
     match shape_of::<I>("item")? {
         Shape::Struct(fields) => {
             for field in &fields {
@@ -92,7 +92,11 @@ fn input_shape<I: DeserializeOwned>(task: &str, input: &SchemaRef) -> Result<Sha
     }
 }
 
-fn decode<I: DeserializeOwned>(task: &str, shape: &Shape, batch: &RecordBatch) -> Result<Vec<I>> {
+pub(crate) fn decode<I: DeserializeOwned>(
+    task: &str,
+    shape: &Shape,
+    batch: &RecordBatch,
+) -> Result<Vec<I>> {
     let decoded = match shape {
         Shape::Struct(_) => serde_arrow::from_record_batch::<Vec<I>>(batch),
         Shape::Plain(field) => {
@@ -109,7 +113,7 @@ fn decode<I: DeserializeOwned>(task: &str, shape: &Shape, batch: &RecordBatch) -
     })
 }
 
-fn encode<O: Serialize>(
+pub(crate) fn encode<O: Serialize>(
     task: &str,
     shape: &Shape,
     schema: &SchemaRef,

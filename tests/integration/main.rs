@@ -1,6 +1,7 @@
 //! Integration tests across the engine, operators, connectors and the CLI: one binary whose
 //! modules mirror the features.
 
+mod actors;
 mod bad_input;
 mod cli;
 mod common;
