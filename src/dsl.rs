@@ -403,6 +403,17 @@ impl Stream {
         self.clone()
     }
 
+    /// Sends this source's late records (behind its watermark) to `sink`, with all their
+    /// columns, instead of failing the job or dead-lettering them. Must follow
+    /// [`Job::source`] (and [`Stream::event_time`]) directly.
+    pub fn late_data(&self, sink: impl IntoSink) -> Stream {
+        let (descriptor, sink) = sink.into_sink();
+        if let Err(e) = self.job.lock().set_late_data(self.node, descriptor, sink) {
+            self.job.record_error(e.to_string());
+        }
+        self.clone()
+    }
+
     /// Writes the stream to `sink`.
     pub fn sink(&self, sink: impl IntoSink) {
         let (descriptor, sink) = sink.into_sink();

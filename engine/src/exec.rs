@@ -61,6 +61,8 @@ pub struct Metrics {
     pub records_out: AtomicU64,
     /// Records sent to dead-letter sinks.
     pub dead_letters: AtomicU64,
+    /// Records behind their source's watermark, sent to its late-data sink.
+    pub late_records: AtomicU64,
 }
 
 /// How to run a job.
@@ -96,6 +98,8 @@ pub struct JobReport {
     pub records_out: u64,
     /// Records sent to dead-letter sinks.
     pub dead_letters: u64,
+    /// Records behind their source's watermark, sent to its late-data sink.
+    pub late_records: u64,
     /// Wall-clock time from start to the last worker's end.
     pub elapsed: Duration,
 }
@@ -186,6 +190,7 @@ pub fn execute_plan(
         bytes_in: metrics.bytes_in.load(Ordering::Relaxed),
         records_out: metrics.records_out.load(Ordering::Relaxed),
         dead_letters: metrics.dead_letters.load(Ordering::Relaxed),
+        late_records: metrics.late_records.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     };
     tracing::info!(job = %report.job, records_in = report.records_in, records_out = report.records_out,
@@ -827,11 +832,12 @@ fn build_source_stage<'s>(
         .first()
         .ok_or_else(|| Error::Internal(format!("stage {} is empty", stage.id)))?;
     let node = &shared.graph.plan().nodes[head.node];
-    let (source, dead_sink) = match shared.graph.node_impl(head.node) {
+    let (source, dead_sink, late_sink) = match shared.graph.node_impl(head.node) {
         Some(NodeImpl::Source {
             source,
             dead_letters,
-        }) => (Arc::clone(source), dead_letters.clone()),
+            late_data,
+        }) => (Arc::clone(source), dead_letters.clone(), late_data.clone()),
         _ => return Err(Error::Internal(format!("stage {} has no source", stage.id))),
     };
     let policy = match &node.kind {
@@ -858,6 +864,17 @@ fn build_source_stage<'s>(
             false,
         )
     });
+    let late_to_sink = late_sink.is_some();
+    let mut late_writer = match (late_sink, head.output_schema.clone()) {
+        (Some(sink), Some(schema)) => Some(SinkOperator::new(
+            sink,
+            ctx.clone(),
+            schema,
+            Arc::clone(&shared.metrics),
+            false,
+        )),
+        _ => None,
+    };
     let mut clock = match &node.kind {
         NodeKind::Source {
             event_time: Some(spec),
@@ -867,7 +884,7 @@ fn build_source_stage<'s>(
                 .output_schema
                 .clone()
                 .ok_or_else(|| Error::Internal(format!("source '{source_name}' has no schema")))?;
-            Some(EventClock::new(spec, &schema, &source_name)?)
+            Some(EventClock::new(spec, &schema, &source_name, late_to_sink)?)
         }
         _ => None,
     };
@@ -944,7 +961,20 @@ fn build_source_stage<'s>(
                                 // one the batch is sent under: lateness then does not
                                 // depend on how reads fall into activations.
                                 let watermark = clock.watermark(now.watermark);
-                                match clock.admit(batch, watermark, &mut collector) {
+                                let admitted_batch = clock
+                                    .admit(batch, watermark, &mut collector)
+                                    .and_then(|(batch, late)| {
+                                        if let (Some(late), Some(w)) = (late, late_writer.as_mut())
+                                        {
+                                            shared.metrics.late_records.fetch_add(
+                                                late.num_rows() as u64,
+                                                Ordering::Relaxed,
+                                            );
+                                            w.process_batch(late, &mut Collector::new())?;
+                                        }
+                                        Ok(batch)
+                                    });
+                                match admitted_batch {
                                     Ok(batch) => admitted.push(batch),
                                     Err(e) => {
                                         failed = Some(e);
@@ -991,6 +1021,11 @@ fn build_source_stage<'s>(
                         failed = Some(e);
                     }
                     if let Some(w) = dead_writer.as_mut()
+                        && let Err(e) = w.finish(&mut Collector::new())
+                    {
+                        failed = Some(e);
+                    }
+                    if let Some(w) = late_writer.as_mut()
                         && let Err(e) = w.finish(&mut Collector::new())
                     {
                         failed = Some(e);
@@ -1050,10 +1085,17 @@ struct EventClock {
     column: usize,
     max_delay_ms: u64,
     latest: Option<u64>,
+    /// Whether late records go to a late-data sink rather than the bad-record path.
+    late_to_sink: bool,
 }
 
 impl EventClock {
-    fn new(spec: &EventTimeSpec, schema: &SchemaRef, source: &str) -> Result<Self> {
+    fn new(
+        spec: &EventTimeSpec,
+        schema: &SchemaRef,
+        source: &str,
+        late_to_sink: bool,
+    ) -> Result<Self> {
         let column = column_indices(schema, std::slice::from_ref(&spec.column), "event time")?[0];
         crate::time::event_time_type_check(schema.field(column).data_type(), &spec.column)?;
         Ok(EventClock {
@@ -1061,6 +1103,7 @@ impl EventClock {
             column,
             max_delay_ms: spec.max_delay_ms,
             latest: None,
+            late_to_sink,
         })
     }
 
@@ -1071,46 +1114,62 @@ impl EventClock {
         })
     }
 
-    /// Keeps the rows of `batch` whose event time is at or after `watermark`; hands the
-    /// others to `out` as bad records (which fails the job unless the source dead-letters).
+    /// Keeps the rows of `batch` whose event time is at or after `watermark`. Late rows come
+    /// back apart when the source has a late-data sink; otherwise they, like rows without an
+    /// event time, go to `out` as bad records (which fails the job unless the source
+    /// dead-letters).
     fn admit(
         &mut self,
         batch: RecordBatch,
         watermark: u64,
         out: &mut SourceCollector,
-    ) -> Result<RecordBatch> {
+    ) -> Result<(RecordBatch, Option<RecordBatch>)> {
+        let context = || format!("event time of '{}'", self.source);
         let times = crate::time::event_millis(batch.column(self.column))
-            .map_err(|e| Error::arrow(format!("event time of '{}'", self.source), e))?;
+            .map_err(|e| Error::arrow(context(), e))?;
         let mut keep = Vec::with_capacity(batch.num_rows());
-        let mut all = true;
+        let mut late = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let time = times.is_valid(row).then(|| times.value(row));
+            let admitted = is_admitted(time, watermark);
+            keep.push(admitted);
+            late.push(false);
             let reason = match time {
-                None => Some("the record has no event time".to_owned()),
-                Some(t) if t < 0 || (t as u64) < watermark => Some(format!(
+                Some(t) if admitted => {
+                    let t = t as u64;
+                    self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
+                    continue;
+                }
+                Some(_) if self.late_to_sink => {
+                    late[row] = true;
+                    continue;
+                }
+                None => "the record has no event time".to_owned(),
+                Some(t) => format!(
                     "late: event time {t} ms is behind the watermark {watermark} ms (allowed delay {} ms)",
                     self.max_delay_ms
-                )),
-                Some(t) => {
-                    self.latest = Some(self.latest.map_or(t as u64, |l| l.max(t as u64)));
-                    None
-                }
+                ),
             };
-            if let Some(reason) = reason {
-                out.bad_record(DeadLetter {
-                    location: format!("{} (event time)", self.source),
-                    reason,
-                    record: row_text(&batch, row),
-                })?;
-                all = false;
-            }
-            keep.push(is_admitted(time, watermark));
+            out.bad_record(DeadLetter {
+                location: format!("{} (event time)", self.source),
+                reason,
+                record: row_text(&batch, row),
+            })?;
         }
-        if all {
-            return Ok(batch);
+        if keep.iter().all(|k| *k) {
+            return Ok((batch, None));
         }
-        filter_record_batch(&batch, &BooleanArray::from(keep))
-            .map_err(|e| Error::arrow(format!("event time of '{}'", self.source), e))
+        let late = if late.iter().any(|l| *l) {
+            Some(
+                filter_record_batch(&batch, &BooleanArray::from(late))
+                    .map_err(|e| Error::arrow(context(), e))?,
+            )
+        } else {
+            None
+        };
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))
+            .map_err(|e| Error::arrow(context(), e))?;
+        Ok((kept, late))
     }
 }
 

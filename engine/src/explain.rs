@@ -21,10 +21,14 @@ fn node_text(kind: &NodeKind) -> String {
             on_bad_record,
             dead_letters,
             event_time,
+            late_data,
         } => {
             let mut s = format!("source {}{}", connector.kind, config_text(connector));
             if let Some(t) = event_time {
                 let _ = write!(s, " event-time({}, delay {} ms)", t.column, t.max_delay_ms);
+            }
+            if let Some(l) = late_data {
+                let _ = write!(s, " late-data→{}{}", l.kind, config_text(l));
             }
             if *on_bad_record == BadRecordPolicy::DeadLetter {
                 match dead_letters {

@@ -93,6 +93,9 @@ pub enum NodeKind {
         /// Event time, when the source has it.
         #[serde(default)]
         event_time: Option<EventTimeSpec>,
+        /// Where records behind the watermark go, when not to the bad-record path.
+        #[serde(default)]
+        late_data: Option<Descriptor>,
     },
     /// Transforms batches.
     Operator {
@@ -238,6 +241,8 @@ pub enum NodeImpl {
         source: Arc<dyn Source>,
         /// The dead-letter sink.
         dead_letters: Option<Arc<dyn Sink>>,
+        /// The sink of late records.
+        late_data: Option<Arc<dyn Sink>>,
     },
     /// An operator, and its combiner.
     Operator {
@@ -340,11 +345,13 @@ impl JobGraph {
                 on_bad_record: decl.on_bad_record,
                 dead_letters: dl_desc,
                 event_time: decl.event_time,
+                late_data: None,
             },
             None,
             NodeImpl::Source {
                 source: decl.source,
                 dead_letters: dl_sink,
+                late_data: None,
             },
         )
     }
@@ -365,6 +372,36 @@ impl JobGraph {
                 "event time is set on a source, but '{name}' is not one: call event_time right after source(..)"
             ))),
             None => Err(Error::Internal(format!("no node {node}"))),
+        }
+    }
+
+    /// Sends source `node`'s late records (behind its watermark) to `sink`, with all their
+    /// columns, instead of to its bad-record path. Fails if `node` is not a source.
+    pub fn set_late_data(
+        &mut self,
+        node: NodeId,
+        descriptor: Descriptor,
+        sink: Arc<dyn Sink>,
+    ) -> Result<()> {
+        let (Some(n), Some(imp)) = (self.plan.nodes.get_mut(node), self.impls.get_mut(node)) else {
+            return Err(Error::Internal(format!("no node {node}")));
+        };
+        match (&mut n.kind, imp) {
+            (
+                NodeKind::Source { late_data, .. },
+                NodeImpl::Source {
+                    late_data: sink_slot,
+                    ..
+                },
+            ) => {
+                *late_data = Some(descriptor);
+                *sink_slot = Some(sink);
+                Ok(())
+            }
+            _ => Err(Error::Plan(format!(
+                "late data is a source's, but '{}' is not one: call late_data right after source(..) and event_time(..)",
+                n.name
+            ))),
         }
     }
 
@@ -470,6 +507,7 @@ mod tests {
                 on_bad_record: BadRecordPolicy::Fail,
                 dead_letters: None,
                 event_time: None,
+                late_data: None,
             },
             inputs: vec![],
         });

@@ -437,3 +437,49 @@ fn session_windows_match_a_recomputation_with_out_of_order_input() {
         assert_eq!(got, expected, "{workers} workers");
     }
 }
+
+#[test]
+fn late_records_can_go_to_a_late_data_sink_with_all_their_columns() {
+    let on_time: Vec<(&str, i64)> = (0..100)
+        .map(|i| (if i % 2 == 0 { "a" } else { "b" }, i * 10))
+        .collect();
+    let second = vec![("a", 50), ("b", 2000), ("b", 120)];
+    let job = Job::new("late sink");
+    let out = Collect::new();
+    let late = Collect::new();
+    job.source(Replay::new(
+        events_schema(),
+        vec![events(&on_time), events(&second)],
+    ))
+    .event_time("t", Duration::from_millis(100))
+    .late_data(late.clone())
+    .key_by("k")
+    .window(Tumbling::of(Duration::from_secs(1)))
+    .count()
+    .sink(out.clone());
+    let report = streamrun::execute_with(
+        &job,
+        &ExecOptions {
+            workers: 1,
+            metrics: None,
+        },
+    )
+    .expect("late records are not errors with a late-data sink");
+    assert_eq!(report.late_records, 2);
+    assert_eq!(report.dead_letters, 0);
+    let mut late_rows = sorted_rows(&late.batches());
+    late_rows.sort();
+    assert_eq!(late_rows, vec!["a|50".to_owned(), "b|120".to_owned()]);
+    let mut kept = on_time.clone();
+    kept.push(("b", 2000));
+    let mut got = HashMap::new();
+    for b in out.batches() {
+        let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+        let key = b.column(2).as_string::<i32>();
+        let count = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            got.insert((start.value(i), key.value(i).to_owned()), count.value(i));
+        }
+    }
+    assert_eq!(got, recount(&kept));
+}

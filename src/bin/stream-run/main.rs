@@ -116,6 +116,12 @@ fn summary(report: &JobReport) -> String {
         report.workers,
         if report.workers == 1 { "" } else { "s" }
     );
+    if report.late_records > 0 {
+        line.push_str(&format!(
+            ", {} late records sent to the late-data sink",
+            report.late_records
+        ));
+    }
     if report.dead_letters > 0 {
         line.push_str(&format!(
             ", {} bad records sent to dead letters",
