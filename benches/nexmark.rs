@@ -1,11 +1,12 @@
-//! Nexmark throughput for the queries Streamrun runs today (q0, q1, q2, q5, q7), in bids per second per
-//! core, with generation measured apart from processing, beside a hand-written timely
+//! Nexmark throughput for the queries Streamrun runs (q0–q5, q7, q8), in events per second
+//! per core, with generation measured apart from processing, beside a hand-written timely
 //! implementation of q1 over the same data in the same run.
 //!
-//! Workload: the bids among the first `STREAMRUN_BENCH_EVENTS` (default 10,000,000) events of
-//! the Nexmark generator (fixed base time), generated once into Arrow batches of 8,192 rows
+//! Workload: the first `STREAMRUN_BENCH_EVENTS` (default 2,000,000) events of the Nexmark
+//! generator (fixed base time), generated once into Arrow batches of 8,192 rows per table
 //! and timed on its own; the queries then read those batches from memory (`Replay`), so only
-//! the dataflow is timed. Results go to a sink that counts rows. The raw timely q1 feeds the
+//! the dataflow is timed. Events per second count every event of the stream (persons,
+//! auctions and bids), whichever tables a query reads. Results go to a sink that counts rows. The raw timely q1 feeds the
 //! same batches to a timely dataflow by hand (worker i takes batches i, i+W, …), applies the
 //! same q1 kernel and counts rows: no Streamrun plan, routing, chain or pacing. Both sides are
 //! checked to produce the same row count before timing. Figures are medians of
@@ -23,8 +24,9 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use streamrun::connectors::Replay;
+use streamrun::engine::Descriptor;
 use streamrun::engine::{Sink, SinkWriter, Source, SourceCollector, WorkerContext};
-use streamrun::nexmark::{Query, q1};
+use streamrun::nexmark::{Query, Tables, q1};
 use streamrun::prelude::*;
 use timely::dataflow::operators::{Inspect, ToStream};
 
@@ -48,8 +50,8 @@ impl SinkWriter for CountRows {
     }
 }
 
-fn generate(events: u64) -> (SchemaRef, Vec<RecordBatch>) {
-    let source = Nexmark::bids(events);
+/// Reads every batch of one generated table.
+fn generate(source: Nexmark) -> (SchemaRef, Vec<RecordBatch>) {
     let schema = Source::schema(&source).expect("schema");
     let ctx = WorkerContext {
         job: "generate".into(),
@@ -66,13 +68,17 @@ fn generate(events: u64) -> (SchemaRef, Vec<RecordBatch>) {
     (schema, batches)
 }
 
-fn streamrun_query(query: Query, replay: &Replay, workers: usize) -> u64 {
+fn replay((schema, batches): (SchemaRef, Vec<RecordBatch>)) -> (Descriptor, Arc<dyn Source>) {
+    let replay = Replay::new(schema, batches);
+    (replay.descriptor(), Arc::new(replay))
+}
+
+fn streamrun_query(query: Query, tables: &Tables, workers: usize) -> u64 {
     let job = Job::new("nexmark-bench");
     let rows = CountRows::default();
-    let descriptor = streamrun::engine::Descriptor::new("count", serde_json::Value::Null);
+    let descriptor = Descriptor::new("count", serde_json::Value::Null);
     query
-        .on_bids(&job, replay.clone())
-        .expect("a query over bids")
+        .on(&job, tables)
         .sink((descriptor, Arc::new(rows.clone()) as Arc<dyn Sink>));
     streamrun::execute_with(
         &job,
@@ -108,13 +114,13 @@ fn raw_timely_q1(batches: &Arc<Vec<RecordBatch>>, workers: usize) -> u64 {
     rows.load(Ordering::Relaxed)
 }
 
-fn line(name: &str, bids: u64, workers: usize, time: Duration, reference: Option<Duration>) {
-    let per_core = bids as f64 / time.as_secs_f64() / workers as f64;
+fn line(name: &str, events: u64, workers: usize, time: Duration, reference: Option<Duration>) {
+    let per_core = events as f64 / time.as_secs_f64() / workers as f64;
     let ratio = reference.map_or(String::new(), |r| {
         format!("{:>8.2}x raw", r.as_secs_f64() / time.as_secs_f64())
     });
     println!(
-        "{name:<30} W={workers} {:>9.1} ms {:>8.2} M bids/s/core {ratio}",
+        "{name:<30} W={workers} {:>9.1} ms {:>9.2} M events/s/core {ratio}",
         time.as_secs_f64() * 1e3,
         per_core / 1e6
     );
@@ -124,32 +130,47 @@ fn main() {
     let events: u64 = std::env::var("STREAMRUN_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+        .unwrap_or(2_000_000);
     let started = Instant::now();
-    let (schema, batches) = generate(events);
+    let (bid_schema, bid_batches) = generate(Nexmark::bids(events));
+    let persons = generate(Nexmark::persons(events));
+    let auctions = generate(Nexmark::auctions(events));
     let generation = started.elapsed();
-    let bids: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let replay = Replay::new(schema, batches.clone());
-    let shared = Arc::new(batches);
+    let bids: u64 = bid_batches.iter().map(|b| b.num_rows() as u64).sum();
+    let shared = Arc::new(bid_batches.clone());
+    let tables = Tables {
+        persons: replay(persons),
+        auctions: replay(auctions),
+        bids: replay((bid_schema, bid_batches)),
+    };
     let runs = common::runs();
     println!(
-        "nexmark: {bids} bids among the first {events} events; generation {:.1} ms ({:.2} M bids/s, 1 thread, not counted below); median of {runs} runs",
-        generation.as_secs_f64() * 1e3,
-        bids as f64 / generation.as_secs_f64() / 1e6
+        "nexmark: the first {events} events ({bids} bids); generation {:.1} s ({:.2} M events/s, 1 thread, not counted below); median of {runs} runs",
+        generation.as_secs_f64(),
+        events as f64 / generation.as_secs_f64() / 1e6
     );
     for workers in [1, 2] {
         assert_eq!(
-            streamrun_query(Query::Q1, &replay, workers),
+            streamrun_query(Query::Q1, &tables, workers),
             raw_timely_q1(&shared, workers)
         );
         let raw = common::median_time(runs, || raw_timely_q1(&shared, workers));
-        line("raw timely q1", bids, workers, raw, None);
-        for query in [Query::Q0, Query::Q1, Query::Q2, Query::Q5, Query::Q7] {
-            let time = common::median_time(runs, || streamrun_query(query, &replay, workers));
+        line("raw timely q1", events, workers, raw, None);
+        for query in [
+            Query::Q0,
+            Query::Q1,
+            Query::Q2,
+            Query::Q3,
+            Query::Q4,
+            Query::Q5,
+            Query::Q7,
+            Query::Q8,
+        ] {
+            let time = common::median_time(runs, || streamrun_query(query, &tables, workers));
             let reference = (query == Query::Q1).then_some(raw);
             line(
                 &format!("streamrun {query:?}"),
-                bids,
+                events,
                 workers,
                 time,
                 reference,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streamrun_connectors::Nexmark;
-use streamrun_engine::{OperatorDecl, Parallelism};
+use streamrun_engine::{Descriptor, OperatorDecl, Parallelism, Source};
 use streamrun_operators::{Agg, CmpOp, JoinKind, WindowArgMax};
 
 use crate::dsl::{IntoSource, Job, Sliding, Stream, Tumbling};
@@ -62,69 +62,65 @@ impl Query {
     /// Adds the query over the first `events` events of the Nexmark generator (with its base
     /// time) to `job`, returning the result stream.
     pub fn build(self, job: &Job, events: u64, base_time: u64) -> Stream {
-        if self == Query::Q3 {
-            let auctions = job
-                .source(Nexmark::auctions(events).base_time(base_time))
-                .where_("category", CmpOp::Eq, 10)
-                .key_by("seller");
-            let persons = job
-                .source(Nexmark::persons(events).base_time(base_time))
-                .map_batches("q3: state in (or, id, ca)", q3_states)
-                .key_by("id");
-            return auctions
-                .join(&persons)
-                .select(["name", "city", "state", "id"]);
-        }
-        if self == Query::Q4 {
-            let auctions = job
-                .source(Nexmark::auctions(events).base_time(base_time))
-                .key_by("id");
-            let bids = job
-                .source(Nexmark::bids(events).base_time(base_time))
-                .key_by("auction");
-            return auctions
-                .join(&bids)
-                .map_batches("q4: bids while the auction is open", q4_open_bids)
-                .key_by(["id", "category"])
-                .aggregate(vec![Agg::max("price").alias("final")])
-                .key_by("category")
-                .aggregate(vec![Agg::mean("final").alias("final")]);
-        }
-        if self == Query::Q8 {
-            let persons = job
-                .source(Nexmark::persons(events).base_time(base_time))
-                .event_time("date_time", Duration::ZERO)
-                .key_by("id");
-            let auctions = job
-                .source(Nexmark::auctions(events).base_time(base_time))
-                .event_time("date_time", Duration::ZERO)
-                .key_by("seller");
-            return persons
-                .window_join(
-                    &auctions,
-                    Tumbling::of(Duration::from_secs(10)),
-                    JoinKind::LeftSemi,
-                )
-                .select(["id", "name", "window_start"]);
-        }
-        self.on_bids(job, Nexmark::bids(events).base_time(base_time))
-            .unwrap_or_else(|| job.source(Nexmark::bids(0)))
+        let source = |s: Nexmark| s.base_time(base_time).into_source();
+        self.on(
+            job,
+            &Tables {
+                persons: source(Nexmark::persons(events)),
+                auctions: source(Nexmark::auctions(events)),
+                bids: source(Nexmark::bids(events)),
+            },
+        )
     }
 
-    /// Adds the query over `bids` (a [`Nexmark::bids`] source, or a replay of its batches)
-    /// to `job`; `None` for a query that reads more than bids (q3, q4, q8).
-    pub fn on_bids(self, job: &Job, bids: impl IntoSource) -> Option<Stream> {
-        if matches!(self, Query::Q3 | Query::Q4 | Query::Q8) {
-            return None;
-        }
-        let bids = job.source(bids);
-        Some(match self {
-            Query::Q0 => bids,
-            Query::Q1 => bids.map_batches("q1: price in euros", q1),
-            Query::Q2 => bids.map_batches("q2: auction % 123 = 0", q2),
+    /// Adds the query over `tables` (the generator's, or replays of their batches) to `job`,
+    /// reading only the tables it needs.
+    pub fn on(self, job: &Job, tables: &Tables) -> Stream {
+        let read = |table: &(Descriptor, Arc<dyn Source>)| job.source(table.clone());
+        match self {
+            Query::Q3 => {
+                let auctions = read(&tables.auctions)
+                    .where_("category", CmpOp::Eq, 10)
+                    .key_by("seller");
+                let persons = read(&tables.persons)
+                    .map_batches("q3: state in (or, id, ca)", q3_states)
+                    .key_by("id");
+                auctions
+                    .join(&persons)
+                    .select(["name", "city", "state", "id"])
+            }
+            Query::Q4 => {
+                let auctions = read(&tables.auctions).key_by("id");
+                let bids = read(&tables.bids).key_by("auction");
+                auctions
+                    .join(&bids)
+                    .map_batches("q4: bids while the auction is open", q4_open_bids)
+                    .key_by(["id", "category"])
+                    .aggregate(vec![Agg::max("price").alias("final")])
+                    .key_by("category")
+                    .aggregate(vec![Agg::mean("final").alias("final")])
+            }
+            Query::Q8 => {
+                let persons = read(&tables.persons)
+                    .event_time("date_time", Duration::ZERO)
+                    .key_by("id");
+                let auctions = read(&tables.auctions)
+                    .event_time("date_time", Duration::ZERO)
+                    .key_by("seller");
+                persons
+                    .window_join(
+                        &auctions,
+                        Tumbling::of(Duration::from_secs(10)),
+                        JoinKind::LeftSemi,
+                    )
+                    .select(["id", "name", "window_start"])
+            }
+            Query::Q0 => read(&tables.bids),
+            Query::Q1 => read(&tables.bids).map_batches("q1: price in euros", q1),
+            Query::Q2 => read(&tables.bids).map_batches("q2: auction % 123 = 0", q2),
             Query::Q5 => {
                 // The generator emits each worker's bids in event-time order.
-                let counts = bids
+                let counts = read(&tables.bids)
                     .event_time("date_time", Duration::ZERO)
                     .key_by("auction")
                     .window(Sliding::of(Duration::from_secs(10)).every(Duration::from_secs(2)))
@@ -132,13 +128,12 @@ impl Query {
                 arg_max_per_window(&counts, "num", "q5: most bids per window")
             }
             Query::Q7 => {
-                let bids = bids
+                let bids = read(&tables.bids)
                     .event_time("date_time", Duration::ZERO)
                     .map_batches("q7: 10 s window of each bid", q7_window_end);
                 arg_max_per_window(&bids, "price", "q7: highest bid per window")
             }
-            Query::Q3 | Query::Q4 | Query::Q8 => return None,
-        })
+        }
     }
 }
 
@@ -162,6 +157,17 @@ fn q3_states(persons: RecordBatch) -> Result<RecordBatch, ArrowError> {
         keep = arrow::compute::or(&keep, &here)?;
     }
     filter_record_batch(&persons, &keep)
+}
+
+/// The tables of Nexmark, each as a source: the generator's, or replays of its batches.
+#[derive(Clone)]
+pub struct Tables {
+    /// People.
+    pub persons: (Descriptor, Arc<dyn Source>),
+    /// Auctions.
+    pub auctions: (Descriptor, Arc<dyn Source>),
+    /// Bids.
+    pub bids: (Descriptor, Arc<dyn Source>),
 }
 
 /// Per `window_end`, the rows with the greatest `by`.
