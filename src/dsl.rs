@@ -330,6 +330,29 @@ impl Stream {
         )
     }
 
+    /// Connected components of the graph whose edges are this stream's `src`, `dst` (integer
+    /// node ids, taken as undirected), kept up to date with differential dataflow as edges
+    /// arrive. Output is a change stream `node, component, diff`: a node's component is the
+    /// least node id it is connected to, and summing a row's diffs gives 1 for the final
+    /// result.
+    pub fn connected_components(&self, src: &str, dst: &str) -> Stream {
+        let op = streamrun_operators::ConnectedComponents::new(src, dst);
+        let descriptor = Descriptor::new(
+            "connected_components",
+            serde_json::json!({ "src": src, "dst": dst }),
+        );
+        let node = self.job.lock().add_dataflow(
+            self.node,
+            "connected_components",
+            descriptor,
+            Arc::new(op),
+        );
+        Stream {
+            job: self.job.clone(),
+            node,
+        }
+    }
+
     /// Keeps the named columns.
     pub fn select(&self, columns: impl IntoColumns) -> Stream {
         let op = Select::new(columns.into_columns());

@@ -34,6 +34,8 @@ pub enum Role {
     Sink,
     /// Joins two inputs: first in its stage.
     Join,
+    /// Builds its own dataflow: alone in its stage.
+    Dataflow,
 }
 
 /// One operator of a stage.
@@ -251,6 +253,44 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                     pending: partitioning.clone(),
                     extendable: input.extendable && single_consumer(node.id),
                     ..input
+                }
+            }
+            (NodeKind::Dataflow { op }, NodeImpl::Dataflow(factory), Some(input)) => {
+                if input.pending != Partitioning::Forward {
+                    crate::plan_err!(
+                        "'{}' partitions its own input: remove the {} before it",
+                        node.name,
+                        input.pending
+                    );
+                }
+                let output = factory
+                    .output_schema(&input.schema)
+                    .map_err(|e| Error::Plan(format!("'{}': {e}", node.name)))?;
+                stages.push(Stage {
+                    id: stages.len(),
+                    parallelism: workers,
+                    input: Some(StageInput {
+                        stage: input.stage,
+                        partitioning: Partitioning::Forward,
+                    }),
+                    second_input: None,
+                    ops: vec![PhysicalOp {
+                        node: node.id,
+                        name: node.name.clone(),
+                        kind: op.kind.clone(),
+                        role: Role::Dataflow,
+                        output: describe_schema(&output),
+                        input_schema: Some(Arc::clone(&input.schema)),
+                        second_input_schema: None,
+                        output_schema: Some(Arc::clone(&output)),
+                    }],
+                });
+                // Nothing fuses behind it: its output is a stream of its own making.
+                Placed {
+                    stage: stages.len() - 1,
+                    pending: Partitioning::Forward,
+                    schema: output,
+                    extendable: false,
                 }
             }
             (NodeKind::Join { op }, NodeImpl::Join(factory), Some(left)) => {

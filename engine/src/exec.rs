@@ -228,6 +228,24 @@ fn build_dataflow<'s>(
         let name = stage_name(stage);
         let stream = match (&stage.input, &stage.second_input) {
             (None, _) => build_source_stage(scope, shared, stage, ctx, active, pace)?,
+            (Some(input), None) if stage.ops.first().map(|op| op.role) == Some(Role::Dataflow) => {
+                let head = &stage.ops[0];
+                let (upstream, _) = edge(&outputs, input, ctx, shared)?;
+                let schema = head.input_schema.clone().ok_or_else(|| {
+                    Error::Internal(format!("'{}' has no input schema", head.name))
+                })?;
+                match shared.graph.node_impl(head.node) {
+                    Some(NodeImpl::Dataflow(op)) => op
+                        .build(ctx, upstream, &schema)
+                        .map_err(|e| Error::Plan(format!("'{}': {e}", head.name)))?,
+                    _ => {
+                        return Err(Error::Internal(format!(
+                            "'{}' builds no dataflow",
+                            head.name
+                        )));
+                    }
+                }
+            }
             (Some(input), None) => {
                 let (upstream, forward) = edge(&outputs, input, ctx, shared)?;
                 let chain = if active {
@@ -371,7 +389,7 @@ fn create_chain(
                 )),
                 _ => return Err(Error::Internal(format!("'{}' is not a sink", op.name))),
             },
-            Role::Source | Role::Join => {
+            Role::Source | Role::Join | Role::Dataflow => {
                 return Err(Error::Internal(format!(
                     "'{}' in the middle of a stage",
                     op.name

@@ -54,6 +54,7 @@ fn node_text(kind: &NodeKind) -> String {
         }
         NodeKind::Exchange { partitioning } => format!("exchange {partitioning}"),
         NodeKind::Join { op } => format!("join {}{}", op.kind, config_text(op)),
+        NodeKind::Dataflow { op } => format!("dataflow {}{}", op.kind, config_text(op)),
         NodeKind::Sink { sink, parallelism } => {
             let mut s = format!("sink {}{}", sink.kind, config_text(sink));
             if *parallelism == Parallelism::Single {
@@ -92,6 +93,7 @@ fn role_text(role: Role) -> &'static str {
         Role::Combiner => "combiner",
         Role::Sink => "sink",
         Role::Join => "join",
+        Role::Dataflow => "dataflow",
     }
 }
 

@@ -90,7 +90,8 @@ pub use exec::{
     execute_plan,
 };
 pub use operator::{
-    Collector, JoinOperator, JoinOperatorFactory, Operator, OperatorFactory, Side, WorkerContext,
+    Collector, DataStream, DataflowOperator, JoinOperator, JoinOperatorFactory, Operator,
+    OperatorFactory, Side, WorkerContext,
 };
 pub use plan::{
     Descriptor, EventTimeSpec, JobGraph, LOGICAL_PLAN_VERSION, LogicalNode, LogicalPlan, NodeId,

@@ -149,3 +149,25 @@ pub trait JoinOperatorFactory: Send + Sync {
         right: &SchemaRef,
     ) -> Result<Box<dyn JoinOperator>>;
 }
+
+/// A stream of the engine's dataflow: Arrow batches, each tagged with the worker it is routed
+/// to, at dataflow [`Time`](crate::Time).
+pub type DataStream<'s> =
+    timely::dataflow::Stream<'s, crate::time::Time, Vec<(u32, crate::batch::Batch)>>;
+
+/// An operator that builds its own piece of timely dataflow: for computations the
+/// batch-at-a-time contract cannot express, such as incremental (differential dataflow)
+/// operators with iteration. It partitions its input itself.
+pub trait DataflowOperator: Send + Sync {
+    /// The schema of its output.
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef>;
+
+    /// Builds this worker's part of the dataflow, from its input stream to its output stream.
+    /// Output batches carry the tag 0.
+    fn build<'s>(
+        &self,
+        ctx: &WorkerContext,
+        input: DataStream<'s>,
+        input_schema: &SchemaRef,
+    ) -> Result<DataStream<'s>>;
+}

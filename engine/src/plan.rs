@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connector::{BadRecordPolicy, Parallelism, Sink, Source};
 use crate::error::{Error, Result};
-use crate::operator::{JoinOperatorFactory, OperatorFactory};
+use crate::operator::{DataflowOperator, JoinOperatorFactory, OperatorFactory};
 
 /// The version of the logical plan's serialized form. Bump it on any incompatible change.
 pub const LOGICAL_PLAN_VERSION: u32 = 1;
@@ -109,6 +109,11 @@ pub enum NodeKind {
     /// Joins two streams (its two inputs, left then right).
     Join {
         /// The join operator.
+        op: Descriptor,
+    },
+    /// Builds its own piece of dataflow (an incremental operator).
+    Dataflow {
+        /// The operator.
         op: Descriptor,
     },
     /// Repartitions the stream for the next operator (`key_by`, `rebalance`, `broadcast`).
@@ -253,6 +258,8 @@ pub enum NodeImpl {
     },
     /// A two-input operator.
     Join(Arc<dyn JoinOperatorFactory>),
+    /// An operator that builds its own dataflow.
+    Dataflow(Arc<dyn DataflowOperator>),
     /// A repartitioning: no code of its own.
     Exchange,
     /// A sink.
@@ -455,6 +462,22 @@ impl JobGraph {
         });
         self.impls.push(NodeImpl::Join(op));
         id
+    }
+
+    /// Adds an operator that builds its own dataflow, reading `input`.
+    pub fn add_dataflow(
+        &mut self,
+        input: NodeId,
+        name: &str,
+        descriptor: Descriptor,
+        op: Arc<dyn DataflowOperator>,
+    ) -> NodeId {
+        self.push(
+            name,
+            NodeKind::Dataflow { op: descriptor },
+            Some(input),
+            NodeImpl::Dataflow(op),
+        )
     }
 
     /// Adds a repartitioning of `input`.

@@ -82,6 +82,16 @@ impl Timestamp for Time {
     }
 }
 
+/// Differential dataflow's lattice: the order is total, so join and meet are max and min.
+impl differential_dataflow::lattice::Lattice for Time {
+    fn join(&self, other: &Self) -> Self {
+        *self.max(other)
+    }
+    fn meet(&self, other: &Self) -> Self {
+        *self.min(other)
+    }
+}
+
 impl Refines<()> for Time {
     fn to_inner(_: ()) -> Self {
         Time::default()

@@ -15,6 +15,7 @@
 //! | [`SessionAggregate`] | keyed aggregates per session (records closer than a gap) |
 //! | [`WindowJoin`] | inner or semi join of two keyed streams within tumbling windows |
 //! | [`StreamJoin`] | inner join of two keyed streams over everything seen so far |
+//! | [`ConnectedComponents`] | incremental connected components (differential `iterate`) |
 //!
 //! Each implements the engine's [`OperatorFactory`](streamrun_engine::OperatorFactory). Most
 //! users meet them through the `streamrun` crate's DSL (`stream.key_by("word").count()`); here
@@ -44,6 +45,7 @@
 mod actor;
 mod aggregate;
 mod batchfn;
+mod incremental;
 mod join;
 mod select;
 mod session;
@@ -55,6 +57,7 @@ mod words;
 pub use actor::{Actor, ActorInstance, ActorOperator};
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
+pub use incremental::ConnectedComponents;
 pub use join::{JoinKind, StreamJoin, WindowJoin};
 pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod edges;
 mod groupby;
+mod incremental;
 mod nexmark;
 mod plan;
 mod typed;
