@@ -353,6 +353,23 @@ impl Stream {
         }
     }
 
+    /// Rows per key, kept up to date with differential dataflow as rows arrive. Output is a
+    /// change stream: the key columns, `count`, `diff` (a key going from 2 to 3 rows gives
+    /// `(key, 2, -1)` and `(key, 3, +1)`).
+    pub fn incremental_count(&self, keys: impl IntoColumns) -> Stream {
+        let keys = keys.into_columns();
+        let descriptor = Descriptor::new("incremental_count", serde_json::json!({ "keys": keys }));
+        let op = streamrun_operators::IncrementalCount { keys };
+        let node =
+            self.job
+                .lock()
+                .add_dataflow(self.node, "incremental_count", descriptor, Arc::new(op));
+        Stream {
+            job: self.job.clone(),
+            node,
+        }
+    }
+
     /// Keeps the named columns.
     pub fn select(&self, columns: impl IntoColumns) -> Stream {
         let op = Select::new(columns.into_columns());

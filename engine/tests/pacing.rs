@@ -10,7 +10,7 @@ use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use streamrun_engine::*;
 
-const BATCHES_PER_WORKER: i64 = 600;
+const BATCHES_PER_WORKER: i64 = 800;
 
 #[derive(Default)]
 struct Counters {
@@ -151,7 +151,7 @@ fn a_fast_source_stays_within_its_epoch_budget_ahead_of_a_slow_operator() {
         "{seen} batches in flight, bound {bound} (of {total} in all)"
     );
     assert!(
-        bound < total / 4,
-        "the test must move far more data than the bound"
+        total >= 10 * bound,
+        "the test must move at least ten times the bound through"
     );
 }

@@ -170,3 +170,123 @@ impl DataflowOperator for ConnectedComponents {
             ))
     }
 }
+
+/// The number of rows per key, kept up to date with differential dataflow's `count` as rows
+/// arrive. Keys may be any columns of any Arrow type (they travel in Arrow's row format).
+///
+/// Output, as a change stream: the key columns, `count`, `diff`. When a key's count goes from
+/// 2 to 3, the stream holds `(key, 2, -1)` and `(key, 3, +1)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncrementalCount {
+    /// The key columns.
+    pub keys: Vec<String>,
+}
+
+impl IncrementalCount {
+    fn key_fields(&self, input: &SchemaRef) -> Result<(Vec<usize>, Vec<Field>)> {
+        if self.keys.is_empty() {
+            return Err(Error::Plan(
+                "an incremental count needs at least one key column".into(),
+            ));
+        }
+        let idx = column_indices(input, &self.keys, "incremental count")?;
+        let fields = idx.iter().map(|&i| input.field(i).clone()).collect();
+        Ok((idx, fields))
+    }
+
+    fn converter(fields: &[Field]) -> Result<arrow::row::RowConverter> {
+        arrow::row::RowConverter::new(
+            fields
+                .iter()
+                .map(|f| arrow::row::SortField::new(f.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| Error::arrow("incremental count keys", e))
+    }
+}
+
+impl DataflowOperator for IncrementalCount {
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        let (_, mut fields) = self.key_fields(input)?;
+        fields.push(Field::new("count", DataType::Int64, false));
+        fields.push(Field::new("diff", DataType::Int64, false));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn build<'s>(
+        &self,
+        _ctx: &WorkerContext,
+        input: DataStream<'s>,
+        input_schema: &SchemaRef,
+    ) -> Result<DataStream<'s>> {
+        let (indices, fields) = self.key_fields(input_schema)?;
+        let encode = Self::converter(&fields)?;
+        let decode = Self::converter(&fields)?;
+        let schema = self.output_schema(input_schema)?;
+        let keys = input
+            .unary::<CapacityContainerBuilder<Vec<Update<Vec<u8>>>>, _, _, _>(
+                Pipeline,
+                "keys",
+                move |_, _| {
+                    move |input, output| {
+                        input.for_each_stamp(|cap, data| {
+                            let Some(&time) = cap.least() else { return };
+                            let mut session = output.session(&cap);
+                            for container in data {
+                                for (_, batch) in container.drain(..) {
+                                    let columns: Vec<arrow::array::ArrayRef> = indices
+                                        .iter()
+                                        .map(|&i| Arc::clone(batch.0.column(i)))
+                                        .collect();
+                                    let Ok(rows) = encode.convert_columns(&columns) else {
+                                        continue;
+                                    };
+                                    for row in rows.iter() {
+                                        session.give((row.as_ref().to_vec(), time, 1));
+                                    }
+                                }
+                            }
+                        });
+                    }
+                },
+            )
+            .as_collection();
+        let counts = keys.count();
+        Ok(counts
+            .inner
+            .unary::<CapacityContainerBuilder<Vec<(u32, Batch)>>, _, _, _>(
+                Pipeline,
+                "counts",
+                move |_, _| {
+                    move |input, output| {
+                        input.for_each_stamp(|cap, data| {
+                            let parser = decode.parser();
+                            let (mut keys, mut counts, mut diffs) =
+                                (Vec::new(), Vec::new(), Vec::new());
+                            for container in data {
+                                for ((key, count), _time, diff) in container.drain(..) {
+                                    let key: Vec<u8> = key;
+                                    keys.push(key);
+                                    counts.push(count as i64);
+                                    diffs.push(diff as i64);
+                                }
+                            }
+                            if keys.is_empty() {
+                                return;
+                            }
+                            let Ok(mut columns) =
+                                decode.convert_rows(keys.iter().map(|k| parser.parse(k)))
+                            else {
+                                return;
+                            };
+                            columns.push(Arc::new(Int64Array::from(counts)));
+                            columns.push(Arc::new(Int64Array::from(diffs)));
+                            if let Ok(batch) = RecordBatch::try_new(Arc::clone(&schema), columns) {
+                                output.session(&cap).give((0u32, Batch(batch)));
+                            }
+                        });
+                    }
+                },
+            ))
+    }
+}

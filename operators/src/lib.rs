@@ -16,6 +16,7 @@
 //! | [`WindowJoin`] | inner or semi join of two keyed streams within tumbling windows |
 //! | [`StreamJoin`] | inner join of two keyed streams over everything seen so far |
 //! | [`ConnectedComponents`] | incremental connected components (differential `iterate`) |
+//! | [`IncrementalCount`] | rows per key as a change stream (differential `count`) |
 //!
 //! Each implements the engine's [`OperatorFactory`](streamrun_engine::OperatorFactory). Most
 //! users meet them through the `streamrun` crate's DSL (`stream.key_by("word").count()`); here
@@ -57,7 +58,7 @@ mod words;
 pub use actor::{Actor, ActorInstance, ActorOperator};
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
-pub use incremental::ConnectedComponents;
+pub use incremental::{ConnectedComponents, IncrementalCount};
 pub use join::{JoinKind, StreamJoin, WindowJoin};
 pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;

@@ -89,3 +89,44 @@ fn connected_components_match_union_find_on_1_and_4_workers() {
         assert_eq!(got, expected, "{workers} workers");
     }
 }
+
+#[test]
+fn incremental_count_nets_to_a_plain_count_on_1_and_4_workers() {
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/sales.csv");
+    let text = std::fs::read_to_string(csv).expect("sales.csv");
+    let mut expected: HashMap<(String, String), i64> = HashMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        *expected
+            .entry((f[1].to_owned(), f[2].to_owned()))
+            .or_default() += 1;
+    }
+    for workers in [1, 4] {
+        let job = Job::new("incremental count");
+        let out = Collect::new();
+        job.source(Files::csv(csv))
+            .incremental_count(["region", "product"])
+            .sink(out.clone());
+        run(&job, workers);
+        let mut net: HashMap<(String, String, i64), i64> = HashMap::new();
+        for b in out.batches() {
+            let region = b.column(0).as_string::<i32>();
+            let product = b.column(1).as_string::<i32>();
+            let count = b.column(2).as_primitive::<Int64Type>();
+            let diff = b.column(3).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                *net.entry((
+                    region.value(i).to_owned(),
+                    product.value(i).to_owned(),
+                    count.value(i),
+                ))
+                .or_default() += diff.value(i);
+            }
+        }
+        net.retain(|_, d| *d != 0);
+        assert!(net.values().all(|d| *d == 1), "one final count per key");
+        let got: HashMap<(String, String), i64> =
+            net.into_keys().map(|(r, p, c)| ((r, p), c)).collect();
+        assert_eq!(got, expected, "{workers} workers");
+    }
+}
