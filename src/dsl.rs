@@ -39,23 +39,18 @@ pub trait IntoSource {
     fn into_source(self) -> (Descriptor, Arc<dyn Source>);
 }
 
-impl IntoSource for FileSource {
-    fn into_source(self) -> (Descriptor, Arc<dyn Source>) {
-        (self.descriptor(), Arc::new(self))
-    }
+/// `IntoSource` or `IntoSink` for connectors that describe themselves with `descriptor()`.
+macro_rules! self_describing {
+    ($trait:ident, $method:ident, $code:ident: $($connector:ty),+) => {
+        $(impl $trait for $connector {
+            fn $method(self) -> (Descriptor, Arc<dyn $code>) {
+                (self.descriptor(), Arc::new(self))
+            }
+        })+
+    };
 }
 
-impl IntoSource for Replay {
-    fn into_source(self) -> (Descriptor, Arc<dyn Source>) {
-        (self.descriptor(), Arc::new(self))
-    }
-}
-
-impl IntoSource for Nexmark {
-    fn into_source(self) -> (Descriptor, Arc<dyn Source>) {
-        (self.descriptor(), Arc::new(self))
-    }
-}
+self_describing!(IntoSource, into_source, Source: FileSource, Replay, Nexmark);
 
 impl IntoSource for (Descriptor, Arc<dyn Source>) {
     fn into_source(self) -> (Descriptor, Arc<dyn Source>) {
@@ -69,23 +64,7 @@ pub trait IntoSink {
     fn into_sink(self) -> (Descriptor, Arc<dyn Sink>);
 }
 
-impl IntoSink for FileSink {
-    fn into_sink(self) -> (Descriptor, Arc<dyn Sink>) {
-        (self.descriptor(), Arc::new(self))
-    }
-}
-
-impl IntoSink for Stdout {
-    fn into_sink(self) -> (Descriptor, Arc<dyn Sink>) {
-        (self.descriptor(), Arc::new(self))
-    }
-}
-
-impl IntoSink for Collect {
-    fn into_sink(self) -> (Descriptor, Arc<dyn Sink>) {
-        (self.descriptor(), Arc::new(self))
-    }
-}
+self_describing!(IntoSink, into_sink, Sink: FileSink, Stdout, Collect);
 
 impl IntoSink for (Descriptor, Arc<dyn Sink>) {
     fn into_sink(self) -> (Descriptor, Arc<dyn Sink>) {

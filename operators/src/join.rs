@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use crate::windowing::{due, hold, with_window};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
@@ -216,17 +217,10 @@ impl WindowJoinInstance {
             return Ok(());
         }
         let n = li.len();
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(TimestampMillisecondArray::from(vec![start; n])),
-            Arc::new(TimestampMillisecondArray::from(vec![start + self.size; n])),
-        ];
-        columns.extend(
-            take_record_batch(&left, &UInt32Array::from(li))
-                .map_err(arrow_err)?
-                .columns()
-                .iter()
-                .cloned(),
-        );
+        let mut columns: Vec<ArrayRef> = take_record_batch(&left, &UInt32Array::from(li))
+            .map_err(arrow_err)?
+            .columns()
+            .to_vec();
         if self.kind == JoinKind::Inner {
             columns.extend(
                 take_record_batch(&right, &UInt32Array::from(ri))
@@ -236,7 +230,13 @@ impl WindowJoinInstance {
                     .cloned(),
             );
         }
-        out.emit(RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(arrow_err)?);
+        out.emit(with_window(
+            &self.schema,
+            start,
+            start + self.size,
+            n,
+            columns,
+        )?);
         Ok(())
     }
 }
@@ -270,29 +270,18 @@ impl JoinOperator for WindowJoinInstance {
     }
 
     fn hold(&self) -> Option<u64> {
-        self.open
-            .keys()
-            .next()
-            .map(|&start| u64::try_from(start.saturating_add(self.size - 1)).unwrap_or(0))
+        hold(&self.open, self.size)
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
-        let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
-        let due: Vec<i64> = self
-            .open
-            .keys()
-            .copied()
-            .take_while(|&start| start.saturating_add(self.size) <= watermark)
-            .collect();
-        for start in due {
+        for start in due(&self.open, self.size, Some(watermark)) {
             self.close(start, out)?;
         }
         Ok(())
     }
 
     fn finish(&mut self, out: &mut Collector) -> Result<()> {
-        let starts: Vec<i64> = self.open.keys().copied().collect();
-        for start in starts {
+        for start in due(&self.open, self.size, None) {
             self.close(start, out)?;
         }
         Ok(())

@@ -53,6 +53,7 @@ mod session;
 mod topk;
 mod typed;
 mod window;
+mod windowing;
 mod words;
 
 pub use actor::{Actor, ActorInstance, ActorOperator};

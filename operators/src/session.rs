@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
@@ -20,6 +20,7 @@ use streamrun_engine::{
 };
 
 use crate::aggregate::{Agg, Aggregate};
+use crate::windowing::with_window;
 
 /// A keyed aggregate over session windows separated by `gap_ms` of inactivity.
 ///
@@ -153,16 +154,13 @@ impl SessionInstance {
         op.process_batch(rows, &mut inner)?;
         op.finish(&mut inner)?;
         for batch in inner.take() {
-            let n = batch.num_rows();
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(TimestampMillisecondArray::from(vec![session.start; n])),
-                Arc::new(TimestampMillisecondArray::from(vec![session.end; n])),
-            ];
-            columns.extend(batch.columns().iter().cloned());
-            out.emit(
-                RecordBatch::try_new(Arc::clone(&self.schema), columns)
-                    .map_err(|e| Error::arrow("session output", e))?,
-            );
+            out.emit(with_window(
+                &self.schema,
+                session.start,
+                session.end,
+                batch.num_rows(),
+                batch.columns().iter().cloned(),
+            )?);
         }
         Ok(())
     }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use streamrun_engine::{
 };
 
 use crate::aggregate::{Agg, Aggregate};
+use crate::windowing::{due, hold, with_window};
 
 /// A keyed aggregate over event-time windows of `size_ms` milliseconds starting every
 /// `slide_ms` (equal for tumbling windows, smaller for sliding ones).
@@ -177,16 +178,13 @@ impl WindowInstance {
         let mut inner = Collector::new();
         op.finish(&mut inner)?;
         for batch in inner.take() {
-            let n = batch.num_rows();
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(TimestampMillisecondArray::from(vec![start; n])),
-                Arc::new(TimestampMillisecondArray::from(vec![start + self.size; n])),
-            ];
-            columns.extend(batch.columns().iter().cloned());
-            out.emit(
-                RecordBatch::try_new(Arc::clone(&self.schema), columns)
-                    .map_err(|e| Error::arrow("window output", e))?,
-            );
+            out.emit(with_window(
+                &self.schema,
+                start,
+                start + self.size,
+                batch.num_rows(),
+                batch.columns().iter().cloned(),
+            )?);
         }
         Ok(())
     }
@@ -231,29 +229,18 @@ impl Operator for WindowInstance {
 
     fn hold(&self) -> Option<u64> {
         // A window's results carry event time `end - 1`.
-        self.open
-            .keys()
-            .next()
-            .map(|&start| u64::try_from(start.saturating_add(self.size - 1)).unwrap_or(0))
+        hold(&self.open, self.size)
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
-        let watermark = i64::try_from(watermark).unwrap_or(i64::MAX);
-        let due: Vec<i64> = self
-            .open
-            .keys()
-            .copied()
-            .take_while(|&start| start.saturating_add(self.size) <= watermark)
-            .collect();
-        for start in due {
+        for start in due(&self.open, self.size, Some(watermark)) {
             self.close(start, out)?;
         }
         Ok(())
     }
 
     fn finish(&mut self, out: &mut Collector) -> Result<()> {
-        let starts: Vec<i64> = self.open.keys().copied().collect();
-        for start in starts {
+        for start in due(&self.open, self.size, None) {
             self.close(start, out)?;
         }
         Ok(())
