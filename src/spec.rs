@@ -24,7 +24,9 @@
 //! Steps: `select` (`columns`), `where` (`column`, `cmp` one of `== != < <= > >=`, `value`),
 //! `split_words` (`column`, `output`), `aggregate` (`keys`, `aggs` of `{ fn, column, as }`
 //! with `fn` one of count, sum, min, max, mean), `top_k` (`k`, `by`, `ascending`),
-//! `rebalance`. Every error names the file and the line of the key at fault.
+//! `rebalance`, and `window` (`kind` one of tumbling, sliding, session; `size_ms`,
+//! `slide_ms`, `gap_ms`; `keys`; `aggs`), which needs `[source] event_time = { column,
+//! max_delay_ms }`. Every error names the file and the line of the key at fault.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,7 +39,9 @@ use streamrun_engine::{
 use streamrun_operators::{Agg, Aggregate, CmpOp, Compare, Phase, Select, SplitWords, TopK};
 use toml::Spanned;
 
-use crate::dsl::{IntoSink, Job, Stream};
+use std::time::Duration;
+
+use crate::dsl::{IntoSink, Job, Session, Sliding, Stream, Tumbling};
 
 /// A job spec as written in TOML.
 #[derive(Debug, Deserialize)]
@@ -97,6 +101,32 @@ pub struct SourceSpec {
     /// Where bad records go with `on_bad_record = "dead_letter"`.
     #[serde(default)]
     pub dead_letters: Option<SinkSpec>,
+    /// Event time: `{ column = "t", max_delay_ms = 0 }`, for windows.
+    #[serde(default)]
+    pub event_time: Option<EventTimeSpec>,
+}
+
+/// `[source] event_time`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeSpec {
+    /// The event-time column: a timestamp, or Int64 milliseconds.
+    pub column: String,
+    /// How far out of order records may arrive, in milliseconds.
+    #[serde(default)]
+    pub max_delay_ms: u64,
+}
+
+/// The kinds of event-time windows of a `window` step.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// Consecutive windows of `size_ms`.
+    Tumbling,
+    /// Windows of `size_ms` starting every `slide_ms`.
+    Sliding,
+    /// Per-key sessions ended by `gap_ms` of inactivity.
+    Session,
 }
 
 /// One `[[steps]]` entry.
@@ -143,6 +173,24 @@ pub enum StepSpec {
     },
     /// Spread batches over workers.
     Rebalance {},
+    /// Aggregate by key per event-time window (the source needs `event_time`).
+    Window {
+        /// Tumbling, sliding or session.
+        kind: WindowKind,
+        /// Window length (tumbling, sliding), in milliseconds.
+        #[serde(default)]
+        size_ms: Option<u64>,
+        /// Distance between window starts (sliding), in milliseconds.
+        #[serde(default)]
+        slide_ms: Option<u64>,
+        /// Inactivity that ends a session (session), in milliseconds.
+        #[serde(default)]
+        gap_ms: Option<u64>,
+        /// The key columns.
+        keys: Vec<String>,
+        /// The aggregates.
+        aggs: Vec<Agg>,
+    },
 }
 
 impl StepSpec {
@@ -154,6 +202,7 @@ impl StepSpec {
             StepSpec::Aggregate { .. } => "aggregate",
             StepSpec::TopK { .. } => "top_k",
             StepSpec::Rebalance {} => "rebalance",
+            StepSpec::Window { .. } => "window",
         }
     }
 }
@@ -316,6 +365,9 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
         source.on_bad_record,
         dead_letters,
     );
+    if let Some(time) = &source.event_time {
+        stream = stream.event_time(&time.column, Duration::from_millis(time.max_delay_ms));
+    }
 
     for (i, step) in spec.steps.iter().enumerate() {
         let line = at(step.span());
@@ -375,6 +427,43 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
                 )
             }
             StepSpec::Rebalance {} => stream.exchange(&name, Partitioning::RoundRobin),
+            StepSpec::Window {
+                kind,
+                size_ms,
+                slide_ms,
+                gap_ms,
+                keys,
+                aggs,
+            } => {
+                let need = |value: &Option<u64>, key: &str| {
+                    value.map(Duration::from_millis).ok_or_else(|| {
+                        fail(
+                            line,
+                            format!("{name}: a {kind:?} window needs {key}").to_lowercase(),
+                        )
+                    })
+                };
+                if source.event_time.is_none() {
+                    return Err(fail(
+                        line,
+                        format!(
+                            "{name}: a window needs [source] event_time = {{ column = \"...\", max_delay_ms = ... }}"
+                        ),
+                    ));
+                }
+                // The DSL names these nodes itself; their errors point at this step.
+                lines.push(("key_by".to_owned(), line));
+                lines.push(("window".to_owned(), line));
+                let keyed = stream.key_by(keys.clone());
+                let windowed = match kind {
+                    WindowKind::Tumbling => keyed.window(Tumbling::of(need(size_ms, "size_ms")?)),
+                    WindowKind::Sliding => keyed.window(
+                        Sliding::of(need(size_ms, "size_ms")?).every(need(slide_ms, "slide_ms")?),
+                    ),
+                    WindowKind::Session => keyed.window(Session::with_gap(need(gap_ms, "gap_ms")?)),
+                };
+                windowed.aggregate(aggs.clone())
+            }
         };
     }
 

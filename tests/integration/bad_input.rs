@@ -170,3 +170,56 @@ fn a_job_without_a_sink_is_refused() {
     let err = streamrun::execute(&job).expect_err("no sink");
     assert!(err.to_string().contains("no sink"), "{err}");
 }
+
+const WINDOW_SPEC: &str = r#"name = "windows"
+
+[source]
+format = "csv"
+path = "events.csv"
+event_time = { column = "t", max_delay_ms = 0 }
+
+[[steps]]
+op = "window"
+kind = "tumbling"
+size_ms = 1000
+keys = ["k"]
+aggs = [{ fn = "count", as = "n" }]
+
+[sink]
+format = "csv"
+path = "out"
+"#;
+
+#[test]
+fn a_spec_runs_event_time_windows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("events.csv"),
+        "k,t\na,100\nb,200\na,900\na,1500\n",
+    )
+    .expect("csv");
+    let (ok, stderr) = run_spec(dir.path(), WINDOW_SPEC);
+    assert!(ok, "{stderr}");
+    let mut rows: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("out")).expect("out") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("part");
+        rows.extend(text.lines().skip(1).map(|l| {
+            // window_start, window_end, k, n: keep the start's seconds, the key and the count.
+            let f: Vec<&str> = l.split(',').collect();
+            format!("{}|{}|{}", &f[0][17..19], f[2], f[3])
+        }));
+    }
+    rows.sort();
+    assert_eq!(rows, vec!["00|a|2", "00|b|1", "01|a|1"]);
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir2.path().join("events.csv"), "k,t\na,100\n").expect("csv");
+    let without_time =
+        WINDOW_SPEC.replace("event_time = { column = \"t\", max_delay_ms = 0 }\n", "");
+    let (ok, stderr) = run_spec(dir2.path(), &without_time);
+    assert!(!ok);
+    // Without the event_time line, the window step starts on line 7.
+    assert!(
+        stderr.contains("job.toml:7") && stderr.contains("event_time"),
+        "{stderr}"
+    );
+}
