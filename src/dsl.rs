@@ -483,6 +483,30 @@ impl KeyedStream {
         self.aggregate(vec![Agg::count()])
     }
 
+    /// Your own aggregate `function` over `column` per key, written as `output` (after the
+    /// key columns) when the input ends.
+    pub fn aggregate_with<F: streamrun_operators::AggregateFunction>(
+        &self,
+        column: &str,
+        output: &str,
+        function: F,
+    ) -> Stream {
+        let op =
+            streamrun_operators::UdafAggregate::new(self.keys.clone(), column, output, function);
+        self.stream.operator(
+            output,
+            OperatorDecl {
+                descriptor: Descriptor::new(
+                    "aggregate_with",
+                    serde_json::json!({ "function": std::any::type_name::<F>(), "column": column, "as": output }),
+                ),
+                op: Arc::new(op),
+                combiner: None,
+                parallelism: Parallelism::Workers,
+            },
+        )
+    }
+
     /// Sum of `column` per key, as `sum_<column>`.
     pub fn sum(&self, column: &str) -> Stream {
         self.aggregate(vec![Agg::sum(column)])

@@ -9,6 +9,7 @@
 //! | [`Select`], [`Compare`] | keep columns; keep rows where `column <op> value` |
 //! | [`SplitWords`] | one row per normalised word of a text column |
 //! | [`Aggregate`] | keyed `count`/`sum`/`min`/`max`/`mean`, in partial and final phases |
+//! | [`UdafAggregate`] | your [`AggregateFunction`] over a column, per key |
 //! | [`TopK`] | the k greatest rows by a column |
 //! | [`ActorOperator`] | your [`Actor`]: a stateful operator with keyed state, snapshotted by key group |
 //! | [`WindowAggregate`] | keyed aggregates per tumbling or sliding event-time window |
@@ -52,6 +53,7 @@ mod select;
 mod session;
 mod topk;
 mod typed;
+mod udaf;
 mod window;
 mod windowing;
 mod words;
@@ -65,5 +67,6 @@ pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;
 pub use topk::TopK;
 pub use typed::{TypedTask, plain_field};
+pub use udaf::{AggregateFunction, UdafAggregate};
 pub use window::{WindowAggregate, WindowArgMax};
 pub use words::{SplitWords, push_words};

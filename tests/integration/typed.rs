@@ -105,3 +105,63 @@ fn an_error_in_a_batch_function_stops_the_job_and_names_it() {
         "{message}"
     );
 }
+
+/// The median of a column: an aggregate the built-ins cannot express.
+struct Median;
+
+impl AggregateFunction for Median {
+    type Input = f64;
+    type State = Vec<f64>;
+    type Output = f64;
+    fn update(&self, state: &mut Vec<f64>, value: f64) {
+        state.push(value);
+    }
+    fn finish(&self, state: &Vec<f64>) -> f64 {
+        let mut values = state.clone();
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        if values.len() % 2 == 0 {
+            (values[mid - 1] + values[mid]) / 2.0
+        } else {
+            values[mid]
+        }
+    }
+}
+
+#[test]
+fn a_user_defined_aggregate_matches_a_plain_loop_on_1_and_4_workers() {
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/sales.csv");
+    let text = std::fs::read_to_string(csv).expect("sales.csv");
+    let mut prices: std::collections::HashMap<String, Vec<f64>> = Default::default();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        prices
+            .entry(f[1].to_owned())
+            .or_default()
+            .push(f[4].parse().expect("price"));
+    }
+    let expected: std::collections::HashMap<String, f64> = prices
+        .into_iter()
+        .map(|(region, values)| (region, Median.finish(&values)))
+        .collect();
+    for workers in [1, 4] {
+        let job = Job::new("median");
+        let out = Collect::new();
+        job.source(Files::csv(csv))
+            .key_by("region")
+            .aggregate_with("price", "median_price", Median)
+            .sink(out.clone());
+        run(&job, workers);
+        let mut got = std::collections::HashMap::new();
+        for b in out.batches() {
+            use arrow::array::AsArray;
+            let region = b.column(0).as_string::<i32>();
+            let median = b.column(1).as_primitive::<arrow::datatypes::Float64Type>();
+            assert_eq!(b.schema().field(1).name(), "median_price");
+            for i in 0..b.num_rows() {
+                got.insert(region.value(i).to_owned(), median.value(i));
+            }
+        }
+        assert_eq!(got, expected, "{workers} workers");
+    }
+}
