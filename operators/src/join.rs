@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::windowing::{due, hold, with_window};
+use crate::windowing::{due, event_time_column, hold, with_window};
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -16,7 +16,7 @@ use arrow::row::{RowConverter, SortField};
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
     Collector, Descriptor, Error, JoinOperator, JoinOperatorFactory, Result, Side, WorkerContext,
-    column_indices, event_millis, event_time_type_check,
+    column_indices, event_millis,
 };
 
 /// Which rows a join emits.
@@ -71,17 +71,7 @@ impl WindowJoin {
         keys: &[String],
         which: &str,
     ) -> Result<(usize, Vec<usize>)> {
-        let time = time.as_ref().ok_or_else(|| {
-            Error::Plan(format!(
-                "the {which} input of a window join has no event time: give its source one with .event_time(column, delay)"
-            ))
-        })?;
-        let t = column_indices(
-            schema,
-            std::slice::from_ref(time),
-            &format!("window join ({which})"),
-        )?[0];
-        event_time_type_check(schema.field(t).data_type(), time)?;
+        let t = event_time_column(schema, time, &format!("the {which} input of a window join"))?;
         Ok((
             t,
             column_indices(schema, keys, &format!("window join key ({which})"))?,

@@ -16,11 +16,11 @@ use arrow::row::{RowConverter, SortField};
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
     Collector, Descriptor, Error, Operator, OperatorFactory, Result, WorkerContext, column_indices,
-    event_millis, event_time_type_check,
+    event_millis,
 };
 
 use crate::aggregate::{Agg, Aggregate};
-use crate::windowing::with_window;
+use crate::windowing::{event_time_column, with_window};
 
 /// A keyed aggregate over session windows separated by `gap_ms` of inactivity.
 ///
@@ -66,18 +66,10 @@ impl SessionAggregate {
     }
 
     fn time_index(&self, input: &SchemaRef) -> Result<usize> {
-        let column = self.time_column.as_ref().ok_or_else(|| {
-            Error::Plan(
-                "a session window needs event time: give the source one with .event_time(column, delay)"
-                    .into(),
-            )
-        })?;
         if self.gap_ms == 0 {
             return Err(Error::Plan("a session gap must be at least 1 ms".into()));
         }
-        let index = column_indices(input, std::slice::from_ref(column), "session window")?[0];
-        event_time_type_check(input.field(index).data_type(), column)?;
-        Ok(index)
+        event_time_column(input, &self.time_column, "a session window")
     }
 }
 

@@ -21,7 +21,7 @@ use streamrun_engine::{
 };
 
 use crate::aggregate::{Agg, Aggregate};
-use crate::windowing::{due, hold, with_window};
+use crate::windowing::{due, event_time_column, hold, with_window};
 
 /// A keyed aggregate over event-time windows of `size_ms` milliseconds starting every
 /// `slide_ms` (equal for tumbling windows, smaller for sliding ones).
@@ -87,12 +87,6 @@ impl WindowAggregate {
     }
 
     fn time_index(&self, input: &SchemaRef) -> Result<usize> {
-        let column = self.time_column.as_ref().ok_or_else(|| {
-            Error::Plan(
-                "a window needs event time: give the source one with .event_time(column, delay)"
-                    .into(),
-            )
-        })?;
         if self.size_ms == 0 || self.slide_ms == 0 {
             return Err(Error::Plan(
                 "a window and its slide must be at least 1 ms long".into(),
@@ -104,9 +98,7 @@ impl WindowAggregate {
                 self.slide_ms, self.size_ms
             )));
         }
-        let index = column_indices(input, std::slice::from_ref(column), "window")?[0];
-        event_time_type_check(input.field(index).data_type(), column)?;
-        Ok(index)
+        event_time_column(input, &self.time_column, "a window")
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::SchemaRef;
-use streamrun_engine::{Error, Result};
+use streamrun_engine::{Error, Result, column_indices, event_time_type_check};
 
 /// The starts of the windows of length `size` in `open` that end at or before `watermark`
 /// (all of them when `watermark` is `None`: the input has ended), earliest first.
@@ -41,4 +41,21 @@ pub(crate) fn with_window(
     ];
     all.extend(columns);
     RecordBatch::try_new(Arc::clone(schema), all).map_err(|e| Error::arrow("window output", e))
+}
+
+/// The index of a windowed operator's event-time column in `input`. `column` is `None` when
+/// the stream has no event time, which is an error naming `what` needs it.
+pub(crate) fn event_time_column(
+    input: &SchemaRef,
+    column: &Option<String>,
+    what: &str,
+) -> Result<usize> {
+    let column = column.as_ref().ok_or_else(|| {
+        Error::Plan(format!(
+            "{what} needs event time: give the source one with .event_time(column, delay)"
+        ))
+    })?;
+    let index = column_indices(input, std::slice::from_ref(column), what)?[0];
+    event_time_type_check(input.field(index).data_type(), column)?;
+    Ok(index)
 }
