@@ -36,7 +36,9 @@ use crate::connector::{
     BadRecordPolicy, DeadLetter, Sink, SinkWriter, SourceCollector, SourceReader,
 };
 use crate::error::{Error, Result};
-use crate::operator::{Collector, JoinOperator, Operator as StreamOperator, Side, WorkerContext};
+use crate::operator::{
+    Collector, Failures, JoinOperator, Operator as StreamOperator, Side, WorkerContext,
+};
 use crate::plan::{EventTimeSpec, JobGraph, NodeImpl, NodeKind, Partitioning};
 use crate::time::Time;
 
@@ -236,7 +238,10 @@ fn build_dataflow<'s>(
                 })?;
                 match shared.graph.node_impl(head.node) {
                     Some(NodeImpl::Dataflow(op)) => op
-                        .build(ctx, upstream, &schema)
+                        .build(ctx, upstream, &schema, {
+                            let shared = Arc::clone(shared);
+                            Failures::new(move |e| shared.fail(e))
+                        })
                         .map_err(|e| Error::Plan(format!("'{}': {e}", head.name)))?,
                     _ => {
                         return Err(Error::Internal(format!(

@@ -90,7 +90,7 @@ pub use exec::{
     execute_plan,
 };
 pub use operator::{
-    Collector, DataStream, DataflowOperator, JoinOperator, JoinOperatorFactory, Operator,
+    Collector, DataStream, DataflowOperator, Failures, JoinOperator, JoinOperatorFactory, Operator,
     OperatorFactory, Side, WorkerContext,
 };
 pub use plan::{

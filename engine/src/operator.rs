@@ -155,6 +155,30 @@ pub trait JoinOperatorFactory: Send + Sync {
 pub type DataStream<'s> =
     timely::dataflow::Stream<'s, crate::time::Time, Vec<(u32, crate::batch::Batch)>>;
 
+/// Where an operator that builds its own dataflow reports a failure found while the job runs
+/// (a bad record, a failed conversion): the job stops with the first one, as it does for an
+/// error returned by an [`Operator`].
+#[derive(Clone)]
+pub struct Failures(std::sync::Arc<dyn Fn(crate::error::Error) + Send + Sync>);
+
+impl Failures {
+    /// Failures handed to `report`.
+    pub fn new(report: impl Fn(crate::error::Error) + Send + Sync + 'static) -> Self {
+        Failures(std::sync::Arc::new(report))
+    }
+
+    /// Reports `error`; the job stops.
+    pub fn fail(&self, error: crate::error::Error) {
+        (self.0)(error)
+    }
+}
+
+impl std::fmt::Debug for Failures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Failures")
+    }
+}
+
 /// An operator that builds its own piece of timely dataflow: for computations the
 /// batch-at-a-time contract cannot express, such as incremental (differential dataflow)
 /// operators with iteration. It partitions its input itself.
@@ -163,11 +187,12 @@ pub trait DataflowOperator: Send + Sync {
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef>;
 
     /// Builds this worker's part of the dataflow, from its input stream to its output stream.
-    /// Output batches carry the tag 0.
+    /// Output batches carry the tag 0. What goes wrong while the job runs goes to `failures`.
     fn build<'s>(
         &self,
         ctx: &WorkerContext,
         input: DataStream<'s>,
         input_schema: &SchemaRef,
+        failures: Failures,
     ) -> Result<DataStream<'s>>;
 }

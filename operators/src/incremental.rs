@@ -8,21 +8,95 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use differential_dataflow::AsCollection;
 use differential_dataflow::operators::Iterate;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
-    Batch, DataStream, DataflowOperator, Error, Result, Time, WorkerContext, column_indices,
+    Batch, DataStream, DataflowOperator, Error, Failures, Result, Time, WorkerContext,
+    column_indices,
 };
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 
 type Edge = (u64, u64);
 type Update<D> = (D, Time, isize);
+
+/// The records of each input batch as differential updates (`+1` at the batch's time).
+/// A batch that cannot be read stops the job through `failures`.
+fn updates<'s, D>(
+    input: DataStream<'s>,
+    name: &str,
+    failures: Failures,
+    records: impl Fn(&RecordBatch) -> Result<Vec<D>> + 'static,
+) -> VecCollection<'s, Time, D>
+where
+    D: differential_dataflow::Data,
+{
+    input
+        .unary::<CapacityContainerBuilder<Vec<Update<D>>>, _, _, _>(Pipeline, name, move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    let mut session = output.session(&cap);
+                    for container in data {
+                        for (_, batch) in container.drain(..) {
+                            match records(&batch.0) {
+                                Ok(records) => {
+                                    for record in records {
+                                        session.give((record, time, 1));
+                                    }
+                                }
+                                Err(e) => failures.fail(e),
+                            }
+                        }
+                    }
+                });
+            }
+        })
+        .as_collection()
+}
+
+/// Differential changes back to Arrow: `batch` turns records and their diffs into a batch.
+/// A batch that cannot be built stops the job through `failures`.
+fn batches<'s, D>(
+    changes: Stream<'s, Time, Vec<Update<D>>>,
+    name: &str,
+    failures: Failures,
+    batch: impl Fn(Vec<D>, Vec<i64>) -> Result<RecordBatch> + 'static,
+) -> DataStream<'s>
+where
+    D: Clone + 'static,
+{
+    changes.unary::<CapacityContainerBuilder<Vec<(u32, Batch)>>, _, _, _>(
+        Pipeline,
+        name,
+        move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let (mut records, mut diffs) = (Vec::new(), Vec::new());
+                    for container in data {
+                        for (record, _time, diff) in container.drain(..) {
+                            records.push(record);
+                            diffs.push(diff as i64);
+                        }
+                    }
+                    if records.is_empty() {
+                        return;
+                    }
+                    match batch(records, diffs) {
+                        Ok(b) => output.session(&cap).give((0u32, Batch(b))),
+                        Err(e) => failures.fail(e),
+                    }
+                });
+            }
+        },
+    )
+}
 
 /// Connected components of a graph given as an edge stream (`src`, `dst`: integer node ids),
 /// kept up to date as edges arrive, by label propagation to a fixed point with differential
@@ -74,10 +148,27 @@ fn output_schema() -> SchemaRef {
     ]))
 }
 
-fn node_ids(batch: &RecordBatch, column: usize) -> Result<Int64Array> {
-    let ids =
-        cast(batch.column(column), &DataType::Int64).map_err(|e| Error::arrow("node ids", e))?;
-    Ok(arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&ids).clone())
+/// The node ids of `column`, which must all be present and non-negative.
+fn node_ids(batch: &RecordBatch, column: usize) -> Result<Vec<u64>> {
+    let name = batch.schema().field(column).name().clone();
+    let ids = cast(batch.column(column), &DataType::Int64)
+        .map_err(|e| Error::arrow(format!("node ids of '{name}'"), e))?;
+    let ids = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&ids);
+    if ids.null_count() > 0 {
+        return Err(Error::Input(format!(
+            "connected components: column '{name}' has a null (or out of range) node id"
+        )));
+    }
+    ids.values()
+        .iter()
+        .map(|&id| {
+            u64::try_from(id).map_err(|_| {
+                Error::Input(format!(
+                    "connected components: negative node id {id} in '{name}'"
+                ))
+            })
+        })
+        .collect()
 }
 
 impl DataflowOperator for ConnectedComponents {
@@ -91,37 +182,17 @@ impl DataflowOperator for ConnectedComponents {
         _ctx: &WorkerContext,
         input: DataStream<'s>,
         input_schema: &SchemaRef,
+        failures: Failures,
     ) -> Result<DataStream<'s>> {
         let (src, dst) = self.columns(input_schema)?;
-        // Arrow batches in, one update per edge (both directions), at the batch's time.
-        let edges = input
-            .unary::<CapacityContainerBuilder<Vec<Update<Edge>>>, _, _, _>(
-                Pipeline,
-                "edges",
-                move |_, _| {
-                    move |input, output| {
-                        input.for_each_stamp(|cap, data| {
-                            let Some(&time) = cap.least() else { return };
-                            let mut session = output.session(&cap);
-                            for container in data {
-                                for (_, batch) in container.drain(..) {
-                                    let (Ok(a), Ok(b)) =
-                                        (node_ids(&batch.0, src), node_ids(&batch.0, dst))
-                                    else {
-                                        continue;
-                                    };
-                                    for (a, b) in a.values().iter().zip(b.values()) {
-                                        let (a, b) = (*a as u64, *b as u64);
-                                        session.give(((a, b), time, 1));
-                                        session.give(((b, a), time, 1));
-                                    }
-                                }
-                            }
-                        });
-                    }
-                },
-            )
-            .as_collection();
+        // One update per edge and direction.
+        let edges = updates(input, "edges", failures.clone(), move |batch| {
+            let (a, b) = (node_ids(batch, src)?, node_ids(batch, dst)?);
+            Ok(a.into_iter()
+                .zip(b)
+                .flat_map(|(a, b)| [(a, b), (b, a)])
+                .collect::<Vec<Edge>>())
+        });
         // Every node starts as its own label; labels flow along edges; each node keeps the least.
         let nodes = edges.clone().map(|(a, _)| (a, a));
         let labels = nodes.clone().iterate(|scope, inner| {
@@ -132,42 +203,27 @@ impl DataflowOperator for ConnectedComponents {
                 .concat(nodes)
                 .reduce(|_node, labels, out| out.push((*labels[0].0, 1)))
         });
-        // Changes back to Arrow batches.
         let schema = output_schema();
-        Ok(labels
-            .inner
-            .unary::<CapacityContainerBuilder<Vec<(u32, Batch)>>, _, _, _>(
-                Pipeline,
-                "components",
-                move |_, _| {
-                    move |input, output| {
-                        input.for_each_stamp(|cap, data| {
-                            let (mut n, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new());
-                            for container in data {
-                                for ((node, component), _time, diff) in container.drain(..) {
-                                    n.push(node as i64);
-                                    c.push(component as i64);
-                                    d.push(diff as i64);
-                                }
-                            }
-                            if n.is_empty() {
-                                return;
-                            }
-                            let batch = RecordBatch::try_new(
-                                Arc::clone(&schema),
-                                vec![
-                                    Arc::new(Int64Array::from(n)),
-                                    Arc::new(Int64Array::from(c)),
-                                    Arc::new(Int64Array::from(d)),
-                                ],
-                            );
-                            if let Ok(batch) = batch {
-                                output.session(&cap).give((0u32, Batch(batch)));
-                            }
-                        });
-                    }
-                },
-            ))
+        Ok(batches(
+            labels.inner,
+            "components",
+            failures,
+            move |records: Vec<Edge>, diffs| {
+                let (nodes, components): (Vec<i64>, Vec<i64>) = records
+                    .into_iter()
+                    .map(|(n, c)| (n as i64, c as i64))
+                    .unzip();
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from(nodes)),
+                        Arc::new(Int64Array::from(components)),
+                        Arc::new(Int64Array::from(diffs)),
+                    ],
+                )
+                .map_err(|e| Error::arrow("connected components output", e))
+            },
+        ))
     }
 }
 
@@ -218,75 +274,42 @@ impl DataflowOperator for IncrementalCount {
         _ctx: &WorkerContext,
         input: DataStream<'s>,
         input_schema: &SchemaRef,
+        failures: Failures,
     ) -> Result<DataStream<'s>> {
         let (indices, fields) = self.key_fields(input_schema)?;
         let encode = Self::converter(&fields)?;
         let decode = Self::converter(&fields)?;
         let schema = self.output_schema(input_schema)?;
-        let keys = input
-            .unary::<CapacityContainerBuilder<Vec<Update<Vec<u8>>>>, _, _, _>(
-                Pipeline,
-                "keys",
-                move |_, _| {
-                    move |input, output| {
-                        input.for_each_stamp(|cap, data| {
-                            let Some(&time) = cap.least() else { return };
-                            let mut session = output.session(&cap);
-                            for container in data {
-                                for (_, batch) in container.drain(..) {
-                                    let columns: Vec<arrow::array::ArrayRef> = indices
-                                        .iter()
-                                        .map(|&i| Arc::clone(batch.0.column(i)))
-                                        .collect();
-                                    let Ok(rows) = encode.convert_columns(&columns) else {
-                                        continue;
-                                    };
-                                    for row in rows.iter() {
-                                        session.give((row.as_ref().to_vec(), time, 1));
-                                    }
-                                }
-                            }
-                        });
-                    }
-                },
-            )
-            .as_collection();
-        let counts = keys.count();
-        Ok(counts
-            .inner
-            .unary::<CapacityContainerBuilder<Vec<(u32, Batch)>>, _, _, _>(
-                Pipeline,
-                "counts",
-                move |_, _| {
-                    move |input, output| {
-                        input.for_each_stamp(|cap, data| {
-                            let parser = decode.parser();
-                            let (mut keys, mut counts, mut diffs) =
-                                (Vec::new(), Vec::new(), Vec::new());
-                            for container in data {
-                                for ((key, count), _time, diff) in container.drain(..) {
-                                    let key: Vec<u8> = key;
-                                    keys.push(key);
-                                    counts.push(count as i64);
-                                    diffs.push(diff as i64);
-                                }
-                            }
-                            if keys.is_empty() {
-                                return;
-                            }
-                            let Ok(mut columns) =
-                                decode.convert_rows(keys.iter().map(|k| parser.parse(k)))
-                            else {
-                                return;
-                            };
-                            columns.push(Arc::new(Int64Array::from(counts)));
-                            columns.push(Arc::new(Int64Array::from(diffs)));
-                            if let Ok(batch) = RecordBatch::try_new(Arc::clone(&schema), columns) {
-                                output.session(&cap).give((0u32, Batch(batch)));
-                            }
-                        });
-                    }
-                },
-            ))
+        // Keys in Arrow's row format, so any column types can be counted.
+        let keys = updates(input, "keys", failures.clone(), move |batch| {
+            let columns: Vec<ArrayRef> = indices
+                .iter()
+                .map(|&i| Arc::clone(batch.column(i)))
+                .collect();
+            let rows = encode
+                .convert_columns(&columns)
+                .map_err(|e| Error::arrow("incremental count keys", e))?;
+            Ok(rows
+                .iter()
+                .map(|row| row.as_ref().to_vec())
+                .collect::<Vec<Vec<u8>>>())
+        });
+        Ok(batches(
+            keys.count().inner,
+            "counts",
+            failures,
+            move |records: Vec<(Vec<u8>, isize)>, diffs| {
+                let parser = decode.parser();
+                let mut columns = decode
+                    .convert_rows(records.iter().map(|(key, _)| parser.parse(key)))
+                    .map_err(|e| Error::arrow("incremental count keys", e))?;
+                columns.push(Arc::new(Int64Array::from_iter_values(
+                    records.iter().map(|(_, n)| *n as i64),
+                )));
+                columns.push(Arc::new(Int64Array::from(diffs)));
+                RecordBatch::try_new(Arc::clone(&schema), columns)
+                    .map_err(|e| Error::arrow("incremental count output", e))
+            },
+        ))
     }
 }

@@ -130,3 +130,32 @@ fn incremental_count_nets_to_a_plain_count_on_1_and_4_workers() {
         assert_eq!(got, expected, "{workers} workers");
     }
 }
+
+#[test]
+fn a_negative_node_id_stops_the_job_naming_the_column() {
+    let batch = RecordBatch::try_new(
+        edge_schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(Int64Array::from(vec![2, -7])),
+        ],
+    )
+    .expect("batch");
+    let job = Job::new("bad edges");
+    job.source(Replay::new(edge_schema(), vec![batch]))
+        .connected_components("src", "dst")
+        .sink(Collect::new());
+    let err = streamrun::execute_with(
+        &job,
+        &ExecOptions {
+            workers: 2,
+            metrics: None,
+        },
+    )
+    .expect_err("negative node id");
+    let message = err.to_string();
+    assert!(
+        message.contains("-7") && message.contains("'dst'"),
+        "{message}"
+    );
+}
