@@ -276,6 +276,13 @@ impl WindowArgMax {
             "window_arg_max",
         )?;
         event_time_type_check(input.field(indices[0]).data_type(), &self.window_end)?;
+        let by = input.field(indices[1]).data_type();
+        if !(by.is_primitive() || matches!(by, DataType::Utf8 | DataType::Boolean)) {
+            return Err(Error::Plan(format!(
+                "window_arg_max: column '{}' is {by}, which has no order to rank by",
+                self.by
+            )));
+        }
         Ok((indices[0], indices[1]))
     }
 }
@@ -319,20 +326,21 @@ impl ArgMaxInstance {
         };
         let rows = arrow::compute::concat_batches(&self.schema, &batches)
             .map_err(|e| Error::arrow("window_arg_max", e))?;
+        // The greatest value, in the column's own type: the first of a descending sort.
+        let arrow_err = |e| Error::arrow("window_arg_max", e);
         let by = rows.column(self.by);
-        let Some(max) = arrow::compute::max_array::<arrow::datatypes::Int64Type, _>(
-            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
-                &arrow::compute::cast(by, &DataType::Int64)
-                    .map_err(|e| Error::arrow("window_arg_max", e))?,
-            ),
-        ) else {
+        let options = arrow::compute::SortOptions {
+            descending: true,
+            nulls_first: false,
+        };
+        let first =
+            arrow::compute::sort_to_indices(by, Some(options), Some(1)).map_err(arrow_err)?;
+        let top = first.values().first().map(|&i| i as usize);
+        let Some(top) = top.filter(|&i| by.is_valid(i)) else {
             return Ok(());
         };
-        let ranked = arrow::compute::cast(by, &DataType::Int64)
-            .map_err(|e| Error::arrow("window_arg_max", e))?;
-        let keep =
-            arrow::compute::kernels::cmp::eq(&ranked, &arrow::array::Int64Array::new_scalar(max))
-                .map_err(|e| Error::arrow("window_arg_max", e))?;
+        let max = arrow::array::Scalar::new(by.slice(top, 1));
+        let keep = arrow::compute::kernels::cmp::eq(by, &max).map_err(arrow_err)?;
         out.emit(
             arrow::compute::filter_record_batch(&rows, &keep)
                 .map_err(|e| Error::arrow("window_arg_max", e))?,
@@ -436,5 +444,43 @@ mod tests {
         assert_eq!(emitted.len(), 1);
         assert_eq!(emitted[0].num_rows(), 1);
         assert_eq!(window.hold(), Some(2999));
+    }
+
+    #[test]
+    fn arg_max_ranks_in_the_columns_own_type() {
+        // Fractional prices: truncated to integers, all three would tie.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("window_end", DataType::Int64, false),
+            Field::new("price", DataType::Float64, false),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1000, 1000, 1000, 2000])),
+                Arc::new(arrow::array::Float64Array::from(vec![1.2, 1.5, 1.5, 0.5])),
+            ],
+        )
+        .expect("batch");
+        let ctx = WorkerContext {
+            job: "t".into(),
+            index: 0,
+            workers: 1,
+        };
+        let mut op = WindowArgMax::new("window_end", "price")
+            .create(&ctx, &schema)
+            .expect("create");
+        let mut out = Collector::new();
+        op.process_batch(rows, &mut out).expect("process");
+        op.on_watermark(1000, &mut out).expect("watermark");
+        let first = out.take();
+        assert_eq!(first.len(), 1);
+        let prices = first[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .expect("f64");
+        assert_eq!(prices.values().to_vec(), vec![1.5, 1.5]);
+        op.finish(&mut out).expect("finish");
+        assert_eq!(out.take()[0].num_rows(), 1, "the 2000 window");
     }
 }
