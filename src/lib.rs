@@ -58,7 +58,9 @@ pub mod prelude {
     };
     pub use streamrun_connectors::{Collect, Files, Nexmark, Stdout};
     pub use streamrun_engine::{Error, ExecOptions, JobReport, Result};
-    pub use streamrun_operators::{Actor, Agg, AggregateFunction, CmpOp, JoinKind};
+    pub use streamrun_operators::{
+        Actor, Agg, AggregateFunction, CmpOp, JoinKind, KeyContext, ListState, MapState, ValueState,
+    };
 }
 
 /// The number of workers used when none is given: `STREAMRUN_WORKERS`, or the machine's cores.

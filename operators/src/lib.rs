@@ -11,7 +11,7 @@
 //! | [`Aggregate`] | keyed `count`/`sum`/`min`/`max`/`mean`, in partial and final phases |
 //! | [`UdafAggregate`] | your [`AggregateFunction`] over a column, per key |
 //! | [`TopK`] | the k greatest rows by a column |
-//! | [`ActorOperator`] | your [`Actor`]: a stateful operator with keyed state, snapshotted by key group |
+//! | [`ActorOperator`] | your [`Actor`]: a stateful operator with keyed state and timers, snapshotted by key group |
 //! | [`WindowAggregate`] | keyed aggregates per tumbling or sliding event-time window |
 //! | [`SessionAggregate`] | keyed aggregates per session (records closer than a gap) |
 //! | [`WindowJoin`] | inner or semi join of two keyed streams within tumbling windows |
@@ -51,6 +51,7 @@ mod incremental;
 mod join;
 mod select;
 mod session;
+mod state;
 mod topk;
 mod typed;
 mod udaf;
@@ -58,13 +59,14 @@ mod window;
 mod windowing;
 mod words;
 
-pub use actor::{Actor, ActorInstance, ActorOperator};
+pub use actor::{Actor, ActorInstance, ActorOperator, KeyContext};
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
 pub use incremental::{ConnectedComponents, IncrementalCount};
 pub use join::{JoinKind, StreamJoin, WindowJoin};
 pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;
+pub use state::{KeyedState, ListState, MapState, Snapshot, ValueState};
 pub use topk::TopK;
 pub use typed::{TypedTask, plain_field};
 pub use udaf::{AggregateFunction, UdafAggregate};

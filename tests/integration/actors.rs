@@ -31,7 +31,8 @@ impl Actor for RunningTotals {
     type Input = Sale;
     type Output = Running;
     type State = Totals;
-    fn on_record(&mut self, state: &mut Totals, sale: Sale, out: &mut Vec<Running>) {
+    fn on_record(&mut self, key: &mut KeyContext<'_, Totals>, sale: Sale, out: &mut Vec<Running>) {
+        let state = key.state();
         state.sales += 1;
         state.units += sale.quantity;
         out.push(Running {
@@ -86,5 +87,116 @@ fn an_actor_keeps_per_key_state_on_1_and_4_workers() {
             );
             assert_eq!(last[region], (*n, *units), "{region} on {workers} workers");
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct Click {
+    user: String,
+    t: i64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct PerSecond {
+    user: ValueState<String>,
+    counts: MapState<i64, i64>,
+}
+
+/// Clicks per user and second, as a tumbling window written by hand with timers.
+struct ClicksPerSecond;
+
+impl Actor for ClicksPerSecond {
+    type Input = Click;
+    type Output = (String, i64, i64);
+    type State = PerSecond;
+    fn on_record(
+        &mut self,
+        key: &mut KeyContext<'_, PerSecond>,
+        c: Click,
+        _: &mut Vec<Self::Output>,
+    ) {
+        let start = c.t - c.t % 1000;
+        let state = key.state();
+        state.user.get_or_insert_with(|| c.user.clone());
+        *state.counts.get_or_default(start) += 1;
+        key.set_timer((start + 999) as u64);
+    }
+    fn on_timer(
+        &mut self,
+        key: &mut KeyContext<'_, PerSecond>,
+        time: u64,
+        out: &mut Vec<Self::Output>,
+    ) {
+        let start = time as i64 - 999;
+        let state = key.state();
+        if let (Some(n), Some(user)) = (state.counts.remove(&start), state.user.get()) {
+            out.push((user.clone(), start, n));
+        }
+        if state.counts.is_empty() {
+            key.clear();
+        }
+    }
+}
+
+#[test]
+fn actor_timers_fire_on_the_watermark_on_1_and_4_workers() {
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use streamrun::connectors::Replay;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new("t", DataType::Int64, false),
+    ]));
+    let users = ["ann", "bob", "cy", "dee", "eve"];
+    let mut expected: std::collections::HashMap<String, i64> = Default::default();
+    let batches: Vec<RecordBatch> = (0..40i64)
+        .map(|b| {
+            // Each batch covers [b * 500, b * 500 + 1500): out of order by up to 1.5 s.
+            let rows: Vec<(&str, i64)> = (0..50i64)
+                .map(|i| {
+                    (
+                        users[((b * 7 + i) % 5) as usize],
+                        b * 500 + (i * 331) % 1500,
+                    )
+                })
+                .collect();
+            for (u, t) in &rows {
+                *expected.entry(format!("{u}|{}", t - t % 1000)).or_default() += 1;
+            }
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                ],
+            )
+            .expect("batch")
+        })
+        .collect();
+    for workers in [1, 4] {
+        let job = Job::new("timers");
+        let out = Collect::new();
+        // Replay hands worker w batches w, w + W, …: with 4 workers a worker's batches are
+        // 2 s apart, so the allowed delay covers the skew between workers too.
+        job.source(Replay::new(Arc::clone(&schema), batches.clone()))
+            .event_time("t", Duration::from_millis(1500))
+            .key_by("user")
+            .actor("clicks per second", || ClicksPerSecond)
+            .sink(out.clone());
+        let report = run(&job, workers);
+        assert_eq!(report.late_records, 0);
+        let mut got: std::collections::HashMap<String, i64> = Default::default();
+        for row in sorted_rows(&out.batches()) {
+            let (key, n) = row.rsplit_once('|').expect("three columns");
+            let previous = got.insert(key.to_owned(), n.parse().expect("count"));
+            assert!(
+                previous.is_none(),
+                "{key} emitted twice on {workers} workers"
+            );
+        }
+        assert_eq!(got, expected, "{workers} workers");
     }
 }
