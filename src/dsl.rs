@@ -412,11 +412,36 @@ impl Stream {
     /// source's bad-record path with the reason (an error by default, or the dead letters).
     /// Must follow [`Job::source`] directly.
     pub fn event_time(&self, column: &str, max_delay: std::time::Duration) -> Stream {
-        let spec = streamrun_engine::EventTimeSpec {
-            column: column.to_owned(),
-            max_delay_ms: u64::try_from(max_delay.as_millis()).unwrap_or(u64::MAX),
-        };
+        let spec = streamrun_engine::EventTimeSpec::new(column, millis(max_delay));
         if let Err(e) = self.job.lock().set_event_time(self.node, spec) {
+            self.job.record_error(e.to_string());
+        }
+        self.clone()
+    }
+
+    /// Lets records arrive up to `lateness` behind this source's watermark and still count.
+    /// Tumbling and sliding windows downstream fire when the watermark passes their end, as
+    /// before, then emit an update (`is_update = true`) for each record that comes within the
+    /// lateness; session windows, window joins and per-window maxima wait out the lateness
+    /// and emit once. Records later than that go to the late-data sink. Must follow
+    /// [`Stream::event_time`].
+    pub fn allowed_lateness(&self, lateness: std::time::Duration) -> Stream {
+        self.change_event_time(|spec| spec.allowed_lateness_ms = millis(lateness))
+    }
+
+    /// Counts a partition of this source as idle after `timeout` without data: its watermark
+    /// then follows the other partitions' (it no longer holds every window back), and comes
+    /// back to its own when data arrives. With every partition idle, the watermark waits.
+    /// Must follow [`Stream::event_time`].
+    pub fn idle_timeout(&self, timeout: std::time::Duration) -> Stream {
+        self.change_event_time(|spec| spec.idle_timeout_ms = Some(millis(timeout)))
+    }
+
+    fn change_event_time(
+        &self,
+        change: impl FnOnce(&mut streamrun_engine::EventTimeSpec),
+    ) -> Stream {
+        if let Err(e) = self.job.lock().update_event_time(self.node, change) {
             self.job.record_error(e.to_string());
         }
         self.clone()
@@ -618,10 +643,12 @@ impl KeyedStream {
 /// A kind of event-time window, for [`KeyedStream::window`]: it builds the operator that
 /// aggregates `aggs` by `keys` per window of its kind.
 pub trait WindowSpec: Send + Sync + std::fmt::Debug {
-    /// The operator, with its plan descriptor.
+    /// The operator, with its plan descriptor. `lateness_ms` is the source's allowed
+    /// lateness.
     fn build(
         &self,
         time_column: Option<String>,
+        lateness_ms: u64,
         keys: Vec<String>,
         aggs: Vec<Agg>,
     ) -> (Descriptor, Arc<dyn OperatorFactory>);
@@ -635,10 +662,12 @@ impl WindowSpec for Tumbling {
     fn build(
         &self,
         time_column: Option<String>,
+        lateness_ms: u64,
         keys: Vec<String>,
         aggs: Vec<Agg>,
     ) -> (Descriptor, Arc<dyn OperatorFactory>) {
-        let op = WindowAggregate::tumbling(millis(self.size), time_column, keys, aggs);
+        let op = WindowAggregate::tumbling(millis(self.size), time_column, keys, aggs)
+            .with_lateness(lateness_ms);
         (op.descriptor(), Arc::new(op))
     }
 }
@@ -671,6 +700,7 @@ impl WindowSpec for Sliding {
     fn build(
         &self,
         time_column: Option<String>,
+        lateness_ms: u64,
         keys: Vec<String>,
         aggs: Vec<Agg>,
     ) -> (Descriptor, Arc<dyn OperatorFactory>) {
@@ -680,7 +710,8 @@ impl WindowSpec for Sliding {
             time_column,
             keys,
             aggs,
-        );
+        )
+        .with_lateness(lateness_ms);
         (op.descriptor(), Arc::new(op))
     }
 }
@@ -703,9 +734,12 @@ impl WindowSpec for Session {
     fn build(
         &self,
         time_column: Option<String>,
+        _lateness_ms: u64,
         keys: Vec<String>,
         aggs: Vec<Agg>,
     ) -> (Descriptor, Arc<dyn OperatorFactory>) {
+        // Sessions wait out the lateness: they close on the frontier, `lateness` behind the
+        // watermark, and emit once.
         let op = SessionAggregate::new(millis(self.gap), time_column, keys, aggs);
         (op.descriptor(), Arc::new(op))
     }
@@ -738,14 +772,13 @@ impl WindowedStream {
     /// aggregates.
     pub fn aggregate(&self, aggs: Vec<Agg>) -> Stream {
         let stream = &self.keyed.stream;
-        let time_column = stream
-            .job
-            .lock()
-            .event_time_of(stream.node)
-            .map(|t| t.column.clone());
-        let (descriptor, op) = self
-            .window
-            .build(time_column, self.keyed.keys.clone(), aggs);
+        let time = stream.job.lock().event_time_of(stream.node).cloned();
+        let (descriptor, op) = self.window.build(
+            time.as_ref().map(|t| t.column.clone()),
+            time.map_or(0, |t| t.allowed_lateness_ms),
+            self.keyed.keys.clone(),
+            aggs,
+        );
         stream.operator(
             "window",
             OperatorDecl {

@@ -101,7 +101,8 @@ pub struct SourceSpec {
     /// Where bad records go with `on_bad_record = "dead_letter"`.
     #[serde(default)]
     pub dead_letters: Option<SinkSpec>,
-    /// Event time: `{ column = "t", max_delay_ms = 0 }`, for windows.
+    /// Event time: `{ column = "t", max_delay_ms = 0 }` (also `allowed_lateness_ms`,
+    /// `idle_timeout_ms`), for windows.
     #[serde(default)]
     pub event_time: Option<EventTimeSpec>,
 }
@@ -115,6 +116,12 @@ pub struct EventTimeSpec {
     /// How far out of order records may arrive, in milliseconds.
     #[serde(default)]
     pub max_delay_ms: u64,
+    /// How far behind the watermark records may still update windows, in milliseconds.
+    #[serde(default)]
+    pub allowed_lateness_ms: u64,
+    /// After how long without data a partition counts as idle, in milliseconds.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// The kinds of event-time windows of a `window` step.
@@ -367,6 +374,12 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
     );
     if let Some(time) = &source.event_time {
         stream = stream.event_time(&time.column, Duration::from_millis(time.max_delay_ms));
+        if time.allowed_lateness_ms > 0 {
+            stream = stream.allowed_lateness(Duration::from_millis(time.allowed_lateness_ms));
+        }
+        if let Some(idle) = time.idle_timeout_ms {
+            stream = stream.idle_timeout(Duration::from_millis(idle));
+        }
     }
 
     for (i, step) in spec.steps.iter().enumerate() {

@@ -145,6 +145,11 @@ pub trait Source: Send + Sync {
 pub trait SourceReader {
     /// Reads the next piece of input into `out` (a batch, or bad records, or both).
     /// Returns `false` when the share is exhausted.
+    ///
+    /// An unbounded reader with nothing to read right now returns `Ok(true)` without
+    /// emitting, and must not block: the engine polls it again after a short pause, and after
+    /// the source's idle timeout (`EventTimeSpec::idle_timeout_ms`) counts the partition as
+    /// idle.
     fn read(&mut self, out: &mut SourceCollector) -> Result<bool>;
 }
 

@@ -25,7 +25,14 @@ fn node_text(kind: &NodeKind) -> String {
         } => {
             let mut s = format!("source {}{}", connector.kind, config_text(connector));
             if let Some(t) = event_time {
-                let _ = write!(s, " event-time({}, delay {} ms)", t.column, t.max_delay_ms);
+                let _ = write!(s, " event-time({}, delay {} ms", t.column, t.max_delay_ms);
+                if t.allowed_lateness_ms > 0 {
+                    let _ = write!(s, ", lateness {} ms", t.allowed_lateness_ms);
+                }
+                if let Some(idle) = t.idle_timeout_ms {
+                    let _ = write!(s, ", idle after {idle} ms");
+                }
+                s.push(')');
             }
             if let Some(l) = late_data {
                 let _ = write!(s, " late-data→{}{}", l.kind, config_text(l));

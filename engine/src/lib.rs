@@ -70,6 +70,7 @@ mod error;
 mod exec;
 pub mod explain;
 mod operator;
+mod partitions;
 mod plan;
 mod time;
 

@@ -42,9 +42,30 @@ pub struct EventTimeSpec {
     /// The column holding event time: a timestamp (any unit) or an Int64 of milliseconds.
     pub column: String,
     /// How far behind the latest event time seen a record may still arrive, in milliseconds.
-    /// The source's watermark is the latest event time seen minus this; records behind the
-    /// watermark are late, and go to the source's bad-record path with the reason.
+    /// The source's watermark is the latest event time seen minus this.
     pub max_delay_ms: u64,
+    /// How far behind the watermark a record may still arrive and update the windows it
+    /// falls in, which fire at the watermark and then emit updates. Records later than this
+    /// are late: they go to the source's late-data sink, or its bad-record path.
+    #[serde(default)]
+    pub allowed_lateness_ms: u64,
+    /// After how long without data a source partition counts as idle: its watermark then
+    /// follows the other partitions' instead of holding every window back. `None`: never.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+}
+
+impl EventTimeSpec {
+    /// Event time from `column`, at most `max_delay_ms` out of order, with no allowed
+    /// lateness and no idle timeout.
+    pub fn new(column: impl Into<String>, max_delay_ms: u64) -> Self {
+        EventTimeSpec {
+            column: column.into(),
+            max_delay_ms,
+            allowed_lateness_ms: 0,
+            idle_timeout_ms: None,
+        }
+    }
 }
 
 /// How an edge moves batches from the workers of one operator to those of the next.
@@ -377,6 +398,32 @@ impl JobGraph {
             }
             Some((name, _)) => Err(Error::Plan(format!(
                 "event time is set on a source, but '{name}' is not one: call event_time right after source(..)"
+            ))),
+            None => Err(Error::Internal(format!("no node {node}"))),
+        }
+    }
+
+    /// Changes the event time of source `node`, which must have one.
+    pub fn update_event_time(
+        &mut self,
+        node: NodeId,
+        change: impl FnOnce(&mut EventTimeSpec),
+    ) -> Result<()> {
+        match self.plan.nodes.get_mut(node) {
+            Some(LogicalNode {
+                kind:
+                    NodeKind::Source {
+                        event_time: Some(spec),
+                        ..
+                    },
+                ..
+            }) => {
+                change(spec);
+                Ok(())
+            }
+            Some(n) => Err(Error::Plan(format!(
+                "'{}' is not a source with event time: call event_time(..) right after source(..) first",
+                n.name
             ))),
             None => Err(Error::Internal(format!("no node {node}"))),
         }

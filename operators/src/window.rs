@@ -2,18 +2,29 @@
 //!
 //! Windows start at every multiple of the slide (the size, for tumbling windows); a record
 //! belongs to every window `[start, start + size)` its event time falls in. A window collects
-//! its rows aggregated
-//! per key with the same kernels as [`Aggregate`]. It is emitted exactly once, when the
-//! operator's watermark reaches its end (or when the input ends). Sources hold back records
-//! behind their watermark (they go to the source's dead letters as late), so no record ever
-//! reaches a window that has been emitted.
+//! its rows aggregated per key with the same kernels as [`Aggregate`]. It is emitted exactly
+//! once, when the operator's watermark reaches its end (or when the input ends). Sources
+//! hold back records behind their watermark (they go to the source's late-data output), so
+//! no record ever reaches a window that has been emitted.
+//!
+//! With an *allowed lateness* `L` (set on the source, [`EventTimeSpec`]), a source admits
+//! records down to `L` behind its watermark, and the dataflow's timestamps trail the
+//! watermark by `L`. A window then fires when the watermark (`frontier + L`) passes its end,
+//! keeps its rows until the frontier itself passes it, and answers each record that comes
+//! meanwhile with an *update*: the window's new result for the keys of that record, marked
+//! `is_update = true`. Records later than that never reach the window: they go to the
+//! source's late-data output.
+//!
+//! [`EventTimeSpec`]: streamrun_engine::EventTimeSpec
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::filter_record_batch;
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
     Collector, Descriptor, Error, Operator, OperatorFactory, Result, WorkerContext, column_indices,
@@ -26,8 +37,9 @@ use crate::windowing::{due, event_time_column, hold, with_window};
 /// A keyed aggregate over event-time windows of `size_ms` milliseconds starting every
 /// `slide_ms` (equal for tumbling windows, smaller for sliding ones).
 ///
-/// Output columns: `window_start`, `window_end` (millisecond timestamps), the keys, then the
-/// aggregates.
+/// Output columns: `window_start`, `window_end` (millisecond timestamps), the keys, the
+/// aggregates, and, when the lateness is not zero, `is_update` (a late firing that replaces
+/// the window's earlier result for the same keys).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowAggregate {
     /// The window length, in milliseconds.
@@ -39,6 +51,10 @@ pub struct WindowAggregate {
     pub time_column: Option<String>,
     /// The keys and aggregates computed per window.
     pub aggregate: Aggregate,
+    /// How long after the watermark passes a window's end it still takes records, and
+    /// emits updates, in milliseconds: the source's allowed lateness.
+    #[serde(default)]
+    pub lateness_ms: u64,
 }
 
 impl WindowAggregate {
@@ -54,7 +70,14 @@ impl WindowAggregate {
             slide_ms: size_ms,
             time_column,
             aggregate: Aggregate::new(keys, aggs),
+            lateness_ms: 0,
         }
+    }
+
+    /// Fires at the watermark, then updates with records up to `lateness_ms` late.
+    pub fn with_lateness(mut self, lateness_ms: u64) -> Self {
+        self.lateness_ms = lateness_ms;
+        self
     }
 
     /// `aggs` by `keys` over windows of `size_ms` starting every `slide_ms`.
@@ -82,6 +105,7 @@ impl WindowAggregate {
                 "time": self.time_column,
                 "keys": inner.config.get("keys"),
                 "aggs": inner.config.get("aggs"),
+                "lateness_ms": self.lateness_ms,
             }),
         )
     }
@@ -116,11 +140,32 @@ impl OperatorFactory for WindowAggregate {
         let inner = self.aggregate.output_schema(input)?;
         let mut fields: Vec<Field> = window_fields().into();
         fields.extend(inner.fields().iter().map(|f| f.as_ref().clone()));
+        if self.lateness_ms > 0 {
+            fields.push(Field::new("is_update", DataType::Boolean, false));
+        }
         Ok(Arc::new(Schema::new(fields)))
     }
 
     fn create(&self, ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>> {
+        let key_indices = column_indices(input, &self.aggregate.keys, "window key")?;
+        let late = if self.lateness_ms == 0 {
+            None
+        } else {
+            let fields = key_indices
+                .iter()
+                .map(|&i| SortField::new(input.field(i).data_type().clone()))
+                .collect();
+            Some(Late {
+                lateness: i64::try_from(self.lateness_ms)
+                    .map_err(|_| Error::Plan("allowed lateness out of range".into()))?,
+                converter: RowConverter::new(fields).map_err(|e| Error::arrow("window keys", e))?,
+                key_indices,
+                kept: BTreeMap::new(),
+                fired_to: i64::MIN,
+            })
+        };
         Ok(Box::new(WindowInstance {
+            late,
             size: i64::try_from(self.size_ms)
                 .map_err(|_| Error::Plan("window size out of range".into()))?,
             slide: i64::try_from(self.slide_ms)
@@ -139,7 +184,21 @@ impl OperatorFactory for WindowAggregate {
     }
 }
 
+/// The windows of an operator with allowed lateness: their rows, kept until the frontier
+/// passes their end, so that a late record's update can be computed.
+struct Late {
+    lateness: i64,
+    converter: RowConverter,
+    key_indices: Vec<usize>,
+    /// Window start → (its rows, whether it has fired).
+    kept: BTreeMap<i64, (Vec<RecordBatch>, bool)>,
+    /// Windows ending at or before this have fired: `watermark + lateness`.
+    fired_to: i64,
+}
+
 struct WindowInstance {
+    /// Set when the lateness is not zero; `open` is unused then.
+    late: Option<Late>,
     size: i64,
     slide: i64,
     time: usize,
@@ -164,26 +223,115 @@ impl WindowInstance {
 
     /// Emits the window starting at `start` and forgets it.
     fn close(&mut self, start: i64, out: &mut Collector) -> Result<()> {
-        let Some(mut op) = self.open.remove(&start) else {
+        let Some(op) = self.open.remove(&start) else {
             return Ok(());
         };
+        self.emit(start, op, None, Ok, out)
+    }
+
+    /// Finishes `op`, the aggregate of the window at `start`, and emits its result with the
+    /// window's columns, keeping the rows `select` keeps; `update` fills `is_update`.
+    fn emit(
+        &self,
+        start: i64,
+        mut op: Box<dyn Operator>,
+        update: Option<bool>,
+        mut select: impl FnMut(RecordBatch) -> Result<RecordBatch>,
+        out: &mut Collector,
+    ) -> Result<()> {
         let mut inner = Collector::new();
         op.finish(&mut inner)?;
         for batch in inner.take() {
+            let batch = select(batch)?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let rows = batch.num_rows();
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            if let Some(update) = update {
+                columns.push(Arc::new(BooleanArray::from(vec![update; rows])));
+            }
             out.emit(with_window(
                 &self.schema,
                 start,
                 start + self.size,
-                batch.num_rows(),
-                batch.columns().iter().cloned(),
+                rows,
+                columns,
             )?);
         }
         Ok(())
     }
+
+    /// The aggregate of `rows`.
+    fn aggregate_of(&self, rows: &[RecordBatch]) -> Result<Box<dyn Operator>> {
+        let mut op = self.aggregate.create(&self.ctx, &self.input)?;
+        let mut sink = Collector::new();
+        for batch in rows {
+            op.process_batch(batch.clone(), &mut sink)?;
+        }
+        Ok(op)
+    }
+
+    /// Adds `part`, rows of the window at `start`, under allowed lateness: a window that has
+    /// fired answers with an update for the keys of `part`.
+    fn keep(&mut self, start: i64, part: RecordBatch, out: &mut Collector) -> Result<()> {
+        let Some(mut late) = self.late.take() else {
+            return Err(Error::Internal("window has no lateness".into()));
+        };
+        let result = self.keep_in(&mut late, start, part, out);
+        self.late = Some(late);
+        result
+    }
+
+    fn keep_in(
+        &self,
+        late: &mut Late,
+        start: i64,
+        part: RecordBatch,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let fired = start + self.size <= late.fired_to;
+        let entry = late
+            .kept
+            .entry(start)
+            .or_insert_with(|| (Vec::new(), fired));
+        entry.0.push(part.clone());
+        if !fired {
+            return Ok(());
+        }
+        entry.1 = true;
+        let keys = |batch: &RecordBatch, indices: &[usize]| -> Vec<ArrayRef> {
+            indices
+                .iter()
+                .map(|&i| Arc::clone(batch.column(i)))
+                .collect()
+        };
+        let wanted: std::collections::HashSet<Vec<u8>> = late
+            .converter
+            .convert_columns(&keys(&part, &late.key_indices))
+            .map_err(|e| Error::arrow("window keys", e))?
+            .iter()
+            .map(|r| r.as_ref().to_vec())
+            .collect();
+        let op = self.aggregate_of(&entry.0)?;
+        let converter = &late.converter;
+        let positions: Vec<usize> = (0..late.key_indices.len()).collect();
+        let select = |batch: RecordBatch| -> Result<RecordBatch> {
+            let rows = converter
+                .convert_columns(&keys(&batch, &positions))
+                .map_err(|e| Error::arrow("window keys", e))?;
+            let mask: BooleanArray = rows
+                .iter()
+                .map(|r| Some(wanted.contains(r.as_ref())))
+                .collect();
+            filter_record_batch(&batch, &mask).map_err(|e| Error::arrow("window update", e))
+        };
+        self.emit(start, op, Some(true), select, out)
+    }
 }
 
 impl Operator for WindowInstance {
-    fn process_batch(&mut self, batch: RecordBatch, _out: &mut Collector) -> Result<()> {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
         let times = event_millis(batch.column(self.time))
             .map_err(|e| Error::arrow("window event time", e))?;
         if times.null_count() > 0 {
@@ -196,6 +344,7 @@ impl Operator for WindowInstance {
         let last_start = |t: i64| t - t.rem_euclid(slide);
         let values = times.values();
         if size == slide
+            && self.late.is_none()
             && let Some(first) = values.first().map(|&t| last_start(t))
             && values.iter().all(|&t| last_start(t) == first)
         {
@@ -213,29 +362,83 @@ impl Operator for WindowInstance {
         for (start, indices) in rows {
             let part = take_record_batch(&batch, &UInt32Array::from(indices))
                 .map_err(|e| Error::arrow("window split", e))?;
-            let mut sink = Collector::new();
-            self.window(start)?.process_batch(part, &mut sink)?;
+            if self.late.is_some() {
+                self.keep(start, part, out)?;
+            } else {
+                let mut sink = Collector::new();
+                self.window(start)?.process_batch(part, &mut sink)?;
+            }
         }
         Ok(())
     }
 
     fn hold(&self) -> Option<u64> {
         // A window's results carry event time `end - 1`.
-        hold(&self.open, self.size)
+        match &self.late {
+            Some(late) => hold(&late.kept, self.size),
+            None => hold(&self.open, self.size),
+        }
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
-        for start in due(&self.open, self.size, Some(watermark)) {
-            self.close(start, out)?;
+        let Some(late) = self.late.as_mut() else {
+            for start in due(&self.open, self.size, Some(watermark)) {
+                self.close(start, out)?;
+            }
+            return Ok(());
+        };
+        // The frontier is `watermark`; the source's watermark is `lateness` ahead of it.
+        let frontier = i64::try_from(watermark).unwrap_or(i64::MAX);
+        late.fired_to = late.fired_to.max(frontier.saturating_add(late.lateness));
+        let fired_to = u64::try_from(late.fired_to).unwrap_or(0);
+        let firing: Vec<i64> = due(&late.kept, self.size, Some(fired_to))
+            .into_iter()
+            .filter(|start| late.kept.get(start).is_some_and(|(_, fired)| !fired))
+            .collect();
+        for start in firing {
+            self.fire(start, out)?;
+        }
+        if let Some(late) = self.late.as_mut() {
+            for start in due(&late.kept, self.size, Some(watermark)) {
+                late.kept.remove(&start);
+            }
         }
         Ok(())
     }
 
     fn finish(&mut self, out: &mut Collector) -> Result<()> {
-        for start in due(&self.open, self.size, None) {
-            self.close(start, out)?;
+        let Some(late) = self.late.as_ref() else {
+            for start in due(&self.open, self.size, None) {
+                self.close(start, out)?;
+            }
+            return Ok(());
+        };
+        let unfired: Vec<i64> = late
+            .kept
+            .iter()
+            .filter(|(_, (_, fired))| !fired)
+            .map(|(start, _)| *start)
+            .collect();
+        for start in unfired {
+            self.fire(start, out)?;
+        }
+        if let Some(late) = self.late.as_mut() {
+            late.kept.clear();
         }
         Ok(())
+    }
+}
+
+impl WindowInstance {
+    /// First firing of a window kept under allowed lateness: its whole result, not an update.
+    fn fire(&mut self, start: i64, out: &mut Collector) -> Result<()> {
+        let Some((rows, fired)) = self.late.as_mut().and_then(|l| l.kept.get_mut(&start)) else {
+            return Ok(());
+        };
+        *fired = true;
+        let rows = rows.clone();
+        let op = self.aggregate_of(&rows)?;
+        self.emit(start, op, Some(false), Ok, out)
     }
 }
 

@@ -483,3 +483,147 @@ fn late_records_can_go_to_a_late_data_sink_with_all_their_columns() {
     }
     assert_eq!(got, recount(&kept));
 }
+
+/// Whether `out` holds a first firing (not an update) of the window starting at `start`.
+fn fired(out: &Collect, start: i64) -> bool {
+    out.batches().iter().any(|b| {
+        let starts = b.column(0).as_primitive::<TimestampMillisecondType>();
+        let updates = b.column(b.num_columns() - 1).as_boolean();
+        (0..b.num_rows()).any(|i| starts.value(i) == start && !updates.value(i))
+    })
+}
+
+#[test]
+fn allowed_lateness_fires_at_the_watermark_then_updates_and_later_records_go_aside() {
+    use crate::scripted::{Scripted, Step};
+    let first: Vec<(&str, i64)> = (0..300)
+        .map(|i| (if i % 3 == 0 { "a" } else { "b" }, i * 10))
+        .collect();
+    // After `first` the watermark is 2,990 (no delay) and, with 2 s of lateness, the
+    // frontier 990: windows [0, 1 s) and [1 s, 2 s) have fired. ("a", 1500) is within the
+    // lateness and updates the second; ("b", 500) is behind the frontier, so late.
+    let second = vec![("a", 1500), ("b", 500), ("a", 5000)];
+    let out = Collect::new();
+    let late = Collect::new();
+    let seen = out.clone();
+    let source = Scripted::new(
+        events_schema(),
+        vec![vec![
+            Step::Emit(events(&first)),
+            Step::QuietUntil(Arc::new(move || fired(&seen, 1000))),
+            Step::Emit(events(&second)),
+        ]],
+    );
+    let job = Job::new("lateness");
+    job.source(source.clone().into_source())
+        .event_time("t", Duration::ZERO)
+        .allowed_lateness(Duration::from_secs(2))
+        .late_data(late.clone())
+        .key_by("k")
+        .window(Tumbling::of(Duration::from_secs(1)))
+        .count()
+        .sink(out.clone());
+    let report = run(&job, 1);
+    assert!(!source.gave_up(), "the second window never fired");
+    assert_eq!(report.late_records, 1);
+    assert_eq!(sorted_rows(&late.batches()), vec!["b|500"]);
+
+    // The last result of each window and key is the count over every admitted record.
+    let mut admitted = first.clone();
+    admitted.extend([("a", 1500), ("a", 5000)]);
+    let mut last: HashMap<(i64, String), i64> = HashMap::new();
+    let mut updates = Vec::new();
+    for b in out.batches() {
+        assert_eq!(b.schema().field(4).name(), "is_update");
+        let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+        let key = b.column(2).as_string::<i32>();
+        let count = b.column(3).as_primitive::<Int64Type>();
+        let update = b.column(4).as_boolean();
+        for i in 0..b.num_rows() {
+            let k = (start.value(i), key.value(i).to_owned());
+            let previous = last.insert(k.clone(), count.value(i));
+            // A first firing comes once; an update follows one.
+            assert_eq!(previous.is_some(), update.value(i), "{k:?}");
+            if update.value(i) {
+                updates.push((k, previous, count.value(i)));
+            }
+        }
+    }
+    assert_eq!(last, recount(&admitted));
+    let a_before = first
+        .iter()
+        .filter(|(k, t)| *k == "a" && (1000..2000).contains(t))
+        .count();
+    assert_eq!(
+        updates,
+        vec![(
+            (1000, "a".to_owned()),
+            Some(a_before as i64),
+            a_before as i64 + 1
+        )]
+    );
+}
+
+#[test]
+fn an_idle_partition_does_not_hold_windows_back() {
+    use crate::scripted::{Scripted, Step};
+    // Partition 0 goes on for 20 s of event time, a batch every 10 ms of wall time.
+    // Partition 1 sends a little at the start, then nothing until the window [5 s, 6 s) has
+    // fired: only its idle timeout lets that happen. Then it sends a record from the past
+    // (late: its watermark followed partition 0's) and one from the future.
+    let mut zero = Vec::new();
+    let mut all: Vec<(&str, i64)> = Vec::new();
+    for b in 0..200i64 {
+        let rows: Vec<(&str, i64)> = (0..10)
+            .map(|i| (["p", "q", "r"][(i % 3) as usize], b * 100 + i * 10))
+            .collect();
+        all.extend(&rows);
+        zero.push(Step::Emit(events(&rows)));
+        zero.push(Step::Quiet(Duration::from_millis(10)));
+    }
+    let early = vec![("p", 100), ("q", 300)];
+    all.extend(&early);
+    all.push(("q", 30_000));
+    let out = Collect::new();
+    let late = Collect::new();
+    let seen = out.clone();
+    let window_5s_fired = move || {
+        seen.batches().iter().any(|b| {
+            let starts = b.column(0).as_primitive::<TimestampMillisecondType>();
+            (0..b.num_rows()).any(|i| starts.value(i) == 5000)
+        })
+    };
+    let one = vec![
+        Step::Emit(events(&early)),
+        Step::QuietUntil(Arc::new(window_5s_fired)),
+        Step::Emit(events(&[("r", 1000), ("q", 30_000)])),
+    ];
+    let source = Scripted::new(events_schema(), vec![zero, one]);
+    let job = Job::new("idle");
+    job.source(source.clone().into_source())
+        .event_time("t", Duration::from_millis(200))
+        .idle_timeout(Duration::from_millis(100))
+        .late_data(late.clone())
+        .key_by("k")
+        .window(Tumbling::of(Duration::from_secs(1)))
+        .count()
+        .sink(out.clone());
+    let report = run(&job, 2);
+    assert!(
+        !source.gave_up(),
+        "the quiet partition held the windows back"
+    );
+    assert_eq!(report.late_records, 1);
+    assert_eq!(sorted_rows(&late.batches()), vec!["r|1000"]);
+    let mut got = HashMap::new();
+    for b in out.batches() {
+        let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+        let key = b.column(2).as_string::<i32>();
+        let count = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let previous = got.insert((start.value(i), key.value(i).to_owned()), count.value(i));
+            assert!(previous.is_none(), "a window emitted twice");
+        }
+    }
+    assert_eq!(got, recount(&all));
+}
