@@ -575,6 +575,33 @@ impl KeyedStream {
         })
     }
 
+    /// Joins this stream with `other` on equal keys and event times close enough: each row
+    /// of this stream with the rows of `other` whose event time minus its own lies in
+    /// `right_minus_left_ms` (milliseconds; `-5_000..=0` is "in the 5 s before"). Each pair is
+    /// emitted once, as soon as both rows are in, with this stream's columns then `other`'s;
+    /// rows are kept only while the watermark leaves them a possible match.
+    pub fn interval_join(
+        &self,
+        other: &KeyedStream,
+        right_minus_left_ms: std::ops::RangeInclusive<i64>,
+    ) -> Stream {
+        self.join_with(other, "interval_join", |graph| {
+            let op = streamrun_operators::IntervalJoin {
+                lower_ms: *right_minus_left_ms.start(),
+                upper_ms: *right_minus_left_ms.end(),
+                left_time: graph
+                    .event_time_of(self.stream.node)
+                    .map(|t| t.column.clone()),
+                right_time: graph
+                    .event_time_of(other.stream.node)
+                    .map(|t| t.column.clone()),
+                left_keys: self.keys.clone(),
+                right_keys: other.keys.clone(),
+            };
+            (op.descriptor(), Arc::new(op))
+        })
+    }
+
     /// Joins this stream with `other` over everything seen so far: each pair of rows with
     /// equal keys is emitted once, as soon as both have arrived, with this stream's columns
     /// then `other`'s. Both sides are kept whole, so use it where one side is a bounded table.

@@ -18,13 +18,14 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
+use arrow::row::RowConverter;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
     Collector, Error, Operator, OperatorFactory, Result, WorkerContext, column_indices,
 };
 
+use crate::keys::key_converter;
 use crate::state::{KeyedState, Snapshot};
 use crate::typed::{Shape, decode, encode, input_shape, shape_of, shape_schema};
 
@@ -137,13 +138,7 @@ impl<A: Actor> ActorOperator<A> {
     /// A running instance, for driving an actor directly (tests, and the engine).
     pub fn instance(&self, input: &SchemaRef) -> Result<ActorInstance<A>> {
         let key_indices = column_indices(input, &self.keys, &format!("actor '{}' key", self.name))?;
-        let converter = RowConverter::new(
-            key_indices
-                .iter()
-                .map(|&i| SortField::new(input.field(i).data_type().clone()))
-                .collect(),
-        )
-        .map_err(|e| Error::arrow("actor keys", e))?;
+        let converter = key_converter(input, &key_indices, "actor")?;
         let output_shape = shape_of::<A::Output>(&self.name)?;
         Ok(ActorInstance {
             name: self.name.clone(),

@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::keys::key_converter;
 use crate::windowing::{due, event_time_column, hold, with_window};
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
+use arrow::row::RowConverter;
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
     Collector, Descriptor, Error, JoinOperator, JoinOperatorFactory, Result, Side, WorkerContext,
@@ -63,21 +64,6 @@ impl WindowJoin {
         )
     }
 
-    /// Resolves (event-time column, key columns) of one side.
-    fn side(
-        &self,
-        schema: &SchemaRef,
-        time: &Option<String>,
-        keys: &[String],
-        which: &str,
-    ) -> Result<(usize, Vec<usize>)> {
-        let t = event_time_column(schema, time, &format!("the {which} input of a window join"))?;
-        Ok((
-            t,
-            column_indices(schema, keys, &format!("window join key ({which})"))?,
-        ))
-    }
-
     fn check(
         &self,
         left: &SchemaRef,
@@ -88,24 +74,15 @@ impl WindowJoin {
                 "a join window must be at least 1 ms long".into(),
             ));
         }
-        if self.left_keys.is_empty() || self.left_keys.len() != self.right_keys.len() {
-            return Err(Error::Plan(format!(
-                "a window join needs as many right keys as left keys, and at least one (left {:?}, right {:?})",
-                self.left_keys, self.right_keys
-            )));
-        }
-        let (lt, lk) = self.side(left, &self.left_time, &self.left_keys, "left")?;
-        let (rt, rk) = self.side(right, &self.right_time, &self.right_keys, "right")?;
-        for (&l, &r) in lk.iter().zip(&rk) {
-            let (lt, rt) = (left.field(l).data_type(), right.field(r).data_type());
-            if lt != rt {
-                return Err(Error::Plan(format!(
-                    "window join keys '{}' ({lt}) and '{}' ({rt}) have different types",
-                    left.field(l).name(),
-                    right.field(r).name()
-                )));
-            }
-        }
+        let (lk, rk) = key_columns(
+            left,
+            right,
+            &self.left_keys,
+            &self.right_keys,
+            "window join",
+        )?;
+        let lt = event_time_column(left, &self.left_time, "the left input of a window join")?;
+        let rt = event_time_column(right, &self.right_time, "the right input of a window join")?;
         Ok((lt, lk, rt, rk))
     }
 }
@@ -136,10 +113,7 @@ impl JoinOperatorFactory for WindowJoin {
         right: &SchemaRef,
     ) -> Result<Box<dyn JoinOperator>> {
         let (lt, lk, rt, rk) = self.check(left, right)?;
-        let sort_fields = lk
-            .iter()
-            .map(|&i| SortField::new(left.field(i).data_type().clone()))
-            .collect();
+        let converter = key_converter(left, &lk, "window join")?;
         Ok(Box::new(WindowJoinInstance {
             size: i64::try_from(self.size_ms)
                 .map_err(|_| Error::Plan("window size out of range".into()))?,
@@ -147,8 +121,7 @@ impl JoinOperatorFactory for WindowJoin {
             time: [lt, rt],
             keys: [lk, rk],
             inputs: [Arc::clone(left), Arc::clone(right)],
-            converter: RowConverter::new(sort_fields)
-                .map_err(|e| Error::arrow("window join keys", e))?,
+            converter,
             schema: self.output_schema(left, right)?,
             open: BTreeMap::new(),
         }))
@@ -308,30 +281,45 @@ impl StreamJoin {
     }
 
     fn check(&self, left: &SchemaRef, right: &SchemaRef) -> Result<(Vec<usize>, Vec<usize>)> {
-        if self.left_keys.is_empty() || self.left_keys.len() != self.right_keys.len() {
-            return Err(Error::Plan(format!(
-                "a join needs as many right keys as left keys, and at least one (left {:?}, right {:?})",
-                self.left_keys, self.right_keys
-            )));
-        }
-        let lk = column_indices(left, &self.left_keys, "join key (left)")?;
-        let rk = column_indices(right, &self.right_keys, "join key (right)")?;
-        for (&l, &r) in lk.iter().zip(&rk) {
-            let (lt, rt) = (left.field(l).data_type(), right.field(r).data_type());
-            if lt != rt {
-                return Err(Error::Plan(format!(
-                    "join keys '{}' ({lt}) and '{}' ({rt}) have different types",
-                    left.field(l).name(),
-                    right.field(r).name()
-                )));
-            }
-        }
-        Ok((lk, rk))
+        key_columns(left, right, &self.left_keys, &self.right_keys, "join")
     }
 }
 
+/// The key columns of both inputs of a join (`what`, for errors): as many on each side, at
+/// least one, and of the same types in order.
+pub(crate) fn key_columns(
+    left: &SchemaRef,
+    right: &SchemaRef,
+    left_keys: &[String],
+    right_keys: &[String],
+    what: &str,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    if left_keys.is_empty() || left_keys.len() != right_keys.len() {
+        return Err(Error::Plan(format!(
+            "a {what} needs as many right keys as left keys, and at least one (left {left_keys:?}, right {right_keys:?})"
+        )));
+    }
+    let lk = column_indices(left, left_keys, &format!("{what} key (left)"))?;
+    let rk = column_indices(right, right_keys, &format!("{what} key (right)"))?;
+    for (&l, &r) in lk.iter().zip(&rk) {
+        let (lt, rt) = (left.field(l).data_type(), right.field(r).data_type());
+        if lt != rt {
+            return Err(Error::Plan(format!(
+                "{what} keys '{}' ({lt}) and '{}' ({rt}) have different types",
+                left.field(l).name(),
+                right.field(r).name()
+            )));
+        }
+    }
+    Ok((lk, rk))
+}
+
 /// The left fields, then the right ones renamed where a name is taken.
-fn joined_fields(left: &SchemaRef, right: &SchemaRef, mut fields: Vec<Field>) -> Vec<Field> {
+pub(crate) fn joined_fields(
+    left: &SchemaRef,
+    right: &SchemaRef,
+    mut fields: Vec<Field>,
+) -> Vec<Field> {
     fields.extend(left.fields().iter().map(|f| f.as_ref().clone()));
     for f in right.fields() {
         let taken = fields.iter().any(|g| g.name() == f.name());
@@ -362,13 +350,9 @@ impl JoinOperatorFactory for StreamJoin {
         right: &SchemaRef,
     ) -> Result<Box<dyn JoinOperator>> {
         let (lk, rk) = self.check(left, right)?;
-        let sort_fields = lk
-            .iter()
-            .map(|&i| SortField::new(left.field(i).data_type().clone()))
-            .collect();
         Ok(Box::new(StreamJoinInstance {
+            converter: key_converter(left, &lk, "join")?,
             keys: [lk, rk],
-            converter: RowConverter::new(sort_fields).map_err(|e| Error::arrow("join keys", e))?,
             schema: self.output_schema(left, right)?,
             sides: [JoinSide::default(), JoinSide::default()],
         }))

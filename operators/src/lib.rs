@@ -15,6 +15,7 @@
 //! | [`WindowAggregate`] | keyed aggregates per tumbling or sliding event-time window |
 //! | [`SessionAggregate`] | keyed aggregates per session (records closer than a gap) |
 //! | [`WindowJoin`] | inner or semi join of two keyed streams within tumbling windows |
+//! | [`IntervalJoin`] | inner join of two keyed streams on `right.t - left.t` within bounds |
 //! | [`StreamJoin`] | inner join of two keyed streams over everything seen so far |
 //! | [`ConnectedComponents`] | incremental connected components (differential `iterate`) |
 //! | [`IncrementalCount`] | rows per key as a change stream (differential `count`) |
@@ -48,7 +49,9 @@ mod actor;
 mod aggregate;
 mod batchfn;
 mod incremental;
+mod interval;
 mod join;
+mod keys;
 mod select;
 mod session;
 mod state;
@@ -63,6 +66,7 @@ pub use actor::{Actor, ActorInstance, ActorOperator, KeyContext};
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
 pub use incremental::{ConnectedComponents, IncrementalCount};
+pub use interval::IntervalJoin;
 pub use join::{JoinKind, StreamJoin, WindowJoin};
 pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;

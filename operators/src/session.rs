@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
+use arrow::row::RowConverter;
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
     Collector, Descriptor, Error, Operator, OperatorFactory, Result, WorkerContext, column_indices,
@@ -20,6 +20,7 @@ use streamrun_engine::{
 };
 
 use crate::aggregate::{Agg, Aggregate};
+use crate::keys::key_converter;
 use crate::windowing::{event_time_column, with_window};
 
 /// A keyed aggregate over session windows separated by `gap_ms` of inactivity.
@@ -88,12 +89,7 @@ impl OperatorFactory for SessionAggregate {
 
     fn create(&self, ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         let keys = column_indices(input, &self.aggregate.keys, "session key")?;
-        let converter = RowConverter::new(
-            keys.iter()
-                .map(|&i| SortField::new(input.field(i).data_type().clone()))
-                .collect(),
-        )
-        .map_err(|e| Error::arrow("session keys", e))?;
+        let converter = key_converter(input, &keys, "session")?;
         Ok(Box::new(SessionInstance {
             gap: i64::try_from(self.gap_ms)
                 .map_err(|_| Error::Plan("session gap out of range".into()))?,

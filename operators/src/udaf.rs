@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
+use arrow::row::RowConverter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_arrow::utils::Item;
@@ -14,6 +14,7 @@ use streamrun_engine::{
     Collector, Error, Operator, OperatorFactory, Result, WorkerContext, column_indices,
 };
 
+use crate::keys::key_converter;
 use crate::typed::{Shape, shape_of};
 
 /// An aggregate function of your own: it folds the values of one column into a state per
@@ -81,12 +82,7 @@ impl<F: AggregateFunction> OperatorFactory for UdafAggregate<F> {
 
     fn create(&self, _ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         let (keys, column, output, schema) = self.resolve(input)?;
-        let converter = RowConverter::new(
-            keys.iter()
-                .map(|&i| SortField::new(input.field(i).data_type().clone()))
-                .collect(),
-        )
-        .map_err(|e| Error::arrow("aggregate keys", e))?;
+        let converter = key_converter(input, &keys, "aggregate")?;
         Ok(Box::new(UdafInstance::<F> {
             name: self.output.clone(),
             function: Arc::clone(&self.function),

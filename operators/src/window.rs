@@ -24,7 +24,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::filter_record_batch;
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
+use arrow::row::RowConverter;
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
     Collector, Descriptor, Error, Operator, OperatorFactory, Result, WorkerContext, column_indices,
@@ -32,6 +32,7 @@ use streamrun_engine::{
 };
 
 use crate::aggregate::{Agg, Aggregate};
+use crate::keys::key_converter;
 use crate::windowing::{due, event_time_column, hold, with_window};
 
 /// A keyed aggregate over event-time windows of `size_ms` milliseconds starting every
@@ -151,14 +152,10 @@ impl OperatorFactory for WindowAggregate {
         let late = if self.lateness_ms == 0 {
             None
         } else {
-            let fields = key_indices
-                .iter()
-                .map(|&i| SortField::new(input.field(i).data_type().clone()))
-                .collect();
             Some(Late {
                 lateness: i64::try_from(self.lateness_ms)
                     .map_err(|_| Error::Plan("allowed lateness out of range".into()))?,
-                converter: RowConverter::new(fields).map_err(|e| Error::arrow("window keys", e))?,
+                converter: key_converter(input, &key_indices, "window")?,
                 key_indices,
                 kept: BTreeMap::new(),
                 fired_to: i64::MIN,

@@ -627,3 +627,54 @@ fn an_idle_partition_does_not_hold_windows_back() {
     }
     assert_eq!(got, recount(&all));
 }
+
+#[test]
+fn interval_join_of_auctions_and_bids_matches_a_nested_loop_on_1_and_4_workers() {
+    const EVENTS: u64 = 20_000;
+    // Each auction with the bids on it made in the 2 s after it opened.
+    let (mut auctions, mut bids) = (Vec::new(), Vec::new());
+    for event in EventGenerator::new(Nexmark::bids(EVENTS).config()).take(EVENTS as usize) {
+        match event {
+            Event::Auction(a) => auctions.push((a.id as i64, a.date_time as i64)),
+            Event::Bid(b) => bids.push((b.auction as i64, b.date_time as i64, b.price as i64)),
+            Event::Person(_) => {}
+        }
+    }
+    let mut expected = Vec::new();
+    for &(id, opened) in &auctions {
+        for &(auction, t, price) in &bids {
+            if auction == id && (0..=2000).contains(&(t - opened)) {
+                expected.push(format!("{id}|{t}|{price}"));
+            }
+        }
+    }
+    expected.sort();
+    assert!(expected.len() > 100, "the data should have matches");
+    for workers in [1, 4] {
+        let job = Job::new("interval");
+        let out = Collect::new();
+        let a = job
+            .source(Nexmark::auctions(EVENTS))
+            .event_time("date_time", Duration::ZERO)
+            .select(["id", "date_time"])
+            .key_by("id");
+        let b = job
+            .source(Nexmark::bids(EVENTS))
+            .event_time("date_time", Duration::ZERO)
+            .select(["auction", "date_time", "price"])
+            .key_by("auction");
+        a.interval_join(&b, 0..=2000).sink(out.clone());
+        run(&job, workers);
+        let mut got: Vec<String> = Vec::new();
+        for batch in out.batches() {
+            let id = batch.column(0).as_primitive::<Int64Type>();
+            let t = streamrun::engine::event_millis(batch.column(3)).expect("event time");
+            let price = batch.column(4).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                got.push(format!("{}|{}|{}", id.value(i), t.value(i), price.value(i)));
+            }
+        }
+        got.sort();
+        assert_eq!(got, expected, "{workers} workers");
+    }
+}
