@@ -321,7 +321,7 @@ impl Stream {
             serde_json::json!({ "src": src, "dst": dst }),
         );
         let node = self.job.lock().add_dataflow(
-            self.node,
+            &[self.node],
             "connected_components",
             descriptor,
             Arc::new(op),
@@ -339,10 +339,92 @@ impl Stream {
         let keys = keys.into_columns();
         let descriptor = Descriptor::new("incremental_count", serde_json::json!({ "keys": keys }));
         let op = streamrun_operators::IncrementalCount { keys };
-        let node =
+        let node = self.job.lock().add_dataflow(
+            &[self.node],
+            "incremental_count",
+            descriptor,
+            Arc::new(op),
+        );
+        Stream {
+            job: self.job.clone(),
+            node,
+        }
+    }
+
+    /// The distinct rows of `columns` (every column but `diff` when empty), kept up to date
+    /// with differential dataflow. This stream may be a change stream (with a `diff` column):
+    /// a row then leaves the result when its count drops to zero. Output is a change stream:
+    /// the columns, then `diff`.
+    pub fn incremental_distinct(&self, columns: impl IntoColumns) -> Stream {
+        let columns = columns.into_columns();
+        let descriptor = Descriptor::new(
+            "incremental_distinct",
+            serde_json::json!({ "columns": columns }),
+        );
+        let op = streamrun_operators::IncrementalDistinct { columns };
+        self.dataflow(
+            &[self.node],
+            "incremental_distinct",
+            descriptor,
+            Arc::new(op),
+        )
+    }
+
+    /// `agg` ([`Agg::sum`], [`Agg::min`] or [`Agg::max`]) per key, kept up to date with
+    /// differential's `reduce` as rows arrive (and leave, for a change stream). Output is a
+    /// change stream: the key columns, the aggregate, `diff` (a key's max going from 5 to 7
+    /// gives `(key, 5, -1)` and `(key, 7, +1)`).
+    pub fn incremental_reduce(&self, keys: impl IntoColumns, agg: Agg) -> Stream {
+        let keys = keys.into_columns();
+        let descriptor = Descriptor::new(
+            "incremental_reduce",
+            serde_json::json!({ "keys": keys, "agg": agg }),
+        );
+        let op = streamrun_operators::IncrementalReduce { keys, agg };
+        self.dataflow(&[self.node], "incremental_reduce", descriptor, Arc::new(op))
+    }
+
+    /// Joins this stream with `other` on `left_keys = right_keys`, kept up to date with
+    /// differential's `join`. Either side may be a change stream (with a `diff` column): a
+    /// changing table. Joining events with such a table enriches each event with the table's
+    /// current rows of its key, and retracts and rebuilds the results when a row changes.
+    /// Output is a change stream: this stream's columns, then `other`'s (renamed
+    /// `right_<name>` where a name is taken), then `diff`.
+    pub fn incremental_join(
+        &self,
+        other: &Stream,
+        left_keys: impl IntoColumns,
+        right_keys: impl IntoColumns,
+    ) -> Stream {
+        if !Arc::ptr_eq(&self.job.graph, &other.job.graph) {
             self.job
-                .lock()
-                .add_dataflow(self.node, "incremental_count", descriptor, Arc::new(op));
+                .record_error("incremental_join: both streams must belong to the same job".into());
+            return self.clone();
+        }
+        let op = streamrun_operators::IncrementalJoin {
+            left_keys: left_keys.into_columns(),
+            right_keys: right_keys.into_columns(),
+        };
+        let descriptor = Descriptor::new(
+            "incremental_join",
+            serde_json::json!({ "left_keys": op.left_keys, "right_keys": op.right_keys }),
+        );
+        self.dataflow(
+            &[self.node, other.node],
+            "incremental_join",
+            descriptor,
+            Arc::new(op),
+        )
+    }
+
+    fn dataflow(
+        &self,
+        inputs: &[NodeId],
+        name: &str,
+        descriptor: Descriptor,
+        op: Arc<dyn streamrun_engine::DataflowOperator>,
+    ) -> Stream {
+        let node = self.job.lock().add_dataflow(inputs, name, descriptor, op);
         Stream {
             job: self.job.clone(),
             node,

@@ -256,15 +256,35 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                 }
             }
             (NodeKind::Dataflow { op }, NodeImpl::Dataflow(factory), Some(input)) => {
-                if input.pending != Partitioning::Forward {
+                let second = match node.inputs.get(1) {
+                    Some(&i) => Some(placed[i].clone().ok_or_else(|| {
+                        Error::Internal(format!("'{}' reads an unplaced node", node.name))
+                    })?),
+                    None => None,
+                };
+                let arity = 1 + usize::from(second.is_some());
+                if factory.inputs() != arity {
                     crate::plan_err!(
-                        "'{}' partitions its own input: remove the {} before it",
+                        "'{}' reads {} inputs but was given {arity}",
                         node.name,
-                        input.pending
+                        factory.inputs()
                     );
                 }
+                for side in std::iter::once(&input).chain(second.as_ref()) {
+                    if side.pending != Partitioning::Forward {
+                        crate::plan_err!(
+                            "'{}' partitions its own input: remove the {} before it",
+                            node.name,
+                            side.pending
+                        );
+                    }
+                }
+                let schemas: Vec<SchemaRef> = std::iter::once(&input)
+                    .chain(second.as_ref())
+                    .map(|p| Arc::clone(&p.schema))
+                    .collect();
                 let output = factory
-                    .output_schema(&input.schema)
+                    .output_schema(&schemas)
                     .map_err(|e| Error::Plan(format!("'{}': {e}", node.name)))?;
                 stages.push(Stage {
                     id: stages.len(),
@@ -273,7 +293,10 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                         stage: input.stage,
                         partitioning: Partitioning::Forward,
                     }),
-                    second_input: None,
+                    second_input: second.as_ref().map(|s| StageInput {
+                        stage: s.stage,
+                        partitioning: Partitioning::Forward,
+                    }),
                     ops: vec![PhysicalOp {
                         node: node.id,
                         name: node.name.clone(),
@@ -281,7 +304,7 @@ pub fn compile(graph: &JobGraph, workers: usize) -> Result<PhysicalPlan> {
                         role: Role::Dataflow,
                         output: describe_schema(&output),
                         input_schema: Some(Arc::clone(&input.schema)),
-                        second_input_schema: None,
+                        second_input_schema: second.as_ref().map(|s| Arc::clone(&s.schema)),
                         output_schema: Some(Arc::clone(&output)),
                     }],
                 });

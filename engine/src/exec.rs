@@ -243,15 +243,23 @@ fn build_dataflow<'s>(
         let name = stage_name(stage);
         let stream = match (&stage.input, &stage.second_input) {
             (None, _) => build_source_stage(scope, shared, stage, ctx, active, pace)?,
-            (Some(input), None) if stage.ops.first().map(|op| op.role) == Some(Role::Dataflow) => {
+            (Some(input), second)
+                if stage.ops.first().map(|op| op.role) == Some(Role::Dataflow) =>
+            {
                 let head = &stage.ops[0];
-                let (upstream, _) = edge(&outputs, input, ctx, shared)?;
-                let schema = head.input_schema.clone().ok_or_else(|| {
+                let mut upstreams = vec![edge(&outputs, input, ctx, shared)?.0];
+                let mut schemas = vec![head.input_schema.clone().ok_or_else(|| {
                     Error::Internal(format!("'{}' has no input schema", head.name))
-                })?;
+                })?];
+                if let Some(second) = second {
+                    upstreams.push(edge(&outputs, second, ctx, shared)?.0);
+                    schemas.push(head.second_input_schema.clone().ok_or_else(|| {
+                        Error::Internal(format!("'{}' has no second input schema", head.name))
+                    })?);
+                }
                 match shared.graph.node_impl(head.node) {
                     Some(NodeImpl::Dataflow(op)) => op
-                        .build(ctx, upstream, &schema, {
+                        .build(ctx, upstreams, &schemas, {
                             let shared = Arc::clone(shared);
                             Failures::new(move |e| shared.fail(e))
                         })

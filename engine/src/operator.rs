@@ -181,18 +181,25 @@ impl std::fmt::Debug for Failures {
 
 /// An operator that builds its own piece of timely dataflow: for computations the
 /// batch-at-a-time contract cannot express, such as incremental (differential dataflow)
-/// operators with iteration. It partitions its input itself.
+/// operators with iteration or arrangements. It reads one input or two, and partitions its
+/// inputs itself.
 pub trait DataflowOperator: Send + Sync {
-    /// The schema of its output.
-    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef>;
+    /// How many inputs it reads: 1 or 2.
+    fn inputs(&self) -> usize {
+        1
+    }
 
-    /// Builds this worker's part of the dataflow, from its input stream to its output stream.
-    /// Output batches carry the tag 0. What goes wrong while the job runs goes to `failures`.
+    /// The schema of its output, given those of its inputs (as many as [`Self::inputs`]).
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef>;
+
+    /// Builds this worker's part of the dataflow, from its input streams to its output
+    /// stream. Output batches carry the tag 0. What goes wrong while the job runs goes to
+    /// `failures`.
     fn build<'s>(
         &self,
         ctx: &WorkerContext,
-        input: DataStream<'s>,
-        input_schema: &SchemaRef,
+        inputs: Vec<DataStream<'s>>,
+        schemas: &[SchemaRef],
         failures: Failures,
     ) -> Result<DataStream<'s>>;
 }

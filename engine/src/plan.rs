@@ -224,7 +224,9 @@ impl LogicalPlan {
                 );
             }
             let wants_input = !matches!(node.kind, NodeKind::Source { .. });
-            if let NodeKind::Join { .. } = node.kind {
+            let two_inputs =
+                matches!(node.kind, NodeKind::Dataflow { .. }) && node.inputs.len() == 2;
+            if matches!(node.kind, NodeKind::Join { .. }) || two_inputs {
                 match node.inputs.as_slice() {
                     [l, r] if *l < position && *r < position => continue,
                     _ => crate::plan_err!(
@@ -511,20 +513,24 @@ impl JobGraph {
         id
     }
 
-    /// Adds an operator that builds its own dataflow, reading `input`.
+    /// Adds an operator that builds its own dataflow, reading `inputs` (one or two, as many
+    /// as [`DataflowOperator::inputs`]).
     pub fn add_dataflow(
         &mut self,
-        input: NodeId,
+        inputs: &[NodeId],
         name: &str,
         descriptor: Descriptor,
         op: Arc<dyn DataflowOperator>,
     ) -> NodeId {
-        self.push(
-            name,
-            NodeKind::Dataflow { op: descriptor },
-            Some(input),
-            NodeImpl::Dataflow(op),
-        )
+        let id = self.plan.nodes.len();
+        self.plan.nodes.push(LogicalNode {
+            id,
+            name: name.to_owned(),
+            kind: NodeKind::Dataflow { op: descriptor },
+            inputs: inputs.to_vec(),
+        });
+        self.impls.push(NodeImpl::Dataflow(op));
+        id
     }
 
     /// Adds a repartitioning of `input`.

@@ -26,17 +26,32 @@ use timely::dataflow::operators::Operator;
 type Edge = (u64, u64);
 type Update<D> = (D, Time, isize);
 
-/// The records of each input batch as differential updates (`+1` at the batch's time).
-/// A batch that cannot be read stops the job through `failures`.
-fn updates<'s, D>(
+/// The column of a change stream that holds each row's multiplicity.
+pub(crate) const DIFF: &str = "diff";
+
+/// The index of `schema`'s `diff` column, if it is a change stream (an Int64 `diff`).
+pub(crate) fn diff_column(schema: &SchemaRef) -> Option<usize> {
+    schema
+        .index_of(DIFF)
+        .ok()
+        .filter(|&i| schema.field(i).data_type() == &DataType::Int64)
+}
+
+/// The records of each input batch as differential updates at the batch's time: `+1` each,
+/// or, when the input is a change stream (`diff` is its `diff` column), that row's diff, so
+/// that a change stream in is a changing collection. A batch that cannot be read stops the
+/// job through `failures`.
+pub(crate) fn updates<'s, D>(
     input: DataStream<'s>,
     name: &str,
+    diff: Option<usize>,
     failures: Failures,
     records: impl Fn(&RecordBatch) -> Result<Vec<D>> + 'static,
 ) -> VecCollection<'s, Time, D>
 where
     D: differential_dataflow::Data,
 {
+    let what = name.to_owned();
     input
         .unary::<CapacityContainerBuilder<Vec<Update<D>>>, _, _, _>(Pipeline, name, move |_, _| {
             move |input, output| {
@@ -45,13 +60,27 @@ where
                     let mut session = output.session(&cap);
                     for container in data {
                         for (_, batch) in container.drain(..) {
-                            match records(&batch.0) {
-                                Ok(records) => {
+                            let diffs = diff.map(|i| {
+                                arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                                    batch.0.column(i),
+                                )
+                                .clone()
+                            });
+                            match (records(&batch.0), diffs) {
+                                (Ok(records), None) => {
                                     for record in records {
                                         session.give((record, time, 1));
                                     }
                                 }
-                                Err(e) => failures.fail(e),
+                                (Ok(records), Some(diffs)) if diffs.null_count() == 0 => {
+                                    for (record, d) in records.into_iter().zip(diffs.values()) {
+                                        session.give((record, time, *d as isize));
+                                    }
+                                }
+                                (Ok(_), Some(_)) => failures.fail(Error::Input(format!(
+                                    "{what}: a change stream row has a null diff"
+                                ))),
+                                (Err(e), _) => failures.fail(e),
                             }
                         }
                     }
@@ -63,7 +92,7 @@ where
 
 /// Differential changes back to Arrow: `batch` turns records and their diffs into a batch.
 /// A batch that cannot be built stops the job through `failures`.
-fn batches<'s, D>(
+pub(crate) fn batches<'s, D>(
     changes: Stream<'s, Time, Vec<Update<D>>>,
     name: &str,
     failures: Failures,
@@ -172,21 +201,24 @@ fn node_ids(batch: &RecordBatch, column: usize) -> Result<Vec<u64>> {
 }
 
 impl DataflowOperator for ConnectedComponents {
-    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        self.columns(input)?;
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        self.columns(single(inputs)?)?;
         Ok(output_schema())
     }
 
     fn build<'s>(
         &self,
         _ctx: &WorkerContext,
-        input: DataStream<'s>,
-        input_schema: &SchemaRef,
+        inputs: Vec<DataStream<'s>>,
+        schemas: &[SchemaRef],
         failures: Failures,
     ) -> Result<DataStream<'s>> {
+        let input_schema = single(schemas)?;
+        let input = one_stream(inputs)?;
         let (src, dst) = self.columns(input_schema)?;
-        // One update per edge and direction.
-        let edges = updates(input, "edges", failures.clone(), move |batch| {
+        // One update per edge and direction; a change stream of edges adds and removes them.
+        let diff = diff_column(input_schema);
+        let edges = updates(input, "edges", diff, failures.clone(), move |batch| {
             let (a, b) = (node_ids(batch, src)?, node_ids(batch, dst)?);
             Ok(a.into_iter()
                 .zip(b)
@@ -262,8 +294,8 @@ impl IncrementalCount {
 }
 
 impl DataflowOperator for IncrementalCount {
-    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        let (_, mut fields) = self.key_fields(input)?;
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        let (_, mut fields) = self.key_fields(single(inputs)?)?;
         fields.push(Field::new("count", DataType::Int64, false));
         fields.push(Field::new("diff", DataType::Int64, false));
         Ok(Arc::new(Schema::new(fields)))
@@ -272,16 +304,19 @@ impl DataflowOperator for IncrementalCount {
     fn build<'s>(
         &self,
         _ctx: &WorkerContext,
-        input: DataStream<'s>,
-        input_schema: &SchemaRef,
+        inputs: Vec<DataStream<'s>>,
+        schemas: &[SchemaRef],
         failures: Failures,
     ) -> Result<DataStream<'s>> {
+        let input_schema = single(schemas)?;
+        let input = one_stream(inputs)?;
         let (indices, fields) = self.key_fields(input_schema)?;
         let encode = Self::converter(&fields)?;
         let decode = Self::converter(&fields)?;
-        let schema = self.output_schema(input_schema)?;
+        let schema = self.output_schema(schemas)?;
         // Keys in Arrow's row format, so any column types can be counted.
-        let keys = updates(input, "keys", failures.clone(), move |batch| {
+        let diff = diff_column(input_schema);
+        let keys = updates(input, "keys", diff, failures.clone(), move |batch| {
             let columns: Vec<ArrayRef> = indices
                 .iter()
                 .map(|&i| Arc::clone(batch.column(i)))
@@ -311,5 +346,26 @@ impl DataflowOperator for IncrementalCount {
                     .map_err(|e| Error::arrow("incremental count output", e))
             },
         ))
+    }
+}
+
+/// The one schema of a single-input operator.
+pub(crate) fn single(schemas: &[SchemaRef]) -> Result<&SchemaRef> {
+    match schemas {
+        [one] => Ok(one),
+        _ => Err(Error::Plan(format!(
+            "this operator reads one input, not {}",
+            schemas.len()
+        ))),
+    }
+}
+
+/// The one stream of a single-input operator.
+pub(crate) fn one_stream(mut inputs: Vec<DataStream<'_>>) -> Result<DataStream<'_>> {
+    match (inputs.pop(), inputs.is_empty()) {
+        (Some(one), true) => Ok(one),
+        _ => Err(Error::Internal(
+            "a single-input operator got another number of inputs".into(),
+        )),
     }
 }

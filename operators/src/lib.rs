@@ -19,6 +19,7 @@
 //! | [`StreamJoin`] | inner join of two keyed streams over everything seen so far |
 //! | [`ConnectedComponents`] | incremental connected components (differential `iterate`) |
 //! | [`IncrementalCount`] | rows per key as a change stream (differential `count`) |
+//! | [`IncrementalDistinct`], [`IncrementalReduce`], [`IncrementalJoin`] | `distinct`, keyed sum/min/max and equi-join of changing collections (differential) |
 //!
 //! Each implements the engine's [`OperatorFactory`](streamrun_engine::OperatorFactory). Most
 //! users meet them through the `streamrun` crate's DSL (`stream.key_by("word").count()`); here
@@ -52,6 +53,7 @@ mod incremental;
 mod interval;
 mod join;
 mod keys;
+mod relational;
 mod select;
 mod session;
 mod state;
@@ -68,6 +70,7 @@ pub use batchfn::MapBatches;
 pub use incremental::{ConnectedComponents, IncrementalCount};
 pub use interval::IntervalJoin;
 pub use join::{JoinKind, StreamJoin, WindowJoin};
+pub use relational::{IncrementalDistinct, IncrementalJoin, IncrementalReduce};
 pub use select::{CmpOp, Compare, Select, project_schema};
 pub use session::SessionAggregate;
 pub use state::{KeyedState, ListState, MapState, Snapshot, ValueState};
