@@ -1,6 +1,7 @@
 //! Nexmark throughput for the queries Streamrun runs (q0–q5, q7, q8), in events per second
-//! per core, with generation measured apart from processing, beside a hand-written timely
-//! implementation of q1 over the same data in the same run.
+//! per core, with generation measured apart from processing, beside hand-written timely
+//! implementations of q1 and q5 over the same data in the same run; then q5's end-to-end
+//! latency (p50, p99) at half its peak throughput (see `nexmark/latency.rs`).
 //!
 //! Workload: the first `STREAMRUN_BENCH_EVENTS` (default 2,000,000) events of the Nexmark
 //! generator (fixed base time), generated once into Arrow batches of 8,192 rows per table
@@ -9,13 +10,18 @@
 //! auctions and bids), whichever tables a query reads. Results go to a sink that counts rows. The raw timely q1 feeds the
 //! same batches to a timely dataflow by hand (worker i takes batches i, i+W, …), applies the
 //! same q1 kernel and counts rows: no Streamrun plan, routing, chain or pacing. Both sides are
-//! checked to produce the same row count before timing. Figures are medians of
+//! checked to produce the same row count before timing. The raw q5 (`nexmark/raw_q5.rs`)
+//! counts and ranks sliding windows in two hand-written timely operators. Figures are medians of
 //! `STREAMRUN_BENCH_RUNS` runs (default 5).
 //!
 //! `cargo bench --bench nexmark`
 #![allow(clippy::print_stdout)]
 
 mod common;
+#[path = "nexmark/latency.rs"]
+mod latency;
+#[path = "nexmark/raw_q5.rs"]
+mod raw_q5;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +147,7 @@ fn main() {
     let tables = Tables {
         persons: replay(persons),
         auctions: replay(auctions),
-        bids: replay((bid_schema, bid_batches)),
+        bids: replay((Arc::clone(&bid_schema), bid_batches)),
     };
     let runs = common::runs();
     println!(
@@ -149,13 +155,20 @@ fn main() {
         generation.as_secs_f64(),
         events as f64 / generation.as_secs_f64() / 1e6
     );
+    let mut q5_peak = Vec::new();
     for workers in [1, 2] {
         assert_eq!(
             streamrun_query(Query::Q1, &tables, workers),
             raw_timely_q1(&shared, workers)
         );
+        assert_eq!(
+            streamrun_query(Query::Q5, &tables, workers),
+            raw_q5::run(&shared, workers)
+        );
         let raw = common::median_time(runs, || raw_timely_q1(&shared, workers));
         line("raw timely q1", events, workers, raw, None);
+        let raw5 = common::median_time(runs, || raw_q5::run(&shared, workers));
+        line("raw timely q5", events, workers, raw5, None);
         for query in [
             Query::Q0,
             Query::Q1,
@@ -167,7 +180,14 @@ fn main() {
             Query::Q8,
         ] {
             let time = common::median_time(runs, || streamrun_query(query, &tables, workers));
-            let reference = (query == Query::Q1).then_some(raw);
+            let reference = match query {
+                Query::Q1 => Some(raw),
+                Query::Q5 => {
+                    q5_peak.push((workers, time));
+                    Some(raw5)
+                }
+                _ => None,
+            };
             line(
                 &format!("streamrun {query:?}"),
                 events,
@@ -176,5 +196,33 @@ fn main() {
                 reference,
             );
         }
+    }
+    // Latency at half the peak: bids replayed at half the rate q5 sustained above.
+    for (workers, peak) in q5_peak {
+        let rate = bids as f64 / peak.as_secs_f64() / 2.0;
+        let result = latency::measure(
+            Arc::clone(&bid_schema),
+            &shared,
+            rate,
+            workers,
+            |job, bids| {
+                Query::Q5.on(
+                    job,
+                    &Tables {
+                        persons: tables.persons.clone(),
+                        auctions: tables.auctions.clone(),
+                        bids,
+                    },
+                )
+            },
+        );
+        println!(
+            "streamrun Q5 latency W={workers} at {:.2} M bids/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} results (beyond the window's own wait)",
+            rate / 1e6,
+            result.p50.as_secs_f64() * 1e3,
+            result.p99.as_secs_f64() * 1e3,
+            result.max.as_secs_f64() * 1e3,
+            result.samples
+        );
     }
 }

@@ -122,6 +122,7 @@ impl Query {
                 // The generator emits each worker's bids in event-time order.
                 let counts = read(&tables.bids)
                     .event_time("date_time", Duration::ZERO)
+                    .select(["auction", "date_time"])
                     .key_by("auction")
                     .window(Sliding::of(Duration::from_secs(10)).every(Duration::from_secs(2)))
                     .aggregate(vec![Agg::count().alias("num")]);

@@ -148,14 +148,33 @@ impl OperatorFactory for WindowAggregate {
     }
 
     fn create(&self, ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>> {
-        let key_indices = column_indices(input, &self.aggregate.keys, "window key")?;
+        // The window keeps only the columns it reads: its keys, its aggregates' columns and
+        // its event time; the others are dropped before rows are split among windows.
+        let time = self.time_index(input)?;
+        let agg_columns: Vec<String> = self
+            .aggregate
+            .aggs
+            .iter()
+            .filter_map(|a| a.column.clone())
+            .collect();
+        let mut projection = column_indices(input, &self.aggregate.keys, "window key")?;
+        projection.extend(column_indices(input, &agg_columns, "window aggregate")?);
+        projection.push(time);
+        projection.sort_unstable();
+        projection.dedup();
+        let projected = Arc::new(
+            input
+                .project(&projection)
+                .map_err(|e| Error::arrow("window columns", e))?,
+        );
+        let key_indices = column_indices(&projected, &self.aggregate.keys, "window key")?;
         let late = if self.lateness_ms == 0 {
             None
         } else {
             Some(Late {
                 lateness: i64::try_from(self.lateness_ms)
                     .map_err(|_| Error::Plan("allowed lateness out of range".into()))?,
-                converter: key_converter(input, &key_indices, "window")?,
+                converter: key_converter(&projected, &key_indices, "window")?,
                 key_indices,
                 kept: BTreeMap::new(),
                 fired_to: i64::MIN,
@@ -167,11 +186,12 @@ impl OperatorFactory for WindowAggregate {
                 .map_err(|_| Error::Plan("window size out of range".into()))?,
             slide: i64::try_from(self.slide_ms)
                 .map_err(|_| Error::Plan("window slide out of range".into()))?,
-            time: self.time_index(input)?,
+            time: projection.iter().position(|&i| i == time).unwrap_or(0),
+            projection,
             aggregate: self.aggregate.clone(),
             ctx: ctx.clone(),
-            input: Arc::clone(input),
-            schema: self.output_schema(input)?,
+            schema: self.output_schema(&projected)?,
+            input: projected,
             open: BTreeMap::new(),
         }))
     }
@@ -196,6 +216,8 @@ struct Late {
 struct WindowInstance {
     /// Set when the lateness is not zero; `open` is unused then.
     late: Option<Late>,
+    /// The input columns kept (`input` is their schema, `time` an index into it).
+    projection: Vec<usize>,
     size: i64,
     slide: i64,
     time: usize,
@@ -329,6 +351,9 @@ impl WindowInstance {
 
 impl Operator for WindowInstance {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let batch = batch
+            .project(&self.projection)
+            .map_err(|e| Error::arrow("window columns", e))?;
         let times = event_millis(batch.column(self.time))
             .map_err(|e| Error::arrow("window event time", e))?;
         if times.null_count() > 0 {
