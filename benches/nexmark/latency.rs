@@ -193,7 +193,7 @@ pub fn measure(
                     let mine = reads.iter().filter(|r| r.0 == w);
                     mine.clone()
                         .find(|r| r.1 >= end)
-                        .or_else(|| mine.last())
+                        .or_else(|| mine.clone().next_back())
                         .map(|r| r.2)
                 })
                 .max()
