@@ -320,16 +320,12 @@ impl Stream {
             "connected_components",
             serde_json::json!({ "src": src, "dst": dst }),
         );
-        let node = self.job.lock().add_dataflow(
+        self.dataflow(
             &[self.node],
             "connected_components",
             descriptor,
             Arc::new(op),
-        );
-        Stream {
-            job: self.job.clone(),
-            node,
-        }
+        )
     }
 
     /// Rows per key, kept up to date with differential dataflow as rows arrive. Output is a
@@ -339,16 +335,7 @@ impl Stream {
         let keys = keys.into_columns();
         let descriptor = Descriptor::new("incremental_count", serde_json::json!({ "keys": keys }));
         let op = streamrun_operators::IncrementalCount { keys };
-        let node = self.job.lock().add_dataflow(
-            &[self.node],
-            "incremental_count",
-            descriptor,
-            Arc::new(op),
-        );
-        Stream {
-            job: self.job.clone(),
-            node,
-        }
+        self.dataflow(&[self.node], "incremental_count", descriptor, Arc::new(op))
     }
 
     /// The distinct rows of `columns` (every column but `diff` when empty), kept up to date

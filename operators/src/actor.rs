@@ -16,16 +16,16 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::row::RowConverter;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
-    Collector, Error, Operator, OperatorFactory, Result, WorkerContext, column_indices,
+    Collector, Operator, OperatorFactory, Result, WorkerContext, column_indices,
 };
 
-use crate::keys::key_converter;
+use crate::keys::{key_converter, key_rows};
 use crate::state::{KeyedState, Snapshot};
 use crate::typed::{Shape, decode, encode, input_shape, shape_of, shape_schema};
 
@@ -267,15 +267,7 @@ impl<A: Actor> ActorInstance<A> {
 
 impl<A: Actor> Operator for ActorInstance<A> {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
-        let columns: Vec<ArrayRef> = self
-            .key_indices
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let keys = self
-            .converter
-            .convert_columns(&columns)
-            .map_err(|e| Error::arrow("actor keys", e))?;
+        let keys = key_rows(&self.converter, &batch, &self.key_indices, "actor")?;
         let records: Vec<A::Input> = decode(&self.name, &self.input_shape, &batch)?;
         let mut emitted = Vec::new();
         for (record, key) in records.into_iter().zip(keys.iter()) {

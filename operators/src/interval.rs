@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::row::RowConverter;
 use serde::{Deserialize, Serialize};
 use streamrun_engine::{
@@ -20,8 +20,8 @@ use streamrun_engine::{
     event_millis,
 };
 
-use crate::join::{joined_fields, key_columns};
-use crate::keys::key_converter;
+use crate::join::{joined_schema, key_columns};
+use crate::keys::{key_converter, key_rows};
 use crate::windowing::event_time_column;
 
 /// An inner join of two keyed streams on equal keys and `right.t - left.t` within
@@ -85,11 +85,7 @@ impl IntervalJoin {
 impl JoinOperatorFactory for IntervalJoin {
     fn output_schema(&self, left: &SchemaRef, right: &SchemaRef) -> Result<SchemaRef> {
         self.check(left, right)?;
-        Ok(Arc::new(Schema::new(joined_fields(
-            left,
-            right,
-            Vec::new(),
-        ))))
+        Ok(joined_schema(left, right))
     }
 
     fn create(
@@ -162,14 +158,7 @@ impl JoinOperator for IntervalJoinInstance {
                 "a record without event time reached an interval join".into(),
             ));
         }
-        let columns: Vec<ArrayRef> = self.keys[this]
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let keys = self
-            .converter
-            .convert_columns(&columns)
-            .map_err(arrow_err)?;
+        let keys = key_rows(&self.converter, &batch, &self.keys[this], "interval join")?;
         let mut mine: Vec<u32> = Vec::new();
         let mut theirs: Vec<(u64, u32)> = Vec::new();
         let kept = &self.sides[other];
@@ -272,7 +261,7 @@ impl JoinOperator for IntervalJoinInstance {
 mod tests {
     use super::*;
     use arrow::array::{AsArray, StringArray};
-    use arrow::datatypes::{DataType, Field, Int64Type};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
     fn schema(time: &str) -> SchemaRef {
         Arc::new(Schema::new(vec![

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::keys::key_converter;
+use crate::keys::{key_converter, key_rows};
 use crate::windowing::{due, event_time_column, hold, with_window};
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
@@ -152,9 +152,7 @@ impl WindowJoinInstance {
         let left = concat_batches(&self.inputs[0], &left).map_err(arrow_err)?;
         let right = concat_batches(&self.inputs[1], &right).map_err(arrow_err)?;
         let key_rows = |batch: &RecordBatch, keys: &[usize]| {
-            let columns: Vec<ArrayRef> =
-                keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
-            self.converter.convert_columns(&columns).map_err(arrow_err)
+            key_rows(&self.converter, batch, keys, "window join")
         };
         let (left_keys, right_keys) = (
             key_rows(&left, &self.keys[0])?,
@@ -314,6 +312,11 @@ pub(crate) fn key_columns(
     Ok((lk, rk))
 }
 
+/// The schema of an inner join's output: the left fields, then the right ones.
+pub(crate) fn joined_schema(left: &SchemaRef, right: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(joined_fields(left, right, Vec::new())))
+}
+
 /// The left fields, then the right ones renamed where a name is taken.
 pub(crate) fn joined_fields(
     left: &SchemaRef,
@@ -336,11 +339,7 @@ pub(crate) fn joined_fields(
 impl JoinOperatorFactory for StreamJoin {
     fn output_schema(&self, left: &SchemaRef, right: &SchemaRef) -> Result<SchemaRef> {
         self.check(left, right)?;
-        Ok(Arc::new(Schema::new(joined_fields(
-            left,
-            right,
-            Vec::new(),
-        ))))
+        Ok(joined_schema(left, right))
     }
 
     fn create(
@@ -380,14 +379,7 @@ impl JoinOperator for StreamJoinInstance {
             Side::Right => (1, 0),
         };
         let arrow_err = |e| Error::arrow("join", e);
-        let columns: Vec<ArrayRef> = self.keys[this]
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let keys = self
-            .converter
-            .convert_columns(&columns)
-            .map_err(arrow_err)?;
+        let keys = key_rows(&self.converter, &batch, &self.keys[this], "join")?;
         // Pairs (row of this batch, row of the other side) with equal keys.
         let mut mine: Vec<u32> = Vec::new();
         let mut theirs: Vec<(usize, usize)> = Vec::new();

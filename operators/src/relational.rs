@@ -25,7 +25,7 @@ use streamrun_engine::{
 use crate::aggregate::{Agg, AggFn};
 use crate::incremental::{DIFF, batches, diff_column, one_stream, single, updates};
 use crate::join::{joined_fields, key_columns};
-use crate::keys::key_converter;
+use crate::keys::{key_converter, key_rows};
 
 /// Columns of a batch to and from Arrow's row format.
 struct Rows {
@@ -45,15 +45,7 @@ impl Rows {
 
     /// Each row of `batch`'s columns, encoded.
     fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let columns: Vec<ArrayRef> = self
-            .indices
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let rows = self
-            .converter
-            .convert_columns(&columns)
-            .map_err(|e| Error::arrow(&self.what, e))?;
+        let rows = key_rows(&self.converter, batch, &self.indices, &self.what)?;
         Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
     }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::row::RowConverter;
@@ -20,7 +20,7 @@ use streamrun_engine::{
 };
 
 use crate::aggregate::{Agg, Aggregate};
-use crate::keys::key_converter;
+use crate::keys::{key_converter, key_rows};
 use crate::windowing::{event_time_column, with_window};
 
 /// A keyed aggregate over session windows separated by `gap_ms` of inactivity.
@@ -205,15 +205,7 @@ impl Operator for SessionInstance {
                 "a record without event time reached a session window".into(),
             ));
         }
-        let key_columns: Vec<ArrayRef> = self
-            .keys
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let keys = self
-            .converter
-            .convert_columns(&key_columns)
-            .map_err(|e| Error::arrow("session keys", e))?;
+        let keys = key_rows(&self.converter, &batch, &self.keys, "session")?;
         // Rows in event-time order, so that most records extend the latest session.
         let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
         order.sort_by_key(|&r| times.value(r as usize));

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use arrow::row::RowConverter;
 use serde::Serialize;
@@ -14,7 +14,7 @@ use streamrun_engine::{
     Collector, Error, Operator, OperatorFactory, Result, WorkerContext, column_indices,
 };
 
-use crate::keys::key_converter;
+use crate::keys::{key_converter, key_rows};
 use crate::typed::{Shape, shape_of};
 
 /// An aggregate function of your own: it folds the values of one column into a state per
@@ -119,15 +119,7 @@ struct UdafInstance<F: AggregateFunction> {
 
 impl<F: AggregateFunction> Operator for UdafInstance<F> {
     fn process_batch(&mut self, batch: RecordBatch, _out: &mut Collector) -> Result<()> {
-        let columns: Vec<ArrayRef> = self
-            .keys
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let keys = self
-            .converter
-            .convert_columns(&columns)
-            .map_err(|e| Error::arrow("aggregate keys", e))?;
+        let keys = key_rows(&self.converter, &batch, &self.keys, "aggregate")?;
         let values: Vec<Item<F::Input>> = serde_arrow::from_arrow(
             std::slice::from_ref(&self.input_field),
             std::slice::from_ref(batch.column(self.column)),
