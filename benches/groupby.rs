@@ -56,14 +56,7 @@ fn engine(path: &Path, workers: usize) -> (JobReport, Collect) {
         .key_by("key")
         .aggregate(vec![Agg::sum("amount"), Agg::count()])
         .sink(out.clone());
-    let report = streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )
-    .expect("group-by job");
+    let report = streamrun::execute_with(&job, &ExecOptions::new(workers)).expect("group-by job");
     (report, out)
 }
 

@@ -86,14 +86,7 @@ fn streamrun_query(query: Query, tables: &Tables, workers: usize) -> u64 {
     query
         .on(&job, tables)
         .sink((descriptor, Arc::new(rows.clone()) as Arc<dyn Sink>));
-    streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )
-    .expect("query");
+    streamrun::execute_with(&job, &ExecOptions::new(workers)).expect("query");
     rows.0.load(Ordering::Relaxed)
 }
 

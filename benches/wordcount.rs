@@ -64,14 +64,7 @@ fn engine(glob: &str, workers: usize) -> (JobReport, Collect) {
         .key_by("word")
         .count()
         .sink(out.clone());
-    let report = streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )
-    .expect("word count job");
+    let report = streamrun::execute_with(&job, &ExecOptions::new(workers)).expect("word count job");
     (report, out)
 }
 

@@ -43,13 +43,7 @@ fn main() -> anyhow::Result<()> {
         Some(dir) => result.sink(Files::write_csv(dir)),
         None => result.sink(Stdout::table().max_rows(10)),
     }
-    let report = streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )?;
+    let report = streamrun::execute_with(&job, &ExecOptions::new(workers))?;
     let secs = report.elapsed.as_secs_f64();
     eprintln!(
         "{:?} over the first {} events: {} records in, {} rows out ({}), {secs:.3} s on {} workers, {:.2} M records/s",

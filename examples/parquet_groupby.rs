@@ -62,13 +62,7 @@ fn main() -> anyhow::Result<()> {
         .top_k(10, "revenue")
         .sink(Stdout::table());
 
-    let report = streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )?;
+    let report = streamrun::execute_with(&job, &ExecOptions::new(workers))?;
     let secs = report.elapsed.as_secs_f64();
     eprintln!(
         "{} rows grouped in {secs:.2} s on {} workers ({:.1} M rows/s)",

@@ -40,13 +40,7 @@ fn main() -> anyhow::Result<()> {
         counts.sink(Files::write_parquet(dir));
     }
 
-    let report = streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )?;
+    let report = streamrun::execute_with(&job, &ExecOptions::new(workers))?;
     eprintln!(
         "{} lines ({:.1} MB) counted in {:.3} s on {} workers{}",
         report.records_in,

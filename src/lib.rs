@@ -29,7 +29,7 @@
 //!     .key_by("word")
 //!     .count()
 //!     .sink(counts.clone());
-//! let report = streamrun::execute_with(&job, &ExecOptions { workers: 2, metrics: None })?;
+//! let report = streamrun::execute_with(&job, &ExecOptions::new(2))?;
 //! assert_eq!(report.records_in, 2);
 //! assert_eq!(counts.rows(), 5); // the, cat, and, hat, end
 //! # Ok(())
@@ -72,16 +72,12 @@ pub fn default_workers() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Runs `job` on the embedded cluster (worker threads in this process) with
-/// [`default_workers`] workers, and returns what it did.
+/// Runs `job` and returns what it did: on the embedded cluster (worker threads in this
+/// process, [`default_workers`] of them) by default, or as one process of a job spread over
+/// several when a node agent started this program with `STREAMRUN_PROCESS` and
+/// `STREAMRUN_PEERS` set (see [`ExecOptions::from_env`]).
 pub fn execute(job: &Job) -> Result<JobReport> {
-    execute_with(
-        job,
-        &ExecOptions {
-            workers: default_workers(),
-            metrics: None,
-        },
-    )
+    execute_with(job, &ExecOptions::from_env(default_workers())?)
 }
 
 /// Runs `job` with explicit options.

@@ -175,14 +175,7 @@ pub fn measure(
         Descriptor::new("arrivals", serde_json::Value::Null),
         Arc::new(arrivals.clone()) as Arc<dyn Sink>,
     ));
-    streamrun::execute_with(
-        &job,
-        &streamrun::ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )
-    .expect("q5");
+    streamrun::execute_with(&job, &streamrun::ExecOptions::new(workers)).expect("q5");
     let reads = reads.lock().expect("reads").clone();
     let arrivals = arrivals.log.lock().expect("arrivals").clone();
     let mut samples: Vec<Duration> = arrivals

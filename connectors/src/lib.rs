@@ -41,7 +41,7 @@
 //!     event_time: None,
 //! });
 //! graph.add_sink(input, "collect", collect.descriptor(), Arc::new(collect.clone()));
-//! execute(&graph, &ExecOptions { workers: 2, metrics: None })?;
+//! execute(&graph, &ExecOptions::new(2))?;
 //!
 //! assert_eq!(collect.rows(), 3);
 //! let schema = collect.batches()[0].schema();

@@ -85,14 +85,7 @@ fn csv_to_collect_job_with_dead_letters() {
         collect.descriptor(),
         Arc::new(collect.clone()),
     );
-    let report = execute(
-        &graph,
-        &ExecOptions {
-            workers: 3,
-            metrics: None,
-        },
-    )
-    .unwrap();
+    let report = execute(&graph, &ExecOptions::new(3)).unwrap();
     assert_eq!(collect.rows(), 19_999);
     assert_eq!(report.dead_letters, 1);
     let letters = dead.batches();
@@ -126,13 +119,6 @@ fn stdout_job_runs_on_one_worker() {
         },
     );
     graph.add_sink(input, "stdout", sink.descriptor(), Arc::new(sink));
-    let report = execute(
-        &graph,
-        &ExecOptions {
-            workers: 2,
-            metrics: None,
-        },
-    )
-    .unwrap();
+    let report = execute(&graph, &ExecOptions::new(2)).unwrap();
     assert_eq!(report.records_in, 3);
 }

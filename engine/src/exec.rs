@@ -71,18 +71,136 @@ pub struct Metrics {
 /// How to run a job.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
-    /// Worker threads.
+    /// Worker threads (of this process, when the job spans several).
     pub workers: usize,
     /// Counters to update while running; a fresh set when `None`.
     pub metrics: Option<Arc<Metrics>>,
+    /// This process's place in a job that spans several processes; `None`: the whole job
+    /// runs in this process.
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for ExecOptions {
     fn default() -> Self {
+        ExecOptions::new(1)
+    }
+}
+
+impl ExecOptions {
+    /// `workers` worker threads in this process, and nothing else.
+    pub fn new(workers: usize) -> Self {
         ExecOptions {
-            workers: 1,
+            workers,
             metrics: None,
+            cluster: None,
         }
+    }
+
+    /// The options a node agent gives a job's process through the environment: the
+    /// process's place from `STREAMRUN_PROCESS` and `STREAMRUN_PEERS` (see [`Cluster`]) and
+    /// then its worker threads from `STREAMRUN_WORKERS`. Without them, `default_workers`
+    /// threads in this process alone. A malformed variable is an error naming it.
+    pub fn from_env(default_workers: usize) -> Result<Self> {
+        let cluster = Cluster::from_env()?;
+        let workers = match std::env::var(Cluster::WORKERS_ENV) {
+            Ok(text) if cluster.is_some() => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    Error::Plan(format!(
+                        "{}={text:?} is not a number of worker threads (1 or more)",
+                        Cluster::WORKERS_ENV
+                    ))
+                })?,
+            _ => default_workers,
+        };
+        Ok(ExecOptions {
+            cluster,
+            ..ExecOptions::new(workers)
+        })
+    }
+
+    /// Worker threads over every process of the job.
+    pub fn total_workers(&self) -> usize {
+        self.workers * self.cluster.as_ref().map_or(1, |c| c.peers.len())
+    }
+}
+
+/// Where this process sits among the processes of a job that spans several: each runs
+/// [`ExecOptions::workers`] worker threads of one timely cluster, connected over TCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index.
+    pub process: usize,
+    /// Every process's `host:port`, in process order; this process listens on its own.
+    pub peers: Vec<String>,
+}
+
+impl Cluster {
+    /// The variable holding the worker threads per process.
+    pub const WORKERS_ENV: &'static str = "STREAMRUN_WORKERS";
+    /// The variable holding this process's index.
+    pub const PROCESS_ENV: &'static str = "STREAMRUN_PROCESS";
+    /// The variable holding every process's `host:port`, comma-separated, in order.
+    pub const PEERS_ENV: &'static str = "STREAMRUN_PEERS";
+
+    /// This process's place, from `STREAMRUN_PROCESS` and `STREAMRUN_PEERS`: `None` when
+    /// neither is set, an error naming the variable when one is missing or malformed.
+    pub fn from_env() -> Result<Option<Cluster>> {
+        let process = std::env::var(Self::PROCESS_ENV).ok();
+        let peers = std::env::var(Self::PEERS_ENV).ok();
+        match (process, peers) {
+            (None, None) => Ok(None),
+            (Some(process), Some(peers)) => Cluster::parse(&process, &peers).map(Some),
+            (Some(_), None) => Err(Error::Plan(format!(
+                "{} is set but {} is not: a job process needs both",
+                Self::PROCESS_ENV,
+                Self::PEERS_ENV
+            ))),
+            (None, Some(_)) => Err(Error::Plan(format!(
+                "{} is set but {} is not: a job process needs both",
+                Self::PEERS_ENV,
+                Self::PROCESS_ENV
+            ))),
+        }
+    }
+
+    /// A place from the texts of the two variables.
+    pub fn parse(process: &str, peers: &str) -> Result<Cluster> {
+        let peers: Vec<String> = peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = peers.iter().find(|p| {
+            p.rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        }) {
+            return Err(Error::Plan(format!(
+                "{}: '{bad}' is not host:port",
+                Self::PEERS_ENV
+            )));
+        }
+        let index = process
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| i < peers.len())
+            .ok_or_else(|| {
+                Error::Plan(format!(
+                    "{}={process:?} is not the index of one of the {} processes in {}",
+                    Self::PROCESS_ENV,
+                    peers.len(),
+                    Self::PEERS_ENV
+                ))
+            })?;
+        Ok(Cluster {
+            process: index,
+            peers,
+        })
     }
 }
 
@@ -135,7 +253,7 @@ impl Shared {
 
 /// Compiles and runs a job graph on `options.workers` threads of this process.
 pub fn execute(graph: &JobGraph, options: &ExecOptions) -> Result<JobReport> {
-    let plan = compile(graph, options.workers)?;
+    let plan = compile(graph, options.total_workers())?;
     execute_plan(graph, plan, options)
 }
 
@@ -168,7 +286,31 @@ pub fn execute_plan(
     let started = Instant::now();
     tracing::info!(job = %job, workers, "starting job");
     let worker_shared = Arc::clone(&shared);
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let config = match &options.cluster {
+        None => timely::Config::process(workers),
+        Some(cluster) => {
+            if workers != options.total_workers() {
+                return Err(Error::Plan(format!(
+                    "the plan is for {workers} workers, but {} processes of {} threads make {}",
+                    cluster.peers.len(),
+                    options.workers,
+                    options.total_workers()
+                )));
+            }
+            tracing::info!(process = cluster.process, peers = ?cluster.peers, "joining the job's processes");
+            timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: options.workers,
+                    process: cluster.process,
+                    addresses: cluster.peers.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            }
+        }
+    };
+    let guards = timely::execute(config, move |worker| {
         let shared = &worker_shared;
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_worker(worker, shared)));
         match outcome {

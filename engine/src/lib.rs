@@ -58,7 +58,7 @@
 //!     event_time: None,
 //! });
 //! graph.add_sink(src, "discard", Descriptor::new("discard", serde_json::Value::Null), Arc::new(Discard));
-//! let report = execute(&graph, &ExecOptions { workers: 2, metrics: None })?;
+//! let report = execute(&graph, &ExecOptions::new(2))?;
 //! assert_eq!((report.records_in, report.records_out), (10, 10));
 //! # Ok::<(), streamrun_engine::Error>(())
 //! ```
@@ -87,7 +87,7 @@ pub use connector::{
 };
 pub use error::{Error, Fault, Result};
 pub use exec::{
-    ExecOptions, JobReport, MAX_EPOCHS_IN_FLIGHT, Metrics, READS_PER_ACTIVATION, execute,
+    Cluster, ExecOptions, JobReport, MAX_EPOCHS_IN_FLIGHT, Metrics, READS_PER_ACTIVATION, execute,
     execute_plan,
 };
 pub use operator::{

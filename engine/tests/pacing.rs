@@ -127,14 +127,7 @@ fn a_fast_source_stays_within_its_epoch_budget_ahead_of_a_slow_operator() {
         Descriptor::new("count", serde_json::Value::Null),
         Arc::new(Count(Arc::clone(&counters))),
     );
-    execute(
-        &graph,
-        &ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )
-    .expect("job");
+    execute(&graph, &ExecOptions::new(workers)).expect("job");
 
     let total = BATCHES_PER_WORKER * workers as i64;
     assert_eq!(

@@ -13,14 +13,8 @@ pub fn corpus_glob() -> String {
 
 /// Runs `job` on `workers` workers, failing the test on error.
 pub fn run(job: &Job, workers: usize) -> JobReport {
-    streamrun::execute_with(
-        job,
-        &ExecOptions {
-            workers,
-            metrics: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("job failed on {workers} workers: {e}"))
+    streamrun::execute_with(job, &ExecOptions::new(workers))
+        .unwrap_or_else(|e| panic!("job failed on {workers} workers: {e}"))
 }
 
 /// Rows of (string key, i64 value) from column 0 and column `value`.

@@ -145,14 +145,7 @@ fn a_negative_node_id_stops_the_job_naming_the_column() {
     job.source(Replay::new(edge_schema(), vec![batch]))
         .connected_components("src", "dst")
         .sink(Collect::new());
-    let err = streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers: 2,
-            metrics: None,
-        },
-    )
-    .expect_err("negative node id");
+    let err = streamrun::execute_with(&job, &ExecOptions::new(2)).expect_err("negative node id");
     let message = err.to_string();
     assert!(
         message.contains("-7") && message.contains("'dst'"),

@@ -10,6 +10,7 @@ mod groupby;
 mod incremental;
 mod nexmark;
 mod plan;
+mod processes;
 mod scripted;
 mod typed;
 mod windows;

@@ -91,14 +91,7 @@ fn an_error_in_a_batch_function_stops_the_job_and_names_it() {
         }
     })
     .sink(Collect::new());
-    let err = streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers: 2,
-            metrics: None,
-        },
-    )
-    .expect_err("the function fails");
+    let err = streamrun::execute_with(&job, &ExecOptions::new(2)).expect_err("the function fails");
     let message = err.to_string();
     assert!(
         message.contains("explode") && message.contains("boom on purpose"),

@@ -117,13 +117,7 @@ fn run_counts(
         .window(Tumbling::of(Duration::from_secs(1)))
         .count()
         .sink(out.clone());
-    streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers: 1,
-            metrics: None,
-        },
-    )?;
+    streamrun::execute_with(&job, &ExecOptions::new(1))?;
     let mut got = HashMap::new();
     for b in out.batches() {
         let start = b.column(0).as_primitive::<TimestampMillisecondType>();
@@ -282,6 +276,7 @@ fn windows_are_emitted_when_the_watermark_passes_not_at_the_end() {
         &ExecOptions {
             workers: 2,
             metrics: Some(metrics),
+            ..ExecOptions::default()
         },
     )
     .expect("job");
@@ -457,14 +452,8 @@ fn late_records_can_go_to_a_late_data_sink_with_all_their_columns() {
     .window(Tumbling::of(Duration::from_secs(1)))
     .count()
     .sink(out.clone());
-    let report = streamrun::execute_with(
-        &job,
-        &ExecOptions {
-            workers: 1,
-            metrics: None,
-        },
-    )
-    .expect("late records are not errors with a late-data sink");
+    let report = streamrun::execute_with(&job, &ExecOptions::new(1))
+        .expect("late records are not errors with a late-data sink");
     assert_eq!(report.late_records, 2);
     assert_eq!(report.dead_letters, 0);
     let mut late_rows = sorted_rows(&late.batches());

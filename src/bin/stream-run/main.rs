@@ -135,9 +135,10 @@ fn summary(report: &JobReport) -> String {
 /// lasted a second and only on a terminal.
 fn run_with_progress(job: &streamrun::Job, workers: usize) -> streamrun::Result<JobReport> {
     let metrics = Arc::new(Metrics::default());
+    // A node agent places a job's process with STREAMRUN_PROCESS and STREAMRUN_PEERS.
     let options = ExecOptions {
-        workers,
         metrics: Some(Arc::clone(&metrics)),
+        ..ExecOptions::from_env(workers)?
     };
     let interactive = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     std::thread::scope(|scope| {
