@@ -1,5 +1,7 @@
-//! `stream-run`: run and explain Streamrun job specs.
+//! `stream-run`: run and explain Streamrun job specs, and run a Streamrun cluster.
 #![allow(clippy::print_stdout)] // a command-line tool prints its results
+
+mod cluster;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -61,6 +63,24 @@ enum Command {
         #[arg(long, short)]
         workers: Option<usize>,
     },
+    /// Start a head (`--head`) or a node agent joining one (`--address HOST:PORT`); runs until
+    /// stopped (Ctrl-C, SIGTERM or `stream-run stop`).
+    Start(cluster::StartArgs),
+    /// Stop the head and agents of this machine, and their jobs' processes.
+    Stop,
+    /// The cluster's nodes (alive or dead, resources used and total) and jobs.
+    Status {
+        #[command(flatten)]
+        connection: cluster::Connection,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a job to the cluster: a spec (--spec) or a program (-- PROGRAM ARGS).
+    Submit(cluster::SubmitArgs),
+    /// Follow the cluster's jobs: list, status, logs, stop.
+    #[command(subcommand)]
+    Job(cluster::JobCommand),
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
@@ -213,6 +233,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .map_err(|e| loaded.locate(e))?;
             print!("{text}");
         }
+        Command::Start(args) => cluster::start(args)?,
+        Command::Stop => cluster::stop()?,
+        Command::Status { connection, json } => cluster::status(&connection, json)?,
+        Command::Submit(args) => cluster::submit(args)?,
+        Command::Job(command) => cluster::job(command)?,
     }
     Ok(())
 }
