@@ -113,9 +113,23 @@ struct Running {
     stopping: Option<Instant>,
 }
 
-type Client = ControlClient<
-    InterceptedService<Channel, Box<dyn FnMut(tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> + Send>>,
->;
+/// Adds the cluster token to every call.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Client = ControlClient<InterceptedService<Channel, Bearer>>;
 
 async fn connect(config: &AgentConfig) -> Result<Client> {
     let channel = Channel::from_shared(format!("http://{}", config.head))
@@ -124,24 +138,21 @@ async fn connect(config: &AgentConfig) -> Result<Client> {
         .connect()
         .await
         .map_err(|e| Error::Rpc(format!("cannot reach the head at {}: {e}", config.head)))?;
-    let header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
-        format!("Bearer {}", config.token)
-            .parse()
-            .map_err(|_| Error::Config("the cluster token is not printable text".into()))?;
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut request: tonic::Request<()>| {
-        request.metadata_mut().insert("authorization", header.clone());
-        Ok(request)
-    });
-    Ok(ControlClient::with_interceptor(channel, interceptor))
+    let header = format!("Bearer {}", config.token)
+        .parse()
+        .map_err(|_| Error::Config("the cluster token is not printable text".into()))?;
+    Ok(ControlClient::with_interceptor(channel, Bearer(header)))
 }
 
 fn rpc_error(what: &str, status: tonic::Status) -> Error {
     Error::Rpc(format!("{what}: {}", status.message()))
 }
 
-async fn register(client: &mut Client, config: &AgentConfig, node_id: &str) -> Result<(String, Duration)> {
+async fn register(
+    client: &mut Client,
+    config: &AgentConfig,
+    node_id: &str,
+) -> Result<(String, Duration)> {
     let r = &config.resources;
     let reply = client
         .register(proto::RegisterRequest {
@@ -196,7 +207,10 @@ pub async fn run(
             .await;
         let reply = match beat {
             Ok(reply) => reply.into_inner(),
-            Err(status) if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::Unauthenticated => {
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    || status.code() == tonic::Code::Unauthenticated =>
+            {
                 stop_all(&mut processes).await;
                 return Err(rpc_error("the head refused a heartbeat", status));
             }
@@ -219,7 +233,10 @@ pub async fn run(
             node_id = id;
         }
         for job in &reply.stop_jobs {
-            for p in processes.iter_mut().filter(|p| &p.job == job && p.exit.is_none()) {
+            for p in processes
+                .iter_mut()
+                .filter(|p| &p.job == job && p.exit.is_none())
+            {
                 signal(p, Signal::SIGTERM);
                 p.stopping.get_or_insert_with(Instant::now);
             }
@@ -310,7 +327,9 @@ fn launch_process(config: &AgentConfig, launch: proto::Launch) -> Running {
 /// Collects exits, and kills processes that outlived their stop grace.
 fn poll(processes: &mut [Running]) {
     for p in processes.iter_mut() {
-        let Some(child) = p.child.as_mut() else { continue };
+        let Some(child) = p.child.as_mut() else {
+            continue;
+        };
         match child.try_wait() {
             Ok(Some(status)) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -352,7 +371,8 @@ fn report(processes: &[Running]) -> (Vec<proto::ProcessStatus>, Vec<proto::LogCh
         }
         // An exit is reported once its output is all shipped, so the log is complete when
         // the head sees the job end.
-        let complete = std::fs::metadata(&p.log).map_or(0, |m| m.len()) <= p.shipped + shipped.last().copied().unwrap_or(0);
+        let complete = std::fs::metadata(&p.log).map_or(0, |m| m.len())
+            <= p.shipped + shipped.last().copied().unwrap_or(0);
         statuses.push(proto::ProcessStatus {
             job_id: p.job.clone(),
             process: p.process,
@@ -402,8 +422,8 @@ mod tests {
 
     #[test]
     fn resources_parse_with_units_and_name_the_bad_one() {
-        let r = parse_resources("cpu=2,gpu=1,mem=8G,disk_fast=3", Resources::default())
-            .expect("parse");
+        let r =
+            parse_resources("cpu=2,gpu=1,mem=8G,disk_fast=3", Resources::default()).expect("parse");
         assert_eq!((r.cpus, r.gpus, r.memory_bytes), (2, 1, 8 << 30));
         assert_eq!(r.custom.get("disk_fast"), Some(&3));
         let e = parse_resources("cpu=two", Resources::default()).expect_err("bad");

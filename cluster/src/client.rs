@@ -33,7 +33,11 @@ impl Client {
         Ok(Client { base, token, http })
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response> {
+    async fn call(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response> {
         let response = request
             .bearer_auth(&self.token)
             .send()
@@ -55,7 +59,11 @@ impl Client {
         })
     }
 
-    async fn json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder, what: &str) -> Result<T> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<T> {
         self.call(request, what)
             .await?
             .json::<T>()
@@ -66,42 +74,62 @@ impl Client {
     /// Submits a job; returns its id.
     pub async fn submit(&self, request: &SubmitRequest) -> Result<String> {
         let reply: SubmitReply = self
-            .json(self.http.post(format!("{}/api/jobs", self.base)).json(request), "submit")
+            .json(
+                self.http
+                    .post(format!("{}/api/jobs", self.base))
+                    .json(request),
+                "submit",
+            )
             .await?;
         Ok(reply.job_id)
     }
 
     /// Every job.
     pub async fn jobs(&self) -> Result<Vec<JobRecord>> {
-        self.json(self.http.get(format!("{}/api/jobs", self.base)), "list jobs")
-            .await
+        self.json(
+            self.http.get(format!("{}/api/jobs", self.base)),
+            "list jobs",
+        )
+        .await
     }
 
     /// One job.
     pub async fn job(&self, id: &str) -> Result<JobRecord> {
-        self.json(self.http.get(format!("{}/api/jobs/{id}", self.base)), "job status")
-            .await
+        self.json(
+            self.http.get(format!("{}/api/jobs/{id}", self.base)),
+            "job status",
+        )
+        .await
     }
 
     /// A job's output so far.
     pub async fn logs(&self, id: &str) -> Result<String> {
-        self.call(self.http.get(format!("{}/api/jobs/{id}/logs", self.base)), "job logs")
-            .await?
-            .text()
-            .await
-            .map_err(|e| Error::Rpc(format!("job logs: {e}")))
+        self.call(
+            self.http.get(format!("{}/api/jobs/{id}/logs", self.base)),
+            "job logs",
+        )
+        .await?
+        .text()
+        .await
+        .map_err(|e| Error::Rpc(format!("job logs: {e}")))
     }
 
     /// Stops a job.
     pub async fn stop(&self, id: &str) -> Result<JobRecord> {
-        self.json(self.http.post(format!("{}/api/jobs/{id}/stop", self.base)), "stop job")
-            .await
+        self.json(
+            self.http.post(format!("{}/api/jobs/{id}/stop", self.base)),
+            "stop job",
+        )
+        .await
     }
 
     /// Every node.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        self.json(self.http.get(format!("{}/api/nodes", self.base)), "list nodes")
-            .await
+        self.json(
+            self.http.get(format!("{}/api/nodes", self.base)),
+            "list nodes",
+        )
+        .await
     }
 
     /// Waits until job `id` has ended, polling every `every`, and returns its record.

@@ -178,20 +178,26 @@ impl Head {
             .collect();
         let plan = place(request.workers, &free)?;
         let id = format!("job-{}", random_id(6));
-        let name = request.name.clone().unwrap_or_else(|| match &request.entrypoint {
-            Entrypoint::Spec { path } | Entrypoint::Binary { program: path, .. } => {
-                std::path::Path::new(path)
-                    .file_stem()
-                    .map_or_else(|| path.clone(), |s| s.to_string_lossy().into_owned())
-            }
-        });
+        let name = request
+            .name
+            .clone()
+            .unwrap_or_else(|| match &request.entrypoint {
+                Entrypoint::Spec { path } | Entrypoint::Binary { program: path, .. } => {
+                    std::path::Path::new(path)
+                        .file_stem()
+                        .map_or_else(|| path.clone(), |s| s.to_string_lossy().into_owned())
+                }
+            });
         let mut ports = HashSet::new();
         let placements: Vec<Placement> = plan
             .processes
             .iter()
             .enumerate()
             .map(|(i, node)| {
-                let host = cluster.nodes.get(node).map_or("127.0.0.1", |n| n.host.as_str());
+                let host = cluster
+                    .nodes
+                    .get(node)
+                    .map_or("127.0.0.1", |n| n.host.as_str());
                 // Timely's port for this process; distinct within the job.
                 let port = loop {
                     use rand::Rng;
@@ -281,7 +287,12 @@ impl Head {
         if job.state.is_terminal() {
             return Ok(job);
         }
-        let job = end_job(&mut cluster, id, JobState::Stopped, "stopped on request".into());
+        let job = end_job(
+            &mut cluster,
+            id,
+            JobState::Stopped,
+            "stopped on request".into(),
+        );
         let nodes = nodes_of(&cluster, job.as_ref());
         drop(cluster);
         if let Some(job) = &job {
@@ -309,7 +320,9 @@ impl Head {
             .collect();
         let mut changed_jobs = Vec::new();
         for id in &dead {
-            let Some(node) = cluster.nodes.get_mut(id) else { continue };
+            let Some(node) = cluster.nodes.get_mut(id) else {
+                continue;
+            };
             node.state = NodeState::Dead;
             node.reason = Some(format!(
                 "no heartbeat for more than {:.1} s",
@@ -330,7 +343,10 @@ impl Head {
                 }
             }
         }
-        let nodes: Vec<NodeRecord> = dead.iter().filter_map(|n| cluster.nodes.get(n).cloned()).collect();
+        let nodes: Vec<NodeRecord> = dead
+            .iter()
+            .filter_map(|n| cluster.nodes.get(n).cloned())
+            .collect();
         let mut touched: Vec<NodeRecord> = changed_jobs
             .iter()
             .flat_map(|j| nodes_of(&cluster, Some(j)))
@@ -341,7 +357,10 @@ impl Head {
         touched.iter().for_each(|n| self.persist_node(n));
     }
 
-    fn register(&self, request: proto::RegisterRequest) -> std::result::Result<proto::RegisterReply, tonic::Status> {
+    fn register(
+        &self,
+        request: proto::RegisterRequest,
+    ) -> std::result::Result<proto::RegisterReply, tonic::Status> {
         check_version(request.protocol_version)?;
         let resources = request.resources.map(|r| Resources {
             cpus: r.cpus,
@@ -384,7 +403,10 @@ impl Head {
         })
     }
 
-    fn heartbeat(&self, request: proto::HeartbeatRequest) -> std::result::Result<proto::HeartbeatReply, tonic::Status> {
+    fn heartbeat(
+        &self,
+        request: proto::HeartbeatRequest,
+    ) -> std::result::Result<proto::HeartbeatReply, tonic::Status> {
         check_version(request.protocol_version)?;
         let node_id = request.node_id.clone();
         for chunk in &request.logs {
@@ -466,7 +488,13 @@ impl Head {
     fn log_path(&self, job: &str, process: u32) -> Option<PathBuf> {
         // Job ids are the head's own (`job-` and hex); anything else names no log.
         let safe = job.starts_with("job-") && job[4..].bytes().all(|b| b.is_ascii_hexdigit());
-        safe.then(|| self.config.dir.join("logs").join(job).join(format!("{process}.log")))
+        safe.then(|| {
+            self.config
+                .dir
+                .join("logs")
+                .join(job)
+                .join(format!("{process}.log"))
+        })
     }
 
     fn append_log(&self, chunk: &proto::LogChunk) {
@@ -478,7 +506,10 @@ impl Head {
                 std::fs::create_dir_all(dir)?;
             }
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
             use std::io::Write;
             if size >= MAX_LOG_BYTES {
                 return Ok(());
@@ -504,7 +535,9 @@ impl Head {
             .ok_or_else(|| Error::Refused(format!("no job '{id}'")))?;
         let mut text = String::new();
         for p in &job.placements {
-            let Some(path) = self.log_path(id, p.process) else { continue };
+            let Some(path) = self.log_path(id, p.process) else {
+                continue;
+            };
             let body = std::fs::read(&path).unwrap_or_default();
             text.push_str(&String::from_utf8_lossy(&body));
         }
@@ -548,7 +581,11 @@ fn end_job(cluster: &mut Cluster, id: &str, state: JobState, reason: String) -> 
             node.used_cpus = node.used_cpus.saturating_sub(p.threads);
         }
         if p.exit_code.is_none() {
-            cluster.stops.entry(p.node.clone()).or_default().push(id.to_owned());
+            cluster
+                .stops
+                .entry(p.node.clone())
+                .or_default()
+                .push(id.to_owned());
         }
         // A launch not yet handed out is withdrawn.
         if let Some(launches) = cluster.launches.get_mut(&p.node) {
@@ -562,18 +599,31 @@ fn end_job(cluster: &mut Cluster, id: &str, state: JobState, reason: String) -> 
 /// Moves job `id` on after its processes reported: running, failed or succeeded.
 fn advance(cluster: &mut Cluster, id: &str, reason: &str) -> Option<JobRecord> {
     let job = cluster.jobs.get_mut(id)?;
-    if let Some(p) = job.placements.iter().find(|p| p.exit_code.is_some_and(|c| c != 0)) {
+    if let Some(p) = job
+        .placements
+        .iter()
+        .find(|p| p.exit_code.is_some_and(|c| c != 0))
+    {
         let why = format!(
             "process {} on node {} exited with code {}{}",
             p.process,
             p.node,
             p.exit_code.unwrap_or(-1),
-            if reason.is_empty() { String::new() } else { format!(": {reason}") }
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {reason}")
+            }
         );
         return end_job(cluster, id, JobState::Failed, why);
     }
     if job.placements.iter().all(|p| p.exit_code == Some(0)) {
-        return end_job(cluster, id, JobState::Succeeded, "every process exited with 0".into());
+        return end_job(
+            cluster,
+            id,
+            JobState::Succeeded,
+            "every process exited with 0".into(),
+        );
     }
     if job.state == JobState::Pending && job.placements.iter().all(|p| p.started) {
         job.state = JobState::Running;
@@ -640,40 +690,51 @@ fn router(head: Head) -> Router {
     Router::new()
         .route(
             "/api/jobs",
-            post(|State(h): State<Head>, Json(r): Json<SubmitRequest>| async move {
-                h.submit(r)
-                    .map(|j| Json(SubmitReply { job_id: j.id }))
-                    .map_err(ApiError::from)
-            })
+            post(
+                |State(h): State<Head>, Json(r): Json<SubmitRequest>| async move {
+                    h.submit(r)
+                        .map(|j| Json(SubmitReply { job_id: j.id }))
+                        .map_err(ApiError::from)
+                },
+            )
             .get(|State(h): State<Head>| async move { Json(h.jobs()) }),
         )
         .route(
             "/api/jobs/{id}",
-            get(|State(h): State<Head>, UrlPath(id): UrlPath<String>| async move {
-                h.jobs()
-                    .into_iter()
-                    .find(|j| j.id == id)
-                    .map(Json)
-                    .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job '{id}'")))
-            }),
+            get(
+                |State(h): State<Head>, UrlPath(id): UrlPath<String>| async move {
+                    h.jobs()
+                        .into_iter()
+                        .find(|j| j.id == id)
+                        .map(Json)
+                        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job '{id}'")))
+                },
+            ),
         )
         .route(
             "/api/jobs/{id}/logs",
-            get(|State(h): State<Head>, UrlPath(id): UrlPath<String>| async move {
-                h.logs(&id).map_err(ApiError::from)
-            }),
+            get(
+                |State(h): State<Head>, UrlPath(id): UrlPath<String>| async move {
+                    h.logs(&id).map_err(ApiError::from)
+                },
+            ),
         )
         .route(
             "/api/jobs/{id}/stop",
-            post(|State(h): State<Head>, UrlPath(id): UrlPath<String>| async move {
-                h.stop(&id).map(Json).map_err(ApiError::from)
-            }),
+            post(
+                |State(h): State<Head>, UrlPath(id): UrlPath<String>| async move {
+                    h.stop(&id).map(Json).map_err(ApiError::from)
+                },
+            ),
         )
         .route(
             "/api/nodes",
             get(|State(h): State<Head>| async move { Json(h.nodes()) }),
         )
-        .layer(axum::middleware::from_fn_with_state(head.clone(), require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            head.clone(),
+            require_token,
+        ))
         .with_state(head)
 }
 

@@ -98,5 +98,7 @@ pub fn now_ms() -> u64 {
 pub(crate) fn random_id(bytes: usize) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }

@@ -40,7 +40,8 @@ pub fn head_info(home: &Path) -> Option<HeadInfo> {
 /// Records a running agent's process id, for `stop`.
 pub fn record_agent(home: &Path) -> Result<PathBuf> {
     let dir = agents_dir(home);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let path = dir.join(format!("{}.pid", std::process::id()));
     std::fs::write(&path, std::process::id().to_string())
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;

@@ -25,7 +25,7 @@ pub fn place(workers: u32, free: &[(String, u32)]) -> Result<Plan> {
     let mut nodes: Vec<(String, u32)> = free.to_vec();
     // Most free first; ties by id, so that placement is reproducible.
     nodes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    for threads in (1..=workers).rev().filter(|t| workers % t == 0) {
+    for threads in (1..=workers).rev().filter(|t| workers.is_multiple_of(*t)) {
         let needed = (workers / threads) as usize;
         let mut processes = Vec::with_capacity(needed);
         for (node, free) in &nodes {
@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn too_many_workers_is_a_clear_refusal() {
         let e = place(9, &nodes(&[("a", 4), ("b", 4)])).expect_err("too many");
-        assert!(e.to_string().contains("9 workers") && e.to_string().contains("8 free"), "{e}");
+        assert!(
+            e.to_string().contains("9 workers") && e.to_string().contains("8 free"),
+            "{e}"
+        );
         assert!(place(0, &nodes(&[("a", 4)])).is_err());
     }
 }

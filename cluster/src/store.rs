@@ -159,31 +159,42 @@ impl Store {
         let db = Database::create(path)
             .map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
         let txn = db.begin_write().map_err(|e| db_err("write", e))?;
-        txn.open_table(NODES).map_err(|e| db_err("nodes table", e))?;
+        txn.open_table(NODES)
+            .map_err(|e| db_err("nodes table", e))?;
         txn.open_table(JOBS).map_err(|e| db_err("jobs table", e))?;
         txn.commit().map_err(|e| db_err("commit", e))?;
         Ok(Store { db })
     }
 
-    fn put<T: Serialize>(&self, table: TableDefinition<&str, &[u8]>, id: &str, value: &T) -> Result<()> {
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        value: &T,
+    ) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(|e| db_err("encoding a record", e))?;
         let txn = self.db.begin_write().map_err(|e| db_err("write", e))?;
         {
             let mut t = txn.open_table(table).map_err(|e| db_err("table", e))?;
-            t.insert(id, bytes.as_slice()).map_err(|e| db_err("insert", e))?;
+            t.insert(id, bytes.as_slice())
+                .map_err(|e| db_err("insert", e))?;
         }
         txn.commit().map_err(|e| db_err("commit", e))
     }
 
-    fn all<T: for<'de> Deserialize<'de>>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>> {
+    fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>> {
         let txn = self.db.begin_read().map_err(|e| db_err("read", e))?;
         let t = txn.open_table(table).map_err(|e| db_err("table", e))?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(|e| db_err("scan", e))? {
             let (key, value) = entry.map_err(|e| db_err("scan", e))?;
-            out.push(serde_json::from_slice(value.value()).map_err(|e| {
-                db_err(&format!("record '{}' is unreadable", key.value()), e)
-            })?);
+            out.push(
+                serde_json::from_slice(value.value())
+                    .map_err(|e| db_err(&format!("record '{}' is unreadable", key.value()), e))?,
+            );
         }
         Ok(out)
     }

@@ -20,7 +20,8 @@ pub fn load_or_create(dir: &Path) -> Result<String> {
     if path.exists() {
         return read(&path);
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let token = crate::random_id(32);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -40,7 +41,10 @@ pub fn read(path: &Path) -> Result<String> {
         .map_err(|e| Error::io(format!("reading the cluster token {}", path.display()), e))?;
     let token = text.trim().to_owned();
     if token.is_empty() {
-        return Err(Error::Config(format!("the token file {} is empty", path.display())));
+        return Err(Error::Config(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
     }
     Ok(token)
 }

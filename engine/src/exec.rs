@@ -109,11 +109,11 @@ impl ExecOptions {
                 .ok()
                 .filter(|&n| n > 0)
                 .ok_or_else(|| {
-                    Error::Plan(format!(
-                        "{}={text:?} is not a number of worker threads (1 or more)",
-                        Cluster::WORKERS_ENV
-                    ))
-                })?,
+                Error::Plan(format!(
+                    "{}={text:?} is not a number of worker threads (1 or more)",
+                    Cluster::WORKERS_ENV
+                ))
+            })?,
             _ => default_workers,
         };
         Ok(ExecOptions {

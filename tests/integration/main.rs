@@ -4,6 +4,7 @@
 mod actors;
 mod bad_input;
 mod cli;
+mod cluster;
 mod common;
 mod edges;
 mod groupby;

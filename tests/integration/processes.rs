@@ -66,7 +66,11 @@ fn a_word_count_over_2_processes_of_2_workers_equals_the_embedded_run() {
         .arg(spec(dir.path(), "embedded"))
         .output()
         .expect("run stream-run");
-    assert!(embedded.status.success(), "{}", String::from_utf8_lossy(&embedded.stderr));
+    assert!(
+        embedded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&embedded.stderr)
+    );
 
     let peers = free_ports(2)
         .iter()
@@ -90,7 +94,11 @@ fn a_word_count_over_2_processes_of_2_workers_equals_the_embedded_run() {
         .collect();
     for child in children {
         let out = child.wait_with_output().expect("wait");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let parts = std::fs::read_dir(dir.path().join("cluster"))
         .expect("cluster output")

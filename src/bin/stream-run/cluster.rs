@@ -183,7 +183,10 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         }))?;
         return Ok(());
     }
-    let head = args.address.clone().context("--address HOST:PORT is required")?;
+    let head = args
+        .address
+        .clone()
+        .context("--address HOST:PORT is required")?;
     let token_file = args
         .token_file
         .clone()
@@ -270,7 +273,12 @@ fn job_rows(jobs: &[JobRecord]) -> Vec<Vec<String>> {
                 j.id.clone(),
                 j.name.clone(),
                 format!("{:?}", j.state).to_uppercase(),
-                format!("{} ({}×{})", j.workers, j.placements.len(), j.placements.first().map_or(0, |p| p.threads)),
+                format!(
+                    "{} ({}×{})",
+                    j.workers,
+                    j.placements.len(),
+                    j.placements.first().map_or(0, |p| p.threads)
+                ),
                 age(j.submitted_ms),
                 j.reason.clone().unwrap_or_default(),
             ]
@@ -281,7 +289,9 @@ fn job_rows(jobs: &[JobRecord]) -> Vec<Vec<String>> {
 /// `stream-run status`.
 pub fn status(connection: &Connection, json: bool) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let (nodes, jobs) = runtime()?.block_on(async { Ok::<_, anyhow::Error>((client.nodes().await?, client.jobs().await?)) })?;
+    let (nodes, jobs) = runtime()?.block_on(async {
+        Ok::<_, anyhow::Error>((client.nodes().await?, client.jobs().await?))
+    })?;
     if json {
         println!("{}", serde_json::json!({ "nodes": nodes, "jobs": jobs }));
         return Ok(());
@@ -298,15 +308,32 @@ pub fn status(connection: &Connection, json: bool) -> anyhow::Result<()> {
                 },
                 format!("{}/{}", n.used_cpus, n.resources.cpus),
                 n.resources.gpus.to_string(),
-                format!("{:.1}G", n.resources.memory_bytes as f64 / (1u64 << 30) as f64),
+                format!(
+                    "{:.1}G",
+                    n.resources.memory_bytes as f64 / (1u64 << 30) as f64
+                ),
                 age(n.last_heartbeat_ms),
             ]
         })
         .collect();
     println!(
         "{}\n\n{}",
-        table(&["NODE", "HOST", "STATE", "CPU USED/TOTAL", "GPU", "MEM", "LAST HEARTBEAT"], node_rows),
-        table(&["JOB", "NAME", "STATE", "WORKERS", "AGE", "REASON"], job_rows(&jobs))
+        table(
+            &[
+                "NODE",
+                "HOST",
+                "STATE",
+                "CPU USED/TOTAL",
+                "GPU",
+                "MEM",
+                "LAST HEARTBEAT"
+            ],
+            node_rows
+        ),
+        table(
+            &["JOB", "NAME", "STATE", "WORKERS", "AGE", "REASON"],
+            job_rows(&jobs)
+        )
     );
     Ok(())
 }
@@ -314,7 +341,8 @@ pub fn status(connection: &Connection, json: bool) -> anyhow::Result<()> {
 /// `stream-run submit`.
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let absolute = |p: &PathBuf| -> anyhow::Result<String> {
-        let p = std::fs::canonicalize(p).with_context(|| format!("{} does not exist", p.display()))?;
+        let p =
+            std::fs::canonicalize(p).with_context(|| format!("{} does not exist", p.display()))?;
         Ok(p.to_string_lossy().into_owned())
     };
     let entrypoint = match (&args.spec, args.program.split_first()) {
@@ -322,7 +350,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             // Compile it here first: a spec that does not compile is refused at once.
             let loaded = streamrun::spec::load(spec)?;
             streamrun::explain(&loaded.job, args.workers as usize).map_err(|e| loaded.locate(e))?;
-            Entrypoint::Spec { path: absolute(spec)? }
+            Entrypoint::Spec {
+                path: absolute(spec)?,
+            }
         }
         (None, Some((program, rest))) => {
             let path = PathBuf::from(program);
@@ -375,7 +405,13 @@ pub fn job(command: JobCommand) -> anyhow::Result<()> {
     match command {
         JobCommand::List { connection } => {
             let jobs = rt.block_on(connection.client()?.jobs())?;
-            println!("{}", table(&["JOB", "NAME", "STATE", "WORKERS", "AGE", "REASON"], job_rows(&jobs)));
+            println!(
+                "{}",
+                table(
+                    &["JOB", "NAME", "STATE", "WORKERS", "AGE", "REASON"],
+                    job_rows(&jobs)
+                )
+            );
         }
         JobCommand::Status { id, connection } => {
             let job = rt.block_on(connection.client()?.job(&id))?;

@@ -1,0 +1,156 @@
+//! The head's control plane in-process: registration, the protocol version, the token on
+//! gRPC and REST, and recovery from the store after a restart.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use streamrun_cluster::head::{self, HeadConfig, HeadInfo};
+use streamrun_cluster::proto::control_client::ControlClient;
+use streamrun_cluster::{PROTOCOL_VERSION, proto};
+
+/// Runs a head on free loopback ports until the returned sender is used.
+async fn start_head(
+    dir: &std::path::Path,
+) -> (
+    HeadInfo,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = HeadConfig::new(dir.to_path_buf());
+    config.grpc = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.rest = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.heartbeat_interval = Duration::from_millis(100);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        head::run(
+            config,
+            async {
+                let _ = stopped.await;
+            },
+            move |info| {
+                let _ = ready_tx.send(info.clone());
+            },
+        )
+        .await
+        .expect("head");
+    });
+    let info = ready_rx.await.expect("head ready");
+    (info, stop, task)
+}
+
+fn register(token: Option<&str>, version: u32) -> tonic::Request<proto::RegisterRequest> {
+    let mut request = tonic::Request::new(proto::RegisterRequest {
+        protocol_version: version,
+        host: "127.0.0.1".into(),
+        resources: Some(proto::Resources {
+            cpus: 3,
+            ..Default::default()
+        }),
+        node_id: String::new(),
+    });
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+    }
+    request
+}
+
+#[tokio::test]
+async fn the_head_checks_token_and_version_and_recovers_after_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (info, stop, task) = start_head(dir.path()).await;
+    let token = streamrun_cluster::token::read(&dir.path().join("token")).expect("token");
+    let mut client = ControlClient::connect(format!("http://{}", info.grpc))
+        .await
+        .expect("connect");
+
+    let refused = client
+        .register(register(None, PROTOCOL_VERSION))
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = client
+        .register(register(Some("wrong"), PROTOCOL_VERSION))
+        .await
+        .expect_err("bad token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = client
+        .register(register(Some(&token), PROTOCOL_VERSION + 1))
+        .await
+        .expect_err("version");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("protocol version"),
+        "{}",
+        refused.message()
+    );
+    let node = client
+        .register(register(Some(&token), PROTOCOL_VERSION))
+        .await
+        .expect("register")
+        .into_inner()
+        .node_id;
+
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/nodes", info.rest);
+    let anonymous = http.get(&url).send().await.expect("get");
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let wrong = http
+        .get(&url)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let client = streamrun_cluster::client::Client::new(&info.rest.to_string(), token.clone())
+        .expect("client");
+    let nodes = client.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].resources.cpus, 3);
+    let e = client
+        .submit(&head::SubmitRequest {
+            name: None,
+            workers: 4,
+            entrypoint: streamrun_cluster::store::Entrypoint::Binary {
+                program: "true".into(),
+                args: vec![],
+            },
+        })
+        .await
+        .expect_err("too many workers");
+    assert!(
+        e.to_string().contains("4 workers") && e.to_string().contains("3 free CPUs"),
+        "{e}"
+    );
+    let job = client
+        .submit(&head::SubmitRequest {
+            name: Some("two".into()),
+            workers: 2,
+            entrypoint: streamrun_cluster::store::Entrypoint::Binary {
+                program: "true".into(),
+                args: vec![],
+            },
+        })
+        .await
+        .expect("submit");
+
+    // Restart: the same directory, new ports. Nodes and jobs come back from the store.
+    let _ = stop.send(());
+    task.await.expect("head stopped");
+    let (info, stop, task) = start_head(dir.path()).await;
+    let client =
+        streamrun_cluster::client::Client::new(&info.rest.to_string(), token).expect("client");
+    let nodes = client.nodes().await.expect("nodes");
+    assert_eq!(
+        nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+        vec![node]
+    );
+    let recovered = client.job(&job).await.expect("job");
+    assert_eq!(recovered.name, "two");
+    assert_eq!(recovered.state, streamrun_cluster::store::JobState::Pending);
+    let _ = stop.send(());
+    task.await.expect("head stopped");
+}

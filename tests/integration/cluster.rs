@@ -1,0 +1,343 @@
+//! A cluster of real processes on loopback: a head and node agents started with
+//! `stream-run start`, jobs submitted with `stream-run submit`, as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A head and agents, killed when dropped.
+struct TestCluster {
+    home: tempfile::TempDir,
+    grpc: String,
+    rest: String,
+    head: Child,
+    agents: Vec<Child>,
+}
+
+impl TestCluster {
+    /// A head (heartbeats every 100 ms, nodes dead after 1 s) and one agent per entry of
+    /// `cpus`.
+    fn start(cpus: &[u32]) -> TestCluster {
+        let home = tempfile::tempdir().expect("home");
+        let (grpc, rest) = (free_port(), free_port());
+        let head = Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args([
+                "start",
+                "--head",
+                "--heartbeat-ms",
+                "100",
+                "--dead-after-ms",
+                "1000",
+            ])
+            .args([
+                "--port",
+                &grpc.to_string(),
+                "--dashboard-port",
+                &rest.to_string(),
+            ])
+            .env("STREAMRUN_HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the head");
+        let mut cluster = TestCluster {
+            home,
+            grpc: format!("127.0.0.1:{grpc}"),
+            rest: format!("127.0.0.1:{rest}"),
+            head,
+            agents: Vec::new(),
+        };
+        cluster.wait_for(
+            |c| c.home.path().join("head/head.json").exists(),
+            "the head to listen",
+        );
+        for &n in cpus {
+            cluster.add_agent(n);
+        }
+        let expected = cpus.len();
+        cluster.wait_for(|c| c.alive_nodes() == expected, "the agents to register");
+        cluster
+    }
+
+    fn add_agent(&mut self, cpus: u32) {
+        let agent = Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args([
+                "start",
+                "--address",
+                &self.grpc,
+                "--resources",
+                &format!("cpu={cpus}"),
+            ])
+            .env("STREAMRUN_HOME", self.home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start an agent");
+        self.agents.push(agent);
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args(args)
+            .env("STREAMRUN_HOME", self.home.path())
+            .output()
+            .expect("run stream-run")
+    }
+
+    fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn alive_nodes(&self) -> usize {
+        self.status()["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["state"] == "ALIVE").count())
+    }
+
+    fn job(&self, id: &str) -> Value {
+        let out = self.cli(&["job", "status", id]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn submit(&self, args: &[&str]) -> String {
+        let out = self.cli(&[&["submit"], args].concat());
+        assert!(
+            out.status.success(),
+            "submit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn wait_for(&self, mut done: impl FnMut(&TestCluster) -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_state(&self, id: &str, state: &str) -> Value {
+        let mut last = Value::Null;
+        self.wait_for(
+            |c| {
+                last = c.job(id);
+                last["state"] == state
+            },
+            &format!("job {id} to be {state}"),
+        );
+        last
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in self
+            .agents
+            .iter_mut()
+            .chain(std::iter::once(&mut self.head))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether a process whose command line contains `marker` runs on this machine.
+fn process_running(marker: &str) -> bool {
+    std::fs::read_dir("/proc").is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(marker)
+            })
+        })
+    })
+}
+
+fn wordcount_spec(dir: &Path, out: &Path) -> PathBuf {
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/corpus/*.txt");
+    let path = dir.join("wordcount.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"wordcount\"\n[source]\nformat = \"text\"\npath = \"{corpus}\"\n\
+             [[steps]]\nop = \"split_words\"\ncolumn = \"line\"\noutput = \"word\"\n\
+             [[steps]]\nop = \"aggregate\"\nkeys = [\"word\"]\naggs = [{{ fn = \"count\", as = \"count\" }}]\n\
+             [sink]\nformat = \"csv\"\npath = \"{}\"\n",
+            out.display()
+        ),
+    )
+    .expect("spec");
+    path
+}
+
+fn csv_rows(dir: &Path) -> Vec<String> {
+    let mut rows: Vec<String> = std::fs::read_dir(dir)
+        .expect("output")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "csv"))
+        .flat_map(|e| {
+            let text = std::fs::read_to_string(e.path()).expect("part");
+            text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_word_count_on_two_agents_equals_the_embedded_run_and_keeps_its_logs() {
+    let cluster = TestCluster::start(&[2, 2]);
+    let work = tempfile::tempdir().expect("work");
+    let embedded = work.path().join("embedded");
+    let spec = wordcount_spec(work.path(), &embedded);
+    let out = Command::new(env!("CARGO_BIN_EXE_stream-run"))
+        .args(["run", "-w", "1"])
+        .arg(&spec)
+        .output()
+        .expect("embedded run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = csv_rows(&embedded);
+    std::fs::remove_dir_all(&embedded).expect("clear");
+
+    let spec = spec.to_string_lossy().into_owned();
+    let out = cluster.cli(&["submit", "--workers", "4", "--spec", &spec, "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let job = cluster.job(&id);
+    assert_eq!(job["state"], "SUCCEEDED", "{job}");
+    let placements = job["placements"].as_array().expect("placements");
+    assert_eq!(placements.len(), 2, "two processes of two workers: {job}");
+    assert_ne!(placements[0]["node"], placements[1]["node"]);
+    assert_eq!(csv_rows(&embedded), expected);
+    let logs = cluster.cli(&["job", "logs", &id]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert_eq!(
+        logs.matches("records in").count(),
+        2,
+        "one summary per process: {logs}"
+    );
+}
+
+#[test]
+fn a_killed_agent_is_declared_dead_within_the_bound_and_its_job_fails() {
+    let mut cluster = TestCluster::start(&[1]);
+    let id = cluster.submit(&["-w", "1", "--", "sleep", "61.25"]);
+    cluster.wait_state(&id, "RUNNING");
+    assert!(process_running("sleep 61.25"));
+    let killed = Instant::now();
+    cluster.agents[0].kill().expect("SIGKILL the agent");
+    let job = cluster.wait_state(&id, "FAILED");
+    let detected = killed.elapsed();
+    // Dead after 1 s of silence, checked every 50 ms, polled by this test every 50 ms or so.
+    assert!(detected < Duration::from_millis(2500), "took {detected:?}");
+    let node = job["placements"][0]["node"]
+        .as_str()
+        .expect("node")
+        .to_owned();
+    let reason = job["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains(&node) && reason.contains("heartbeat"),
+        "{reason}"
+    );
+    cluster.wait_for(
+        |_| !process_running("sleep 61.25"),
+        "the orphaned process to die",
+    );
+    assert_eq!(cluster.alive_nodes(), 0);
+}
+
+#[test]
+fn stop_ends_a_running_job_and_bad_requests_get_clear_errors() {
+    let cluster = TestCluster::start(&[2]);
+    let id = cluster.submit(&["-w", "2", "--", "sleep", "62.75"]);
+    cluster.wait_state(&id, "RUNNING");
+    let out = cluster.cli(&["job", "stop", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.wait_state(&id, "STOPPED");
+    cluster.wait_for(
+        |_| !process_running("sleep 62.75"),
+        "the stopped process to end",
+    );
+
+    // More workers than the cluster has.
+    let out = cluster.cli(&["submit", "-w", "3", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("3 workers") && stderr.contains("2 free"),
+        "{stderr}"
+    );
+    // A program that does not exist fails its job with the reason.
+    let id = cluster.submit(&["-w", "1", "--", "no-such-program-anywhere"]);
+    let job = cluster.wait_state(&id, "FAILED");
+    assert!(
+        job["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot start")),
+        "{job}"
+    );
+    // A spec that does not compile is refused before it is submitted, naming the line.
+    let work = tempfile::tempdir().expect("work");
+    let bad = work.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"bad\"\n[source]\nformat = \"text\"\npath = \"/nowhere/*.txt\"\n[[steps]]\nop = \"no_such_op\"\n[sink]\nformat = \"stdout\"\n").expect("spec");
+    let out = cluster.cli(&["submit", "--spec", &bad.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
+    // An unreachable head, for a client and for an agent.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let out = cluster.cli(&["status", "--address", &nowhere]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("cannot reach the head"),
+        "{stderr}"
+    );
+    let out = cluster.cli(&["start", "--address", &nowhere]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("cannot reach the head"),
+        "{stderr}"
+    );
+    // A wrong token.
+    let out = Command::new(env!("CARGO_BIN_EXE_stream-run"))
+        .args(["status", "--address", &cluster.rest])
+        .env("STREAMRUN_HOME", cluster.home.path())
+        .env("STREAMRUN_TOKEN", "wrong")
+        .output()
+        .expect("status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("token"),
+        "{stderr}"
+    );
+}
