@@ -341,3 +341,203 @@ fn stop_ends_a_running_job_and_bad_requests_get_clear_errors() {
         "{stderr}"
     );
 }
+
+/// Three network namespaces on one bridge: separate hosts with their own interfaces and
+/// addresses (10.N.0.1–3), removed when dropped.
+struct Hosts {
+    bridge: String,
+    namespaces: Vec<String>,
+    subnet: String,
+}
+
+impl Hosts {
+    /// `None`, with the reason, where namespaces cannot be made (not root, no `ip`).
+    fn create() -> Result<Hosts, String> {
+        let n = std::process::id() % 10_000;
+        let subnet = format!("10.{}.0", 100 + n % 100);
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let mut hosts = Hosts {
+            bridge: format!("srb{n}"),
+            namespaces: Vec::new(),
+            subnet: subnet.clone(),
+        };
+        ip(&["link", "add", &hosts.bridge, "type", "bridge"])?;
+        ip(&["link", "set", &hosts.bridge, "up"])?;
+        for i in 1..=3 {
+            let ns = format!("srns{n}h{i}");
+            ip(&["netns", "add", &ns])?;
+            hosts.namespaces.push(ns.clone());
+            let (outside, inside) = (format!("srv{n}h{i}"), format!("srp{n}h{i}"));
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ])?;
+            ip(&["link", "set", &inside, "netns", &ns])?;
+            ip(&["link", "set", &outside, "master", &hosts.bridge])?;
+            ip(&["link", "set", &outside, "up"])?;
+            let address = format!("{subnet}.{i}/24");
+            ip(&[
+                "netns", "exec", &ns, "ip", "addr", "add", &address, "dev", &inside,
+            ])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", &inside, "up"])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    fn address(&self, host: usize) -> String {
+        format!("{}.{host}", self.subnet)
+    }
+
+    /// `stream-run` inside host `host` (1–3).
+    fn stream_run(&self, host: usize, home: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &self.namespaces[host - 1],
+                env!("CARGO_BIN_EXE_stream-run"),
+            ])
+            .env("STREAMRUN_HOME", home);
+        command
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// Kills its processes when dropped.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_job_crosses_real_network_interfaces_between_namespaced_hosts() {
+    let hosts = match Hosts::create() {
+        Ok(hosts) => hosts,
+        Err(why) => {
+            eprintln!("skipped: network namespaces cannot be made here ({why})");
+            return;
+        }
+    };
+    let home = tempfile::tempdir().expect("home");
+    let head = hosts.address(1);
+    let mut processes = Processes(Vec::new());
+    processes.0.push(
+        hosts
+            .stream_run(1, home.path())
+            .args(["start", "--head", "--bind", &head, "--heartbeat-ms", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("head"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !home.path().join("head/head.json").exists() {
+        assert!(Instant::now() < deadline, "the head did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for host in [2, 3] {
+        processes.0.push(
+            hosts
+                .stream_run(host, home.path())
+                .args([
+                    "start",
+                    "--address",
+                    &format!("{head}:6380"),
+                    "--resources",
+                    "cpu=2",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("agent"),
+        );
+    }
+    let rest = format!("{head}:8265");
+    let status = || -> Value {
+        let out = hosts
+            .stream_run(1, home.path())
+            .args(["status", "--json", "--address", &rest])
+            .output()
+            .expect("status");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    while status()["nodes"].as_array().map_or(0, Vec::len) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the agents did not register: {}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hosts_seen: Vec<String> = status()["nodes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|n| n["host"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        hosts_seen.contains(&hosts.address(2)) && hosts_seen.contains(&hosts.address(3)),
+        "agents are reached at their own interfaces: {hosts_seen:?}"
+    );
+
+    let work = tempfile::tempdir().expect("work");
+    let embedded = work.path().join("embedded");
+    let spec = wordcount_spec(work.path(), &embedded);
+    let out = Command::new(env!("CARGO_BIN_EXE_stream-run"))
+        .args(["run", "-w", "1"])
+        .arg(&spec)
+        .output()
+        .expect("embedded run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = csv_rows(&embedded);
+    std::fs::remove_dir_all(&embedded).expect("clear");
+    let out = hosts
+        .stream_run(1, home.path())
+        .args(["submit", "--address", &rest, "-w", "4", "--wait", "--spec"])
+        .arg(&spec)
+        .output()
+        .expect("submit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(csv_rows(&embedded), expected);
+}
