@@ -40,7 +40,9 @@ fn main() -> anyhow::Result<()> {
         counts.sink(Files::write_parquet(dir));
     }
 
-    let report = streamrun::execute_with(&job, &ExecOptions::new(workers))?;
+    // Embedded with `workers` threads, or one process of a cluster job when a node agent
+    // started this program (`stream-run submit -- wordcount`).
+    let report = streamrun::execute_with(&job, &ExecOptions::from_env(workers)?)?;
     eprintln!(
         "{} lines ({:.1} MB) counted in {:.3} s on {} workers{}",
         report.records_in,

@@ -48,8 +48,18 @@ pub fn record_agent(home: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Whether process `pid` runs: it exists and has not exited (a zombie waiting for its parent
+/// to reap it has).
 fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+        })
+        .unwrap_or(false);
+    kill(Pid::from_raw(pid), None).is_ok() && !zombie
 }
 
 /// Stops the local head and agents (SIGTERM; they stop their job processes), waits up to
