@@ -545,25 +545,49 @@ fn a_job_crosses_real_network_interfaces_between_namespaced_hosts() {
 #[test]
 fn a_compiled_dsl_program_runs_as_a_job_unchanged() {
     // `cargo test` builds the examples beside the test binaries.
-    let example = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent()?.parent().map(|d| d.join("examples").join("wordcount")));
+    let example = std::env::current_exe().ok().and_then(|p| {
+        p.parent()?
+            .parent()
+            .map(|d| d.join("examples").join("wordcount"))
+    });
     let Some(example) = example.filter(|p| p.exists()) else {
         eprintln!("skipped: the wordcount example is not built (cargo test --workspace builds it)");
         return;
     };
-    let embedded = Command::new(&example).args(["-w", "1"]).output().expect("embedded");
-    assert!(embedded.status.success(), "{}", String::from_utf8_lossy(&embedded.stderr));
+    let embedded = Command::new(&example)
+        .args(["-w", "1"])
+        .output()
+        .expect("embedded");
+    assert!(
+        embedded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&embedded.stderr)
+    );
     let table = String::from_utf8_lossy(&embedded.stdout).into_owned();
     assert!(table.contains("| the "), "{table}");
 
     let cluster = TestCluster::start(&[2, 2]);
-    let out = cluster.cli(&["submit", "-w", "4", "--wait", "--", &example.to_string_lossy()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cluster.cli(&[
+        "submit",
+        "-w",
+        "4",
+        "--wait",
+        "--",
+        &example.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let logs = String::from_utf8_lossy(&out.stdout);
     // The table, gathered on worker 0 of process 0, as the embedded run prints it.
     assert!(logs.contains(table.trim()), "{logs}");
-    assert_eq!(logs.matches("counted in").count(), 2, "one summary per process: {logs}");
+    assert_eq!(
+        logs.matches("counted in").count(),
+        2,
+        "one summary per process: {logs}"
+    );
 }
 
 #[test]
@@ -572,9 +596,16 @@ fn stop_stops_the_local_head_and_agents() {
     let out = cluster.cli(&["stop"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("stopped head") && stderr.contains("stopped agent"), "{stderr}");
+    assert!(
+        stderr.contains("stopped head") && stderr.contains("stopped agent"),
+        "{stderr}"
+    );
     let mut cluster = cluster;
-    for child in cluster.agents.iter_mut().chain(std::iter::once(&mut cluster.head)) {
+    for child in cluster
+        .agents
+        .iter_mut()
+        .chain(std::iter::once(&mut cluster.head))
+    {
         let status = child.try_wait().expect("wait");
         assert!(status.is_some(), "a process outlived stop");
     }
