@@ -10,113 +10,18 @@
 //! `cargo bench --bench cluster`
 #![allow(clippy::print_stdout)]
 
+#[path = "../tests/support/local_cluster.rs"]
+mod local_cluster;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use local_cluster::LocalCluster as Cluster;
 use streamrun_cluster::proto::control_client::ControlClient;
 use streamrun_cluster::{PROTOCOL_VERSION, proto};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stream-run");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
-struct Cluster {
-    home: tempfile::TempDir,
-    grpc: String,
-    head: Child,
-    agents: Vec<Child>,
-}
-
-impl Cluster {
-    fn start(agents: usize) -> Cluster {
-        let home = tempfile::tempdir().expect("home");
-        let (grpc, rest) = (free_port(), free_port());
-        let head = Command::new(BIN)
-            .args([
-                "start",
-                "--head",
-                "--heartbeat-ms",
-                "100",
-                "--dead-after-ms",
-                "1000",
-            ])
-            .args([
-                "--port",
-                &grpc.to_string(),
-                "--dashboard-port",
-                &rest.to_string(),
-            ])
-            .env("STREAMRUN_HOME", home.path())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("head");
-        let mut cluster = Cluster {
-            home,
-            grpc: format!("127.0.0.1:{grpc}"),
-            head,
-            agents: Vec::new(),
-        };
-        while !cluster.home.path().join("head/head.json").exists() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for _ in 0..agents {
-            cluster.agents.push(
-                Command::new(BIN)
-                    .args(["start", "--address", &cluster.grpc, "--resources", "cpu=2"])
-                    .env("STREAMRUN_HOME", cluster.home.path())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("agent"),
-            );
-        }
-        while cluster.alive() < agents {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        cluster
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .env("STREAMRUN_HOME", self.home.path())
-            .output()
-            .expect("stream-run")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_slice(&self.cli(args).stdout).unwrap_or(Value::Null)
-    }
-
-    fn alive(&self) -> usize {
-        self.json(&["status", "--json"])["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["state"] == "ALIVE").count())
-    }
-
-    fn token(&self) -> String {
-        streamrun_cluster::token::read(&self.home.path().join("head/token")).expect("token")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self
-            .agents
-            .iter_mut()
-            .chain(std::iter::once(&mut self.head))
-        {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -134,13 +39,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn submit_to_running() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(&[2]);
     let mut latencies = Vec::new();
     for _ in 0..10 {
         let out = cluster.cli(&["submit", "-w", "1", "--", "sleep", "0.2"]);
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let job = loop {
-            let job = cluster.json(&["job", "status", &id]);
+            let job = cluster.job(&id);
             if job["started_ms"].is_u64() || job["state"] == "FAILED" {
                 break job;
             }
@@ -152,7 +57,7 @@ fn submit_to_running() {
         }
         // Let it end, so the node's CPU is free for the next.
         while !matches!(
-            cluster.json(&["job", "status", &id])["state"].as_str(),
+            cluster.job(&id)["state"].as_str(),
             Some("SUCCEEDED" | "FAILED")
         ) {
             std::thread::sleep(Duration::from_millis(20));
@@ -170,12 +75,12 @@ fn submit_to_running() {
 fn dead_detection() {
     let mut times = Vec::new();
     for _ in 0..5 {
-        let mut cluster = Cluster::start(1);
+        let mut cluster = Cluster::start(&[2]);
         // Land the kill at a random point of the heartbeat cycle.
         std::thread::sleep(Duration::from_millis(rand_delay()));
         let killed = Instant::now();
         cluster.agents[0].kill().expect("kill");
-        while cluster.alive() > 0 {
+        while cluster.alive_nodes() > 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
         times.push(killed.elapsed().as_secs_f64() * 1e3);
@@ -195,9 +100,10 @@ fn rand_delay() -> u64 {
 }
 
 fn head_memory() {
-    let cluster = Cluster::start(0);
+    let cluster = Cluster::start(&[]);
     let before = rss_kib(cluster.head.id());
-    let token = cluster.token();
+    let token =
+        streamrun_cluster::token::read(&cluster.home.path().join("head/token")).expect("token");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let grpc = cluster.grpc.clone();
     rt.block_on(async move {
@@ -251,7 +157,7 @@ fn head_memory() {
         "head resident memory: {:.1} MiB idle, {:.1} MiB with 100 simulated nodes heartbeating every 100 ms ({} alive)",
         before as f64 / 1024.0,
         after as f64 / 1024.0,
-        cluster.alive()
+        cluster.alive_nodes()
     );
 }
 
@@ -304,7 +210,7 @@ fn wordcount() {
     );
     let embedded = started.elapsed();
     let embedded_run = run_seconds(&String::from_utf8_lossy(&out.stderr)).unwrap_or(f64::NAN);
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start(&[2, 2]);
     let started = Instant::now();
     let out = cluster.cli(&[
         "submit",

@@ -2,156 +2,12 @@
 //! `stream-run start`, jobs submitted with `stream-run submit`, as a user would.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A head and agents, killed when dropped.
-struct TestCluster {
-    home: tempfile::TempDir,
-    grpc: String,
-    rest: String,
-    head: Child,
-    agents: Vec<Child>,
-}
-
-impl TestCluster {
-    /// A head (heartbeats every 100 ms, nodes dead after 1 s) and one agent per entry of
-    /// `cpus`.
-    fn start(cpus: &[u32]) -> TestCluster {
-        let home = tempfile::tempdir().expect("home");
-        let (grpc, rest) = (free_port(), free_port());
-        let head = Command::new(env!("CARGO_BIN_EXE_stream-run"))
-            .args([
-                "start",
-                "--head",
-                "--heartbeat-ms",
-                "100",
-                "--dead-after-ms",
-                "1000",
-            ])
-            .args([
-                "--port",
-                &grpc.to_string(),
-                "--dashboard-port",
-                &rest.to_string(),
-            ])
-            .env("STREAMRUN_HOME", home.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the head");
-        let mut cluster = TestCluster {
-            home,
-            grpc: format!("127.0.0.1:{grpc}"),
-            rest: format!("127.0.0.1:{rest}"),
-            head,
-            agents: Vec::new(),
-        };
-        cluster.wait_for(
-            |c| c.home.path().join("head/head.json").exists(),
-            "the head to listen",
-        );
-        for &n in cpus {
-            cluster.add_agent(n);
-        }
-        let expected = cpus.len();
-        cluster.wait_for(|c| c.alive_nodes() == expected, "the agents to register");
-        cluster
-    }
-
-    fn add_agent(&mut self, cpus: u32) {
-        let agent = Command::new(env!("CARGO_BIN_EXE_stream-run"))
-            .args([
-                "start",
-                "--address",
-                &self.grpc,
-                "--resources",
-                &format!("cpu={cpus}"),
-            ])
-            .env("STREAMRUN_HOME", self.home.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start an agent");
-        self.agents.push(agent);
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_stream-run"))
-            .args(args)
-            .env("STREAMRUN_HOME", self.home.path())
-            .output()
-            .expect("run stream-run")
-    }
-
-    fn status(&self) -> Value {
-        let out = self.cli(&["status", "--json"]);
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-
-    fn alive_nodes(&self) -> usize {
-        self.status()["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["state"] == "ALIVE").count())
-    }
-
-    fn job(&self, id: &str) -> Value {
-        let out = self.cli(&["job", "status", id]);
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-
-    fn submit(&self, args: &[&str]) -> String {
-        let out = self.cli(&[&["submit"], args].concat());
-        assert!(
-            out.status.success(),
-            "submit: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn wait_for(&self, mut done: impl FnMut(&TestCluster) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_state(&self, id: &str, state: &str) -> Value {
-        let mut last = Value::Null;
-        self.wait_for(
-            |c| {
-                last = c.job(id);
-                last["state"] == state
-            },
-            &format!("job {id} to be {state}"),
-        );
-        last
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        for child in self
-            .agents
-            .iter_mut()
-            .chain(std::iter::once(&mut self.head))
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use crate::local_cluster::{LocalCluster, free_port};
 
 /// Whether a process whose command line contains `marker` runs on this machine.
 fn process_running(marker: &str) -> bool {
@@ -197,24 +53,31 @@ fn csv_rows(dir: &Path) -> Vec<String> {
     rows
 }
 
-#[test]
-fn a_word_count_on_two_agents_equals_the_embedded_run_and_keeps_its_logs() {
-    let cluster = TestCluster::start(&[2, 2]);
-    let work = tempfile::tempdir().expect("work");
-    let embedded = work.path().join("embedded");
-    let spec = wordcount_spec(work.path(), &embedded);
-    let out = Command::new(env!("CARGO_BIN_EXE_stream-run"))
+/// A word-count spec writing to `out`, and the rows it gives when run embedded on one
+/// worker (then removed, so that `out` is free for the run under test).
+fn embedded_wordcount(dir: &Path, out: &Path) -> (PathBuf, Vec<String>) {
+    let spec = wordcount_spec(dir, out);
+    let run = Command::new(env!("CARGO_BIN_EXE_stream-run"))
         .args(["run", "-w", "1"])
         .arg(&spec)
         .output()
         .expect("embedded run");
     assert!(
-        out.status.success(),
+        run.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&run.stderr)
     );
-    let expected = csv_rows(&embedded);
-    std::fs::remove_dir_all(&embedded).expect("clear");
+    let rows = csv_rows(out);
+    std::fs::remove_dir_all(out).expect("clear");
+    (spec, rows)
+}
+
+#[test]
+fn a_word_count_on_two_agents_equals_the_embedded_run_and_keeps_its_logs() {
+    let cluster = LocalCluster::start(&[2, 2]);
+    let work = tempfile::tempdir().expect("work");
+    let embedded = work.path().join("embedded");
+    let (spec, expected) = embedded_wordcount(work.path(), &embedded);
 
     let spec = spec.to_string_lossy().into_owned();
     let out = cluster.cli(&["submit", "--workers", "4", "--spec", &spec, "--wait"]);
@@ -245,7 +108,7 @@ fn a_word_count_on_two_agents_equals_the_embedded_run_and_keeps_its_logs() {
 
 #[test]
 fn a_killed_agent_is_declared_dead_within_the_bound_and_its_job_fails() {
-    let mut cluster = TestCluster::start(&[1]);
+    let mut cluster = LocalCluster::start(&[1]);
     let id = cluster.submit(&["-w", "1", "--", "sleep", "61.25"]);
     cluster.wait_state(&id, "RUNNING");
     assert!(process_running("sleep 61.25"));
@@ -273,7 +136,7 @@ fn a_killed_agent_is_declared_dead_within_the_bound_and_its_job_fails() {
 
 #[test]
 fn stop_ends_a_running_job_and_bad_requests_get_clear_errors() {
-    let cluster = TestCluster::start(&[2]);
+    let cluster = LocalCluster::start(&[2]);
     let id = cluster.submit(&["-w", "2", "--", "sleep", "62.75"]);
     cluster.wait_state(&id, "RUNNING");
     let out = cluster.cli(&["job", "stop", &id]);
@@ -515,19 +378,7 @@ fn a_job_crosses_real_network_interfaces_between_namespaced_hosts() {
 
     let work = tempfile::tempdir().expect("work");
     let embedded = work.path().join("embedded");
-    let spec = wordcount_spec(work.path(), &embedded);
-    let out = Command::new(env!("CARGO_BIN_EXE_stream-run"))
-        .args(["run", "-w", "1"])
-        .arg(&spec)
-        .output()
-        .expect("embedded run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected = csv_rows(&embedded);
-    std::fs::remove_dir_all(&embedded).expect("clear");
+    let (spec, expected) = embedded_wordcount(work.path(), &embedded);
     let out = hosts
         .stream_run(1, home.path())
         .args(["submit", "--address", &rest, "-w", "4", "--wait", "--spec"])
@@ -566,7 +417,7 @@ fn a_compiled_dsl_program_runs_as_a_job_unchanged() {
     let table = String::from_utf8_lossy(&embedded.stdout).into_owned();
     assert!(table.contains("| the "), "{table}");
 
-    let cluster = TestCluster::start(&[2, 2]);
+    let cluster = LocalCluster::start(&[2, 2]);
     let out = cluster.cli(&[
         "submit",
         "-w",
@@ -592,7 +443,7 @@ fn a_compiled_dsl_program_runs_as_a_job_unchanged() {
 
 #[test]
 fn stop_stops_the_local_head_and_agents() {
-    let cluster = TestCluster::start(&[1]);
+    let cluster = LocalCluster::start(&[1]);
     let out = cluster.cli(&["stop"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -9,6 +9,8 @@ mod common;
 mod edges;
 mod groupby;
 mod incremental;
+#[path = "../support/local_cluster.rs"]
+mod local_cluster;
 mod nexmark;
 mod plan;
 mod processes;
