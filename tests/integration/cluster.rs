@@ -104,6 +104,9 @@ fn a_word_count_on_two_agents_equals_the_embedded_run_and_keeps_its_logs() {
         2,
         "one summary per process: {logs}"
     );
+    // Following the logs of a finished job prints them and returns.
+    let followed = cluster.cli(&["job", "logs", "-f", &id]);
+    assert_eq!(String::from_utf8_lossy(&followed.stdout), logs);
 }
 
 #[test]
