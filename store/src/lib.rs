@@ -1,0 +1,746 @@
+//! # streamrun-store
+//!
+//! The node-local object store: immutable objects (Arrow record batches, and raw bytes for
+//! everything else), addressed by an [`ObjectRef`] that names the object, its owner and its
+//! node.
+//!
+//! - **In place, across processes.** An object is one file: a batch is an Arrow IPC file,
+//!   bytes are themselves. A file is written under a temporary name and renamed into place,
+//!   and never changes after that. The memory tier is a directory on a RAM file system
+//!   (`/dev/shm` by default). A reader in any process of the node maps the file and decodes
+//!   the batch over the mapping: its buffers point into the shared pages, and a get costs the
+//!   same whatever the object's size ([`read_batch`], [`StoreReader`]).
+//! - **A memory cap, and spilling.** Before a put that would pass the memory cap, the store
+//!   first drops cached copies of remote objects, least recently used first. It then spills
+//!   primary copies to the spill directory on disk, also least recently used first. A get of
+//!   a spilled object brings it back to memory when there is room, and otherwise reads it
+//!   from disk. A put that fits neither tier waits for room (deletes) up to a timeout, then
+//!   fails with [`StoreError::Full`], naming both caps. Nothing stored is ever dropped to
+//!   make room.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow::array::{Int64Array, RecordBatch};
+//! use arrow::datatypes::{DataType, Field, Schema};
+//! use streamrun_store::{LocalStore, StoreConfig};
+//!
+//! let root = tempfile::tempdir()?;
+//! let store = LocalStore::open("node-1", StoreConfig::in_dir(root.path(), 64 << 20, 1 << 30))?;
+//! let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+//! let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))])?;
+//! let object = store.put_batch("job-1", &batch)?;
+//! assert_eq!(store.get_batch(&object.id)?, batch);
+//! store.delete(&object.id)?;
+//! assert!(!store.contains(&object.id));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::buffer::Buffer;
+use arrow::error::ArrowError;
+use arrow::ipc::convert::try_fb_to_schema;
+use arrow::ipc::reader::{FileDecoder, read_footer_length};
+use arrow::ipc::root_as_footer;
+use arrow::ipc::writer::FileWriter;
+
+/// An object's id: 128 random bits, written as 32 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(u128);
+
+impl ObjectId {
+    /// A new random id.
+    pub fn random() -> Self {
+        ObjectId(rand::random())
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl FromStr for ObjectId {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.len() != 32 {
+            return Err(StoreError::BadId(s.to_owned()));
+        }
+        u128::from_str_radix(s, 16)
+            .map(ObjectId)
+            .map_err(|_| StoreError::BadId(s.to_owned()))
+    }
+}
+
+/// Where an object is: its id, its owner (the job or process that put it) and its node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectRef {
+    /// The object.
+    pub id: ObjectId,
+    /// Who put it.
+    pub owner: String,
+    /// The node that holds its primary copy.
+    pub node: String,
+}
+
+/// What an object holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An Arrow record batch (an Arrow IPC file).
+    Batch,
+    /// Raw bytes.
+    Bytes,
+}
+
+impl Kind {
+    fn extension(self) -> &'static str {
+        match self {
+            Kind::Batch => "arrow",
+            Kind::Bytes => "bin",
+        }
+    }
+}
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No object has this id here.
+    #[error("object {0} is not in this store (deleted, or never put here)")]
+    NotFound(ObjectId),
+    /// An id that is not 32 hex digits.
+    #[error("'{0}' is not an object id (32 hex digits)")]
+    BadId(String),
+    /// The object is of the other kind.
+    #[error("object {id} holds {found:?}, not {wanted:?}")]
+    WrongKind {
+        /// The object.
+        id: ObjectId,
+        /// What it holds.
+        found: Kind,
+        /// What was asked for.
+        wanted: Kind,
+    },
+    /// Neither tier had room for a put within the timeout.
+    #[error(
+        "the object store is full: {size} bytes fit neither in memory (cap {memory_cap} bytes, {memory_used} used) nor on disk (cap {disk_cap} bytes, {disk_used} used) after waiting {waited:?} for room; delete objects or raise the caps"
+    )]
+    Full {
+        /// The object's size.
+        size: u64,
+        /// The memory cap.
+        memory_cap: u64,
+        /// Bytes in memory when the put gave up.
+        memory_used: u64,
+        /// The disk cap.
+        disk_cap: u64,
+        /// Bytes on disk when the put gave up.
+        disk_used: u64,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A file could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A batch could not be encoded or decoded.
+    #[error("{context}: {source}")]
+    Arrow {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: ArrowError,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+fn arrow(context: impl Into<String>) -> impl FnOnce(ArrowError) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Arrow { context, source }
+}
+
+/// The store's result type.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where a store keeps its objects, and its limits.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The memory tier: a directory on a RAM file system.
+    pub memory_dir: PathBuf,
+    /// The disk tier, for spilled objects.
+    pub spill_dir: PathBuf,
+    /// Bytes the memory tier may hold.
+    pub memory_cap: u64,
+    /// Bytes the disk tier may hold.
+    pub disk_cap: u64,
+    /// How long a put waits for room before it fails.
+    pub put_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// Both tiers under `root` (`memory/`, `spill/`), with the given caps and a 10 s put
+    /// timeout: for tests, and where no RAM file system is at hand.
+    pub fn in_dir(root: &Path, memory_cap: u64, disk_cap: u64) -> Self {
+        StoreConfig {
+            memory_dir: root.join("memory"),
+            spill_dir: root.join("spill"),
+            memory_cap,
+            disk_cap,
+            put_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The memory tier in `/dev/shm/streamrun-<node>` when there is a `/dev/shm`, the spill
+    /// tier under `spill_root`.
+    pub fn for_node(node: &str, spill_root: &Path, memory_cap: u64, disk_cap: u64) -> Self {
+        let shm = Path::new("/dev/shm");
+        let memory_dir = if shm.is_dir() {
+            shm.join(format!("streamrun-{node}"))
+        } else {
+            spill_root.join("memory")
+        };
+        StoreConfig {
+            memory_dir,
+            spill_dir: spill_root.join("spill"),
+            memory_cap,
+            disk_cap,
+            put_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Memory,
+    Disk,
+}
+
+#[derive(Debug)]
+struct Entry {
+    size: u64,
+    kind: Kind,
+    tier: Tier,
+    /// A primary copy is spilled under pressure; a cached copy of a remote object is dropped.
+    primary: bool,
+    /// Last use, for LRU.
+    tick: u64,
+    /// Being written: counted, but not yet readable or movable.
+    writing: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<ObjectId, Entry>,
+    memory_used: u64,
+    disk_used: u64,
+    tick: u64,
+}
+
+/// Counters of what the store has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes in the memory tier.
+    pub memory_used: u64,
+    /// Bytes in the disk tier.
+    pub disk_used: u64,
+    /// Objects held.
+    pub objects: usize,
+}
+
+/// One node's store, owned by one process (the node agent); other processes of the node
+/// read it through a [`StoreReader`].
+pub struct LocalStore {
+    node: String,
+    config: StoreConfig,
+    state: Mutex<State>,
+    room: Condvar,
+}
+
+fn path_of(dir: &Path, id: &ObjectId, kind: Kind) -> PathBuf {
+    dir.join(format!("{id}.{}", kind.extension()))
+}
+
+impl LocalStore {
+    /// Opens a store for `node`, creating its directories.
+    pub fn open(node: &str, config: StoreConfig) -> Result<LocalStore> {
+        for dir in [&config.memory_dir, &config.spill_dir] {
+            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        }
+        Ok(LocalStore {
+            node: node.to_owned(),
+            config,
+            state: Mutex::new(State::default()),
+            room: Condvar::new(),
+        })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// A reader of this store's objects, for another process of the node.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            memory_dir: self.config.memory_dir.clone(),
+            spill_dir: self.config.spill_dir.clone(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the counters consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes and objects held.
+    pub fn usage(&self) -> Usage {
+        let state = self.lock();
+        Usage {
+            memory_used: state.memory_used,
+            disk_used: state.disk_used,
+            objects: state.entries.len(),
+        }
+    }
+
+    /// Puts a record batch; `owner` is the job or process it belongs to.
+    pub fn put_batch(&self, owner: &str, batch: &RecordBatch) -> Result<ObjectRef> {
+        let bytes = encode(batch)?;
+        let id = ObjectId::random();
+        self.put_encoded(id, Kind::Batch, &bytes, true)?;
+        Ok(self.reference(id, owner))
+    }
+
+    /// Puts raw bytes.
+    pub fn put_bytes(&self, owner: &str, data: &[u8]) -> Result<ObjectRef> {
+        let id = ObjectId::random();
+        self.put_encoded(id, Kind::Bytes, data, true)?;
+        Ok(self.reference(id, owner))
+    }
+
+    /// Keeps a copy of another node's object, which the store may drop under pressure
+    /// (it is never spilled): what a remote get caches.
+    pub fn put_cached(&self, id: ObjectId, kind: Kind, encoded: &[u8]) -> Result<()> {
+        self.put_encoded(id, kind, encoded, false)
+    }
+
+    fn reference(&self, id: ObjectId, owner: &str) -> ObjectRef {
+        ObjectRef {
+            id,
+            owner: owner.to_owned(),
+            node: self.node.clone(),
+        }
+    }
+
+    fn put_encoded(&self, id: ObjectId, kind: Kind, data: &[u8], primary: bool) -> Result<()> {
+        let size = data.len() as u64;
+        let started = Instant::now();
+        let mut state = self.lock();
+        let tier = loop {
+            if let Some(tier) = self.make_room(&mut state, size, None)? {
+                break tier;
+            }
+            let waited = started.elapsed();
+            if waited >= self.config.put_timeout {
+                return Err(StoreError::Full {
+                    size,
+                    memory_cap: self.config.memory_cap,
+                    memory_used: state.memory_used,
+                    disk_cap: self.config.disk_cap,
+                    disk_used: state.disk_used,
+                    waited,
+                });
+            }
+            state = self
+                .room
+                .wait_timeout(state, self.config.put_timeout - waited)
+                .map(|(s, _)| s)
+                .unwrap_or_else(|p| p.into_inner().0);
+        };
+        // Reserve the room, then write without holding the lock.
+        match tier {
+            Tier::Memory => state.memory_used += size,
+            Tier::Disk => state.disk_used += size,
+        }
+        state.tick += 1;
+        let tick = state.tick;
+        state.entries.insert(
+            id,
+            Entry {
+                size,
+                kind,
+                tier,
+                primary,
+                tick,
+                writing: true,
+            },
+        );
+        drop(state);
+        let dir = match tier {
+            Tier::Memory => &self.config.memory_dir,
+            Tier::Disk => &self.config.spill_dir,
+        };
+        let written = write_file(dir, &id, kind, data);
+        let mut state = self.lock();
+        match written {
+            Ok(()) => {
+                if let Some(entry) = state.entries.get_mut(&id) {
+                    entry.writing = false;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                state.entries.remove(&id);
+                match tier {
+                    Tier::Memory => state.memory_used -= size,
+                    Tier::Disk => state.disk_used -= size,
+                }
+                self.room.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    /// Finds room for `size` bytes: in memory, after dropping cached copies and spilling
+    /// primary ones (least recently used first, never `keep`), else on disk. `None`: neither.
+    fn make_room(
+        &self,
+        state: &mut State,
+        size: u64,
+        keep: Option<ObjectId>,
+    ) -> Result<Option<Tier>> {
+        let fits_memory = |s: &State| s.memory_used + size <= self.config.memory_cap;
+        if size <= self.config.memory_cap {
+            // (primary, last use, id): cached copies first, least recently used first.
+            let mut victims: Vec<(bool, u64, ObjectId)> = state
+                .entries
+                .iter()
+                .filter(|(id, e)| e.tier == Tier::Memory && !e.writing && Some(**id) != keep)
+                .map(|(id, e)| (e.primary, e.tick, *id))
+                .collect();
+            victims.sort_unstable();
+            // Cached copies go first, and are dropped.
+            for (_, _, id) in victims.iter().filter(|(primary, _, _)| !primary) {
+                if fits_memory(state) {
+                    break;
+                }
+                if let Some(entry) = state.entries.remove(id) {
+                    state.memory_used -= entry.size;
+                    let _ = std::fs::remove_file(path_of(&self.config.memory_dir, id, entry.kind));
+                }
+            }
+            // Then primary copies are spilled, while the disk has room for them.
+            for (_, _, id) in victims.iter().filter(|(primary, _, _)| *primary) {
+                if fits_memory(state) {
+                    break;
+                }
+                let Some((entry_size, kind)) = state.entries.get(id).map(|e| (e.size, e.kind))
+                else {
+                    continue;
+                };
+                if state.disk_used + entry_size > self.config.disk_cap {
+                    continue;
+                }
+                let from = path_of(&self.config.memory_dir, id, kind);
+                let to = path_of(&self.config.spill_dir, id, kind);
+                move_file(&from, &to)?;
+                if let Some(entry) = state.entries.get_mut(id) {
+                    entry.tier = Tier::Disk;
+                }
+                state.memory_used -= entry_size;
+                state.disk_used += entry_size;
+                tracing::debug!(object = %id, bytes = entry_size, "spilled to disk");
+            }
+            if fits_memory(state) {
+                return Ok(Some(Tier::Memory));
+            }
+        }
+        if state.disk_used + size <= self.config.disk_cap {
+            return Ok(Some(Tier::Disk));
+        }
+        Ok(None)
+    }
+
+    /// The file that holds object `id` now, if the store has it.
+    pub fn location(&self, id: &ObjectId) -> Option<PathBuf> {
+        let state = self.lock();
+        let entry = state.entries.get(id).filter(|e| !e.writing)?;
+        Some(match entry.tier {
+            Tier::Memory => path_of(&self.config.memory_dir, id, entry.kind),
+            Tier::Disk => path_of(&self.config.spill_dir, id, entry.kind),
+        })
+    }
+
+    /// Whether the store holds object `id`.
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.lock().entries.get(id).is_some_and(|e| !e.writing)
+    }
+
+    /// Where object `id` is now, bringing it back to memory first if it was spilled and
+    /// there is room; marks it used.
+    fn locate(&self, id: &ObjectId, wanted: Kind) -> Result<PathBuf> {
+        let mut state = self.lock();
+        let (kind, tier, size) = match state.entries.get(id) {
+            Some(e) if !e.writing => (e.kind, e.tier, e.size),
+            _ => return Err(StoreError::NotFound(*id)),
+        };
+        if kind != wanted {
+            return Err(StoreError::WrongKind {
+                id: *id,
+                found: kind,
+                wanted,
+            });
+        }
+        state.tick += 1;
+        let tick = state.tick;
+        let mut tier = tier;
+        if tier == Tier::Disk
+            && matches!(
+                self.make_room(&mut state, size, Some(*id))?,
+                Some(Tier::Memory)
+            )
+        {
+            let from = path_of(&self.config.spill_dir, id, kind);
+            let to = path_of(&self.config.memory_dir, id, kind);
+            move_file(&from, &to)?;
+            state.disk_used -= size;
+            state.memory_used += size;
+            tier = Tier::Memory;
+        }
+        if let Some(entry) = state.entries.get_mut(id) {
+            entry.tick = tick;
+            entry.tier = tier;
+        }
+        Ok(match tier {
+            Tier::Memory => path_of(&self.config.memory_dir, id, kind),
+            Tier::Disk => path_of(&self.config.spill_dir, id, kind),
+        })
+    }
+
+    /// The batch `id`, read in place.
+    pub fn get_batch(&self, id: &ObjectId) -> Result<RecordBatch> {
+        let path = self.locate(id, Kind::Batch)?;
+        match read_batch(&path) {
+            // Spilled between `locate` and the read: look again.
+            Err(StoreError::Io { .. }) => read_batch(&self.locate(id, Kind::Batch)?),
+            other => other,
+        }
+    }
+
+    /// The bytes `id`, read in place.
+    pub fn get_bytes(&self, id: &ObjectId) -> Result<bytes::Bytes> {
+        let path = self.locate(id, Kind::Bytes)?;
+        match map(&path) {
+            Err(StoreError::Io { .. }) => map(&self.locate(id, Kind::Bytes)?),
+            other => other,
+        }
+    }
+
+    /// Deletes object `id`; readers that mapped it keep their view until they drop it.
+    pub fn delete(&self, id: &ObjectId) -> Result<()> {
+        let mut state = self.lock();
+        let entry = state.entries.remove(id).ok_or(StoreError::NotFound(*id))?;
+        let dir = match entry.tier {
+            Tier::Memory => {
+                state.memory_used -= entry.size;
+                &self.config.memory_dir
+            }
+            Tier::Disk => {
+                state.disk_used -= entry.size;
+                &self.config.spill_dir
+            }
+        };
+        let path = path_of(dir, id, entry.kind);
+        drop(state);
+        self.room.notify_all();
+        std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))
+    }
+}
+
+impl Drop for LocalStore {
+    /// The objects go with the store: the memory tier is RAM, and must not leak.
+    fn drop(&mut self) {
+        let state = self.lock();
+        for (id, entry) in &state.entries {
+            let dir = match entry.tier {
+                Tier::Memory => &self.config.memory_dir,
+                Tier::Disk => &self.config.spill_dir,
+            };
+            let _ = std::fs::remove_file(path_of(dir, id, entry.kind));
+        }
+        let _ = std::fs::remove_dir(&self.config.memory_dir);
+    }
+}
+
+/// A batch as an Arrow IPC file.
+fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
+    let mut writer =
+        FileWriter::try_new(&mut out, &batch.schema()).map_err(arrow("encoding a batch"))?;
+    writer.write(batch).map_err(arrow("encoding a batch"))?;
+    writer.finish().map_err(arrow("encoding a batch"))?;
+    drop(writer);
+    Ok(out)
+}
+
+fn write_file(dir: &Path, id: &ObjectId, kind: Kind, data: &[u8]) -> Result<()> {
+    let path = path_of(dir, id, kind);
+    let tmp = dir.join(format!(".{id}.tmp"));
+    let mut file = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    file.write_all(data)
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(io(format!("publishing {}", path.display())))
+}
+
+/// Moves a file between the tiers (different file systems: copy, publish, remove).
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("moving");
+    std::fs::copy(from, &tmp).map_err(io(format!(
+        "copying {} to {}",
+        from.display(),
+        tmp.display()
+    )))?;
+    std::fs::rename(&tmp, to).map_err(io(format!("publishing {}", to.display())))?;
+    std::fs::remove_file(from).map_err(io(format!("removing {}", from.display())))
+}
+
+/// Maps a store file.
+fn map(path: &Path) -> Result<bytes::Bytes> {
+    let file = File::open(path).map_err(io(format!("opening {}", path.display())))?;
+    #[allow(unsafe_code)]
+    // SAFETY: a store file is published by a rename once complete and never written again;
+    // it is only ever unlinked, which leaves existing mappings intact.
+    let mapping =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(io(format!("mapping {}", path.display())))?;
+    Ok(bytes::Bytes::from_owner(mapping))
+}
+
+/// Reads the batch in the Arrow IPC file at `path` in place: its buffers point into the
+/// file's mapping, so the cost does not grow with the batch's size.
+pub fn read_batch(path: &Path) -> Result<RecordBatch> {
+    let context = || format!("reading the batch in {}", path.display());
+    let bytes = map(path)?;
+    let buffer = Buffer::from(bytes);
+    let len = buffer.len();
+    if len < 10 {
+        return Err(StoreError::Arrow {
+            context: context(),
+            source: ArrowError::IpcError("too short for an Arrow IPC file".into()),
+        });
+    }
+    let mut tail = [0u8; 10];
+    tail.copy_from_slice(&buffer[len - 10..]);
+    let footer_len = read_footer_length(tail).map_err(arrow(context()))?;
+    let footer_start = len
+        .checked_sub(10 + footer_len)
+        .ok_or_else(|| StoreError::Arrow {
+            context: context(),
+            source: ArrowError::IpcError("footer longer than the file".into()),
+        })?;
+    let footer =
+        root_as_footer(&buffer[footer_start..len - 10]).map_err(|e| StoreError::Arrow {
+            context: context(),
+            source: ArrowError::IpcError(e.to_string()),
+        })?;
+    let schema_fb = footer.schema().ok_or_else(|| StoreError::Arrow {
+        context: context(),
+        source: ArrowError::IpcError("no schema in the footer".into()),
+    })?;
+    let schema = std::sync::Arc::new(try_fb_to_schema(schema_fb).map_err(arrow(context()))?);
+    let decoder = FileDecoder::new(schema, footer.version());
+    #[allow(unsafe_code)]
+    // SAFETY: the file was written by this store's `encode` (an Arrow IPC writer) and
+    // published complete; validating it again would read every byte of it.
+    let mut decoder = unsafe { decoder.with_skip_validation(true) };
+    let block_data = |offset: i64, meta: i32, body: i64| -> Result<Buffer> {
+        let start = usize::try_from(offset).ok();
+        let size = usize::try_from(body)
+            .ok()
+            .zip(usize::try_from(meta).ok())
+            .map(|(b, m)| b + m);
+        match (start, size) {
+            (Some(s), Some(n)) if s + n <= len => Ok(buffer.slice_with_length(s, n)),
+            _ => Err(StoreError::Arrow {
+                context: context(),
+                source: ArrowError::IpcError("a block lies outside the file".into()),
+            }),
+        }
+    };
+    for block in footer.dictionaries().iter().flatten() {
+        let data = block_data(block.offset(), block.metaDataLength(), block.bodyLength())?;
+        decoder
+            .read_dictionary(block, &data)
+            .map_err(arrow(context()))?;
+    }
+    let block = footer
+        .recordBatches()
+        .and_then(|b| b.iter().next())
+        .ok_or_else(|| StoreError::Arrow {
+            context: context(),
+            source: ArrowError::IpcError("no record batch in the file".into()),
+        })?;
+    let data = block_data(block.offset(), block.metaDataLength(), block.bodyLength())?;
+    decoder
+        .read_record_batch(block, &data)
+        .map_err(arrow(context()))?
+        .ok_or_else(|| StoreError::Arrow {
+            context: context(),
+            source: ArrowError::IpcError("an empty record batch block".into()),
+        })
+}
+
+/// Reads a node's store from another process of the node: finds objects by id in the
+/// memory tier, then the spill tier, and maps them.
+#[derive(Debug, Clone)]
+pub struct StoreReader {
+    memory_dir: PathBuf,
+    spill_dir: PathBuf,
+}
+
+impl StoreReader {
+    /// A reader of the store with these tiers.
+    pub fn new(memory_dir: PathBuf, spill_dir: PathBuf) -> Self {
+        StoreReader {
+            memory_dir,
+            spill_dir,
+        }
+    }
+
+    fn find(&self, id: &ObjectId, kind: Kind) -> Result<PathBuf> {
+        // An object moving between tiers is published in its new place before it leaves the
+        // old one, so one of three looks finds it.
+        for dir in [&self.memory_dir, &self.spill_dir, &self.memory_dir] {
+            let path = path_of(dir, id, kind);
+            if path.exists() {
+                return Ok(path);
+            }
+        }
+        Err(StoreError::NotFound(*id))
+    }
+
+    /// The batch `id`, read in place.
+    pub fn get_batch(&self, id: &ObjectId) -> Result<RecordBatch> {
+        read_batch(&self.find(id, Kind::Batch)?)
+    }
+
+    /// The bytes `id`, read in place.
+    pub fn get_bytes(&self, id: &ObjectId) -> Result<bytes::Bytes> {
+        map(&self.find(id, Kind::Bytes)?)
+    }
+}

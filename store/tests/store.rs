@@ -1,0 +1,347 @@
+//! The node-local store against its promises: exact round trips of many Arrow types, reads
+//! in place (in this process and another), spilling under a memory cap, and a full store
+//! that waits, then refuses, losing nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Decimal128Array, DictionaryArray,
+    FixedSizeBinaryArray, Float64Array, Int8Array, Int32Array, Int64Array, LargeStringArray,
+    ListArray, RecordBatch, StringArray, StructArray, TimestampMillisecondArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Int32Type};
+use streamrun_store::{LocalStore, ObjectId, StoreConfig, StoreError, StoreReader};
+
+fn many_types(rows: usize) -> RecordBatch {
+    let n = rows as i64;
+    let strings: Vec<Option<String>> = (0..n)
+        .map(|i| (i % 7 != 0).then(|| format!("row {i} {}", "é".repeat((i % 5) as usize))))
+        .collect();
+    let list = ListArray::from_iter_primitive::<Int32Type, _, _>(
+        (0..n).map(|i| (i % 4 != 0).then(|| (0..(i % 3) as i32).map(Some).collect::<Vec<_>>())),
+    );
+    let strukt = StructArray::from(vec![
+        (
+            Arc::new(Field::new("a", DataType::Int32, false)),
+            Arc::new(Int32Array::from_iter_values((0..n).map(|i| i as i32 * 3))) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("b", DataType::Utf8, true)),
+            Arc::new(StringArray::from(strings.clone())) as ArrayRef,
+        ),
+    ]);
+    let dictionary: DictionaryArray<Int32Type> = (0..n)
+        .map(|i| ["north", "south", "east"][(i % 3) as usize])
+        .collect();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "i8",
+            Arc::new(Int8Array::from_iter_values((0..n).map(|i| (i % 100) as i8))),
+        ),
+        (
+            "i64",
+            Arc::new(Int64Array::from_iter(
+                (0..n).map(|i| (i % 9 != 0).then_some(i * 1_000_003)),
+            )),
+        ),
+        (
+            "u64",
+            Arc::new(UInt64Array::from_iter_values(
+                (0..n).map(|i| u64::MAX - i as u64),
+            )),
+        ),
+        (
+            "f64",
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| i as f64 / 7.0),
+            )),
+        ),
+        (
+            "bool",
+            Arc::new(BooleanArray::from_iter(
+                (0..n).map(|i| (i % 5 != 0).then_some(i % 2 == 0)),
+            )),
+        ),
+        ("utf8", Arc::new(StringArray::from(strings))),
+        (
+            "large_utf8",
+            Arc::new(LargeStringArray::from_iter_values(
+                (0..n).map(|i| "x".repeat((i % 50) as usize)),
+            )),
+        ),
+        (
+            "binary",
+            Arc::new(BinaryArray::from_iter_values(
+                (0..n).map(|i| i.to_le_bytes()),
+            )),
+        ),
+        (
+            "fixed",
+            Arc::new(
+                FixedSizeBinaryArray::try_from_iter((0..n).map(|i| (i as i32).to_be_bytes()))
+                    .expect("fixed"),
+            ),
+        ),
+        (
+            "decimal",
+            Arc::new(
+                Decimal128Array::from_iter_values((0..n).map(|i| i as i128 * 12345))
+                    .with_precision_and_scale(20, 2)
+                    .expect("decimal"),
+            ),
+        ),
+        (
+            "time",
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                (0..n).map(|i| 1_700_000_000_000 + i),
+            )),
+        ),
+        ("dictionary", Arc::new(dictionary)),
+        ("list", Arc::new(list)),
+        ("struct", Arc::new(strukt)),
+    ];
+    RecordBatch::try_from_iter(columns).expect("batch")
+}
+
+fn store(root: &Path, memory: u64, disk: u64) -> LocalStore {
+    LocalStore::open("test-node", StoreConfig::in_dir(root, memory, disk)).expect("store")
+}
+
+/// The address ranges this process maps from `path`.
+fn mappings_of(path: &Path) -> Vec<(usize, usize)> {
+    let target = std::fs::canonicalize(path).expect("path");
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("maps")
+        .lines()
+        .filter(|l| l.ends_with(target.to_string_lossy().as_ref()))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(start, 16).ok()?,
+                usize::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Whether every buffer of every column (children and dictionaries included) lies in one of
+/// `ranges`.
+fn all_buffers_in(batch: &RecordBatch, ranges: &[(usize, usize)]) -> bool {
+    fn check(data: &arrow::array::ArrayData, ranges: &[(usize, usize)]) -> bool {
+        data.buffers().iter().all(|b| {
+            let p = b.as_ptr() as usize;
+            b.is_empty() || ranges.iter().any(|(s, e)| p >= *s && p + b.len() <= *e)
+        }) && data.child_data().iter().all(|c| check(c, ranges))
+    }
+    batch.columns().iter().all(|c| check(&c.to_data(), ranges))
+}
+
+#[test]
+fn batches_of_many_types_round_trip_exactly_and_are_read_in_place() {
+    let root = tempfile::tempdir().expect("root");
+    let store = store(root.path(), 64 << 20, 64 << 20);
+    let batch = many_types(2_000);
+    let object = store.put_batch("job-1", &batch).expect("put");
+    assert_eq!(object.node, "test-node");
+    let back = store.get_batch(&object.id).expect("get");
+    assert_eq!(back, batch);
+    let path = store.location(&object.id).expect("location");
+    assert!(
+        all_buffers_in(&back, &mappings_of(&path)),
+        "a get copies nothing"
+    );
+    assert_eq!(store.reader().get_batch(&object.id).expect("reader"), batch);
+
+    let bytes = store.put_bytes("job-1", b"plain bytes").expect("put bytes");
+    assert_eq!(
+        &store.get_bytes(&bytes.id).expect("bytes")[..],
+        b"plain bytes"
+    );
+    assert!(matches!(
+        store.get_batch(&bytes.id),
+        Err(StoreError::WrongKind { .. })
+    ));
+    store.delete(&object.id).expect("delete");
+    assert!(matches!(
+        store.get_batch(&object.id),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        "nope".parse::<ObjectId>(),
+        Err(StoreError::BadId(_))
+    ));
+    // The batch read before the delete still reads: its mapping outlives the file.
+    assert_eq!(back, batch);
+}
+
+/// Run by the test below in a second process: reads an object by id and checks that its
+/// buffers lie in this process's mapping of the object's file.
+#[test]
+#[ignore = "a helper: run by another test in a child process"]
+fn zero_copy_reader_child() {
+    let Ok(spec) = std::env::var("STREAMRUN_STORE_CHILD") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let reader = StoreReader::new(parts[0].into(), parts[1].into());
+    let id: ObjectId = parts[2].parse().expect("id");
+    let batch = reader.get_batch(&id).expect("get from another process");
+    let path = Path::new(parts[0]).join(format!("{id}.arrow"));
+    assert!(
+        all_buffers_in(&batch, &mappings_of(&path)),
+        "the child copied"
+    );
+    assert_eq!(batch, many_types(2_000));
+    // The parent reads this line from the child's output.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("ZERO-COPY-OK rows={}", batch.num_rows());
+    }
+}
+
+#[test]
+fn another_process_reads_an_object_in_place() {
+    let root = tempfile::tempdir().expect("root");
+    let store = store(root.path(), 64 << 20, 64 << 20);
+    let object = store.put_batch("job-1", &many_types(2_000)).expect("put");
+    let config = store.config();
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "zero_copy_reader_child",
+            "--nocapture",
+        ])
+        .env(
+            "STREAMRUN_STORE_CHILD",
+            format!(
+                "{}|{}|{}",
+                config.memory_dir.display(),
+                config.spill_dir.display(),
+                object.id
+            ),
+        )
+        .output()
+        .expect("child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ZERO-COPY-OK rows=2000"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn numbers(seed: i64, rows: usize) -> RecordBatch {
+    let values =
+        Int64Array::from_iter_values((0..rows as i64).map(|j| j.wrapping_mul(seed) ^ seed));
+    RecordBatch::try_from_iter([("v", Arc::new(values) as ArrayRef)]).expect("batch")
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_gibibyte_through_a_64_mib_cap_spills_and_comes_back_exactly() {
+    const CAP: u64 = 64 << 20;
+    const ROWS: usize = 2 << 20; // 16 MiB of Int64 per object
+    let root = tempfile::tempdir().expect("root");
+    let store = store(root.path(), CAP, 4 << 30);
+    let mut ids = Vec::new();
+    for i in 0..64i64 {
+        ids.push(
+            store
+                .put_batch("job", &numbers(i + 1, ROWS))
+                .expect("put")
+                .id,
+        );
+        let usage = store.usage();
+        assert!(
+            usage.memory_used <= CAP,
+            "memory tier {} over the cap",
+            usage.memory_used
+        );
+        assert!(dir_bytes(&store.config().memory_dir) <= CAP);
+    }
+    assert!(
+        store.usage().disk_used >= (1 << 30) - CAP - (64 << 20),
+        "most of it spilled"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            store.get_batch(id).expect("get"),
+            numbers(i as i64 + 1, ROWS),
+            "object {i}"
+        );
+        assert!(store.usage().memory_used <= CAP);
+    }
+}
+
+#[test]
+fn a_full_store_waits_then_refuses_naming_the_caps_and_loses_nothing() {
+    let root = tempfile::tempdir().expect("root");
+    let mut config = StoreConfig::in_dir(root.path(), 1 << 20, 2 << 20);
+    config.put_timeout = Duration::from_millis(300);
+    let store = Arc::new(LocalStore::open("n", config).expect("store"));
+    let bytes = vec![7u8; 700 << 10];
+    let mut kept = Vec::new();
+    let error = loop {
+        match store.put_bytes("job", &bytes) {
+            Ok(object) => kept.push(object.id),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(kept.len(), 3, "one in memory, two spilled");
+    let message = error.to_string();
+    assert!(matches!(error, StoreError::Full { .. }), "{message}");
+    assert!(
+        message.contains("cap 1048576") && message.contains("cap 2097152"),
+        "{message}"
+    );
+    for id in &kept {
+        assert_eq!(&store.get_bytes(id).expect("kept")[..], &bytes[..]);
+    }
+    // A put waiting for room goes through when a delete makes some.
+    let deleter = {
+        let (store, id) = (Arc::clone(&store), kept[0]);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            store.delete(&id).expect("delete");
+        })
+    };
+    store
+        .put_bytes("job", &bytes)
+        .expect("the put waited for the delete");
+    deleter.join().expect("deleter");
+}
+
+#[test]
+fn cached_copies_are_dropped_before_primaries_spill() {
+    let root = tempfile::tempdir().expect("root");
+    let store = store(root.path(), 1 << 20, 8 << 20);
+    let cached = ObjectId::random();
+    store
+        .put_cached(cached, streamrun_store::Kind::Bytes, &vec![1u8; 600 << 10])
+        .expect("cache");
+    let primary = store
+        .put_bytes("job", &vec![2u8; 300 << 10])
+        .expect("put")
+        .id;
+    // Needs room for 600 KiB more: dropping the cached copy makes it, nothing spills.
+    store.put_bytes("job", &vec![3u8; 600 << 10]).expect("put");
+    assert!(!store.contains(&cached));
+    assert_eq!(store.usage().disk_used, 0);
+    assert_eq!(
+        &store.get_bytes(&primary).expect("primary")[..],
+        &vec![2u8; 300 << 10][..]
+    );
+}
