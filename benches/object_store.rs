@@ -1,0 +1,100 @@
+//! Object store throughput: put and get of 1 KiB, 1 MiB and 1 GiB record batches in a
+//! node-local store whose memory tier is `/dev/shm`, beside `memcpy` of the same sizes in the
+//! same run; then small-object put and get operations per second from one client.
+//!
+//! A put encodes the batch as Arrow IPC and writes it into the memory tier (two copies); a
+//! get maps the file and decodes in place (no copy), so its time does not grow with size.
+//!
+//! `cargo bench --bench object_store` (`STREAMRUN_BENCH_RUNS`, default 5)
+#![allow(clippy::print_stdout)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use streamrun_store::{LocalStore, StoreConfig};
+
+fn batch(bytes: usize) -> RecordBatch {
+    let rows = (bytes / 8).max(1) as i64;
+    let values = Int64Array::from_iter_values((0..rows).map(|i| i.wrapping_mul(0x9e37_79b9)));
+    RecordBatch::try_from_iter([("v", Arc::new(values) as ArrayRef)]).expect("batch")
+}
+
+fn gbps(bytes: usize, time: Duration) -> f64 {
+    bytes as f64 / time.as_secs_f64() / 1e9
+}
+
+fn main() {
+    let spill = tempfile::tempdir().expect("spill dir");
+    let config = StoreConfig::for_node(
+        &format!("bench-{}", std::process::id()),
+        spill.path(),
+        4 << 30,
+        8 << 30,
+    );
+    println!(
+        "object store: memory tier {}, median of {} runs",
+        config.memory_dir.display(),
+        common::runs()
+    );
+    let store = LocalStore::open("bench", config).expect("store");
+    for (name, size) in [("1 KiB", 1 << 10), ("1 MiB", 1 << 20), ("1 GiB", 1 << 30)] {
+        let runs = if size >= 1 << 30 { 3 } else { common::runs() };
+        let repeat = (1 << 26) / size.max(1);
+        let repeat = repeat.clamp(1, 10_000);
+        let b = batch(size);
+        let src = vec![1u8; size];
+        let mut dst = vec![0u8; size];
+        let memcpy = common::median_time(runs, || {
+            for _ in 0..repeat {
+                dst.copy_from_slice(std::hint::black_box(&src));
+            }
+        }) / repeat as u32;
+        let mut put_times = Vec::new();
+        for _ in 0..runs {
+            let mut ids = Vec::with_capacity(repeat);
+            let started = Instant::now();
+            for _ in 0..repeat {
+                ids.push(store.put_batch("bench", &b).expect("put").id);
+            }
+            put_times.push(started.elapsed() / repeat as u32);
+            for id in ids {
+                store.delete(&id).expect("delete");
+            }
+        }
+        put_times.sort();
+        let put = put_times[put_times.len() / 2];
+        let object = store.put_batch("bench", &b).expect("put");
+        let get = common::median_time(runs, || {
+            for _ in 0..repeat {
+                std::hint::black_box(store.get_batch(&object.id).expect("get"));
+            }
+        }) / repeat as u32;
+        store.delete(&object.id).expect("delete");
+        println!(
+            "{name:>6}: put {:>9.1} µs ({:>6.2} GB/s, {:.2}× memcpy) | get {:>7.1} µs ({:>8.2} GB/s) | memcpy {:>9.1} µs ({:>6.2} GB/s)",
+            put.as_secs_f64() * 1e6,
+            gbps(size, put),
+            memcpy.as_secs_f64() / put.as_secs_f64(),
+            get.as_secs_f64() * 1e6,
+            gbps(size, get),
+            memcpy.as_secs_f64() * 1e6,
+            gbps(size, memcpy),
+        );
+    }
+    let small = batch(1 << 10);
+    let n = 20_000;
+    let started = Instant::now();
+    let ids: Vec<_> = (0..n)
+        .map(|_| store.put_batch("bench", &small).expect("put").id)
+        .collect();
+    let puts = n as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for id in &ids {
+        std::hint::black_box(store.get_batch(id).expect("get"));
+    }
+    let gets = n as f64 / started.elapsed().as_secs_f64();
+    println!("small objects (1 KiB batches), one client: {puts:.0} puts/s, {gets:.0} gets/s");
+}
