@@ -18,6 +18,10 @@
 //!   fails with [`StoreError::Full`], naming both caps. Nothing stored is ever dropped to
 //!   make room.
 //!
+//!
+//! Between nodes, [`flight`] serves a store's objects over Arrow Flight and fetches them,
+//! keeping a cached copy.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use arrow::array::{Int64Array, RecordBatch};
@@ -34,6 +38,8 @@
 //! assert!(!store.contains(&object.id));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+pub mod flight;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -154,6 +160,18 @@ pub enum StoreError {
         context: String,
         /// The cause.
         source: std::io::Error,
+    },
+    /// An object could not be fetched from another node.
+    #[error("cannot fetch object {id} from node {node} at {address}: {reason}")]
+    Remote {
+        /// The object.
+        id: ObjectId,
+        /// The node holding it.
+        node: String,
+        /// Where that node serves its objects.
+        address: String,
+        /// Why.
+        reason: String,
     },
     /// A batch could not be encoded or decoded.
     #[error("{context}: {source}")]

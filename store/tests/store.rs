@@ -6,104 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Decimal128Array, DictionaryArray,
-    FixedSizeBinaryArray, Float64Array, Int8Array, Int32Array, Int64Array, LargeStringArray,
-    ListArray, RecordBatch, StringArray, StructArray, TimestampMillisecondArray, UInt64Array,
-};
-use arrow::datatypes::{DataType, Field, Int32Type};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use streamrun_store::{LocalStore, ObjectId, StoreConfig, StoreError, StoreReader};
 
-fn many_types(rows: usize) -> RecordBatch {
-    let n = rows as i64;
-    let strings: Vec<Option<String>> = (0..n)
-        .map(|i| (i % 7 != 0).then(|| format!("row {i} {}", "é".repeat((i % 5) as usize))))
-        .collect();
-    let list = ListArray::from_iter_primitive::<Int32Type, _, _>(
-        (0..n).map(|i| (i % 4 != 0).then(|| (0..(i % 3) as i32).map(Some).collect::<Vec<_>>())),
-    );
-    let strukt = StructArray::from(vec![
-        (
-            Arc::new(Field::new("a", DataType::Int32, false)),
-            Arc::new(Int32Array::from_iter_values((0..n).map(|i| i as i32 * 3))) as ArrayRef,
-        ),
-        (
-            Arc::new(Field::new("b", DataType::Utf8, true)),
-            Arc::new(StringArray::from(strings.clone())) as ArrayRef,
-        ),
-    ]);
-    let dictionary: DictionaryArray<Int32Type> = (0..n)
-        .map(|i| ["north", "south", "east"][(i % 3) as usize])
-        .collect();
-    let columns: Vec<(&str, ArrayRef)> = vec![
-        (
-            "i8",
-            Arc::new(Int8Array::from_iter_values((0..n).map(|i| (i % 100) as i8))),
-        ),
-        (
-            "i64",
-            Arc::new(Int64Array::from_iter(
-                (0..n).map(|i| (i % 9 != 0).then_some(i * 1_000_003)),
-            )),
-        ),
-        (
-            "u64",
-            Arc::new(UInt64Array::from_iter_values(
-                (0..n).map(|i| u64::MAX - i as u64),
-            )),
-        ),
-        (
-            "f64",
-            Arc::new(Float64Array::from_iter_values(
-                (0..n).map(|i| i as f64 / 7.0),
-            )),
-        ),
-        (
-            "bool",
-            Arc::new(BooleanArray::from_iter(
-                (0..n).map(|i| (i % 5 != 0).then_some(i % 2 == 0)),
-            )),
-        ),
-        ("utf8", Arc::new(StringArray::from(strings))),
-        (
-            "large_utf8",
-            Arc::new(LargeStringArray::from_iter_values(
-                (0..n).map(|i| "x".repeat((i % 50) as usize)),
-            )),
-        ),
-        (
-            "binary",
-            Arc::new(BinaryArray::from_iter_values(
-                (0..n).map(|i| i.to_le_bytes()),
-            )),
-        ),
-        (
-            "fixed",
-            Arc::new(
-                FixedSizeBinaryArray::try_from_iter((0..n).map(|i| (i as i32).to_be_bytes()))
-                    .expect("fixed"),
-            ),
-        ),
-        (
-            "decimal",
-            Arc::new(
-                Decimal128Array::from_iter_values((0..n).map(|i| i as i128 * 12345))
-                    .with_precision_and_scale(20, 2)
-                    .expect("decimal"),
-            ),
-        ),
-        (
-            "time",
-            Arc::new(TimestampMillisecondArray::from_iter_values(
-                (0..n).map(|i| 1_700_000_000_000 + i),
-            )),
-        ),
-        ("dictionary", Arc::new(dictionary)),
-        ("list", Arc::new(list)),
-        ("struct", Arc::new(strukt)),
-    ];
-    RecordBatch::try_from_iter(columns).expect("batch")
-}
+mod common;
+use common::many_types;
 
 fn store(root: &Path, memory: u64, disk: u64) -> LocalStore {
     LocalStore::open("test-node", StoreConfig::in_dir(root, memory, disk)).expect("store")
