@@ -5,6 +5,9 @@
 //! A put encodes the batch as Arrow IPC and writes it into the memory tier (two copies); a
 //! get maps the file and decodes in place (no copy), so its time does not grow with size.
 //!
+//! Then a remote fetch over loopback Arrow Flight beside a raw loopback TCP transfer of the
+//! same number of bytes.
+//!
 //! `cargo bench --bench object_store` (`STREAMRUN_BENCH_RUNS`, default 5)
 #![allow(clippy::print_stdout)]
 
@@ -97,4 +100,84 @@ fn main() {
     }
     let gets = n as f64 / started.elapsed().as_secs_f64();
     println!("small objects (1 KiB batches), one client: {puts:.0} puts/s, {gets:.0} gets/s");
+    for id in &ids {
+        store.delete(id).expect("delete");
+    }
+    remote(&store);
+}
+
+/// Seconds to move `bytes` bytes through a loopback TCP socket, reader and writer threads.
+fn raw_tcp(bytes: usize) -> Duration {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let reader = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("accept");
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0;
+        while total < bytes {
+            let n = socket.read(&mut buffer).expect("read");
+            assert!(n > 0, "early end");
+            total += n;
+        }
+    });
+    let chunk = vec![7u8; 1 << 20];
+    let started = Instant::now();
+    let mut socket = std::net::TcpStream::connect(address).expect("connect");
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        socket.write_all(&chunk[..n]).expect("write");
+        sent += n;
+    }
+    reader.join().expect("reader");
+    started.elapsed()
+}
+
+fn remote(_local: &LocalStore) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = Arc::new(
+        LocalStore::open(
+            "bench-server",
+            StoreConfig::for_node(
+                &format!("bench-server-{}", std::process::id()),
+                &std::env::temp_dir().join(format!("streamrun-bench-{}", std::process::id())),
+                4 << 30,
+                4 << 30,
+            ),
+        )
+        .expect("store"),
+    );
+    let _runtime = rt.enter();
+    let listener = tonic::transport::server::TcpIncoming::bind(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    )))
+    .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = streamrun_store::flight::ObjectServer::new(Arc::clone(&store), "t".into());
+    let handle = rt.spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    for (name, size) in [("1 MiB", 1usize << 20), ("256 MiB", 256 << 20)] {
+        let object = store.put_batch("bench", &batch(size)).expect("put");
+        let runs = if size > 1 << 20 { 3 } else { common::runs() };
+        let fetch = common::median_time(runs, || {
+            rt.block_on(streamrun_store::flight::fetch(&object, &address, "t"))
+                .expect("fetch")
+        });
+        let tcp = common::median_time(runs, || raw_tcp(size));
+        println!(
+            "remote fetch {name:>7}: Flight {:>8.2} ms ({:.2} GB/s) | raw TCP {:>8.2} ms ({:.2} GB/s) | {:.2}× raw",
+            fetch.as_secs_f64() * 1e3,
+            gbps(size, fetch),
+            tcp.as_secs_f64() * 1e3,
+            gbps(size, tcp),
+            tcp.as_secs_f64() / fetch.as_secs_f64()
+        );
+        store.delete(&object.id).expect("delete");
+    }
+    let _ = stop.send(());
+    let _ = rt.block_on(handle);
 }

@@ -23,6 +23,10 @@ use crate::{Kind, LocalStore, ObjectId, ObjectRef, Result, StoreError};
 /// about this size, and HTTP/2 flow control bounds the bytes in flight.
 pub const CHUNK_BYTES: usize = 2 << 20;
 
+/// HTTP/2 flow-control windows, in bytes: the most a transfer has in flight before the
+/// receiver consumes it. HTTP/2's default of 64 KiB would stall every chunk.
+pub const WINDOW_BYTES: u32 = 16 << 20;
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
 
 /// Serves one store's objects over Flight.
@@ -62,6 +66,8 @@ impl ObjectServer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::result::Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
+            .initial_stream_window_size(WINDOW_BYTES)
+            .initial_connection_window_size(WINDOW_BYTES)
             .add_service(FlightServiceServer::new(self))
             .serve_with_incoming_shutdown(listener, shutdown)
             .await
@@ -193,6 +199,8 @@ pub async fn fetch(object: &ObjectRef, address: &str, token: &str) -> Result<Rec
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
         .map_err(|e| remote(e.to_string()))?
         .connect_timeout(std::time::Duration::from_secs(5))
+        .initial_stream_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES)
         .connect()
         .await
         .map_err(|e| remote(format!("cannot connect: {e}")))?;

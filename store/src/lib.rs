@@ -251,6 +251,11 @@ enum Tier {
 
 #[derive(Debug)]
 struct Entry {
+    /// The job or process it belongs to: released with it.
+    owner: String,
+    /// References beyond the owner's: the object goes when they are released and the
+    /// owner is done with it.
+    refs: u32,
     size: u64,
     kind: Kind,
     tier: Tier,
@@ -340,21 +345,62 @@ impl LocalStore {
     pub fn put_batch(&self, owner: &str, batch: &RecordBatch) -> Result<ObjectRef> {
         let bytes = encode(batch)?;
         let id = ObjectId::random();
-        self.put_encoded(id, Kind::Batch, &bytes, true)?;
+        self.put_encoded(id, Kind::Batch, &bytes, true, owner)?;
         Ok(self.reference(id, owner))
     }
 
     /// Puts raw bytes.
     pub fn put_bytes(&self, owner: &str, data: &[u8]) -> Result<ObjectRef> {
         let id = ObjectId::random();
-        self.put_encoded(id, Kind::Bytes, data, true)?;
+        self.put_encoded(id, Kind::Bytes, data, true, owner)?;
         Ok(self.reference(id, owner))
     }
 
     /// Keeps a copy of another node's object, which the store may drop under pressure
     /// (it is never spilled): what a remote get caches.
     pub fn put_cached(&self, id: ObjectId, kind: Kind, encoded: &[u8]) -> Result<()> {
-        self.put_encoded(id, kind, encoded, false)
+        self.put_encoded(id, kind, encoded, false, "")
+    }
+
+    /// Adds a reference to object `id`: it stays until every reference is released.
+    pub fn add_ref(&self, id: &ObjectId) -> Result<()> {
+        let mut state = self.lock();
+        let entry = state.entries.get_mut(id).ok_or(StoreError::NotFound(*id))?;
+        entry.refs += 1;
+        Ok(())
+    }
+
+    /// Releases a reference to object `id` (the put holds the first); the object is deleted
+    /// when none remains. Returns whether it was.
+    pub fn release(&self, id: &ObjectId) -> Result<bool> {
+        let mut state = self.lock();
+        let entry = state.entries.get_mut(id).ok_or(StoreError::NotFound(*id))?;
+        entry.refs = entry.refs.saturating_sub(1);
+        if entry.refs > 0 {
+            return Ok(false);
+        }
+        drop(state);
+        self.delete(id)?;
+        Ok(true)
+    }
+
+    /// Deletes every object `owner` put, whatever references remain: what happens to a
+    /// job's objects when the job ends. Returns how many went.
+    pub fn release_owner(&self, owner: &str) -> Result<usize> {
+        let ids: Vec<ObjectId> = self
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.owner == owner && !e.writing)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            match self.delete(id) {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ids.len())
     }
 
     fn reference(&self, id: ObjectId, owner: &str) -> ObjectRef {
@@ -365,7 +411,14 @@ impl LocalStore {
         }
     }
 
-    fn put_encoded(&self, id: ObjectId, kind: Kind, data: &[u8], primary: bool) -> Result<()> {
+    fn put_encoded(
+        &self,
+        id: ObjectId,
+        kind: Kind,
+        data: &[u8],
+        primary: bool,
+        owner: &str,
+    ) -> Result<()> {
         let size = data.len() as u64;
         let started = Instant::now();
         let mut state = self.lock();
@@ -400,6 +453,8 @@ impl LocalStore {
         state.entries.insert(
             id,
             Entry {
+                owner: owner.to_owned(),
+                refs: 1,
                 size,
                 kind,
                 tier,

@@ -252,3 +252,46 @@ fn cached_copies_are_dropped_before_primaries_spill() {
         &vec![2u8; 300 << 10][..]
     );
 }
+
+#[test]
+fn objects_go_with_their_last_reference_or_their_job_and_nothing_leaks() {
+    let root = tempfile::tempdir().expect("root");
+    let store = store(root.path(), 64 << 20, 64 << 20);
+    let object = store.put_bytes("job-0", b"shared").expect("put").id;
+    store.add_ref(&object).expect("ref");
+    assert!(
+        !store.release(&object).expect("release"),
+        "one reference remains"
+    );
+    assert!(store.contains(&object));
+    assert!(
+        store.release(&object).expect("release"),
+        "the last reference"
+    );
+    assert!(!store.contains(&object));
+
+    // 1,000 jobs, each putting objects and ending.
+    for job in 0..1_000 {
+        let owner = format!("job-{job}");
+        for i in 0..3u8 {
+            store.put_bytes(&owner, &[i; 512]).expect("put");
+        }
+        let batch =
+            RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(vec![job])) as ArrayRef)])
+                .expect("batch");
+        let kept = store.put_batch(&owner, &batch).expect("put").id;
+        store
+            .add_ref(&kept)
+            .expect("a reference the job never released");
+        assert_eq!(store.release_owner(&owner).expect("end of job"), 4);
+    }
+    assert_eq!(store.usage(), streamrun_store::Usage::default());
+    for dir in [&store.config().memory_dir, &store.config().spill_dir] {
+        assert_eq!(
+            std::fs::read_dir(dir).expect("dir").count(),
+            0,
+            "files left in {}",
+            dir.display()
+        );
+    }
+}
