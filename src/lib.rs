@@ -80,9 +80,13 @@ pub fn execute(job: &Job) -> Result<JobReport> {
     execute_with(job, &ExecOptions::from_env(default_workers())?)
 }
 
-/// Runs `job` with explicit options.
+/// Runs `job` with explicit options. A process of a cluster job whose node agent hosts an
+/// object store sends its large cross-process batches through that store.
 pub fn execute_with(job: &Job, options: &ExecOptions) -> Result<JobReport> {
     job.check()?;
+    if options.cluster.is_some() {
+        install_exchange_store()?;
+    }
     streamrun_engine::execute(&job.graph(), options)
 }
 
@@ -110,3 +114,24 @@ pub fn explain_dot(job: &Job, workers: usize) -> Result<String> {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// Sends this process's large cross-process batches through its node's object store, when a
+/// node agent gave it one (`STREAMRUN_STORE` and the rest, see
+/// [`streamrun_store::exchange::ExchangeClient::from_env`]). Done once per process.
+fn install_exchange_store() -> Result<()> {
+    static INSTALLED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(
+            || match streamrun_store::exchange::ExchangeClient::from_env() {
+                Ok(Some(client)) => {
+                    streamrun_engine::set_exchange_store(Some(std::sync::Arc::new(client)));
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+        .clone()
+        .map_err(Error::Plan)
+}

@@ -6,10 +6,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use streamrun_store::flight::ObjectServer;
+use streamrun_store::{LocalStore, StoreConfig};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
 
 use crate::proto::control_client::ControlClient;
 use crate::store::Resources;
@@ -44,6 +49,10 @@ pub struct AgentConfig {
     pub token: String,
     /// The program that runs job specs (`stream-run`).
     pub stream_run: PathBuf,
+    /// Bytes the node's object store keeps in memory before it spills.
+    pub object_memory: u64,
+    /// Bytes the node's object store may spill to disk.
+    pub object_disk: u64,
 }
 
 /// This machine's resources: its CPUs, and its memory from `/proc/meminfo`.
@@ -66,25 +75,33 @@ pub fn detect_resources() -> Resources {
     }
 }
 
+/// Parses an amount of bytes: `512`, `64K`, `256M`, `8G`.
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let upper = text.trim().to_ascii_uppercase();
+    let (digits, scale) = match upper.chars().last() {
+        Some('G') => (&upper[..upper.len() - 1], 1u64 << 30),
+        Some('M') => (&upper[..upper.len() - 1], 1 << 20),
+        Some('K') => (&upper[..upper.len() - 1], 1 << 10),
+        _ => (upper.as_str(), 1),
+    };
+    digits
+        .parse::<u64>()
+        .map(|n| n.saturating_mul(scale))
+        .map_err(|_| {
+            Error::Config(format!(
+                "'{text}' is not an amount of bytes (like 512M or 8G)"
+            ))
+        })
+}
+
 /// Parses `cpu=2,gpu=0,mem=8G,name=1`: the resources a node offers, starting from `base`.
 pub fn parse_resources(text: &str, mut base: Resources) -> Result<Resources> {
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (key, value) = item
             .split_once('=')
             .ok_or_else(|| Error::Config(format!("resource '{item}' is not name=amount")))?;
-        let number = |v: &str| -> Result<u64> {
-            let (digits, scale) = match v.trim().to_ascii_uppercase() {
-                s if s.ends_with('G') => (s.trim_end_matches('G').to_owned(), 1u64 << 30),
-                s if s.ends_with('M') => (s.trim_end_matches('M').to_owned(), 1 << 20),
-                s if s.ends_with('K') => (s.trim_end_matches('K').to_owned(), 1 << 10),
-                s => (s, 1),
-            };
-            digits
-                .parse::<u64>()
-                .map(|n| n * scale)
-                .map_err(|_| Error::Config(format!("resource '{key}': '{v}' is not an amount")))
-        };
-        let amount = number(value)?;
+        let amount = parse_bytes(value)
+            .map_err(|_| Error::Config(format!("resource '{key}': '{value}' is not an amount")))?;
         let small = || {
             u32::try_from(amount)
                 .map_err(|_| Error::Config(format!("resource '{key}': {amount} is too large")))
@@ -187,6 +204,52 @@ pub async fn run(
     let mut client = connect(&config).await?;
     let (mut node_id, interval) = register(&mut client, &config, "").await?;
     tracing::info!(node = %node_id, head = %config.head, "registered");
+    // The node's object store, served to other nodes over Flight and to this node's job
+    // processes through their environment.
+    let store = Arc::new(
+        LocalStore::open(
+            &node_id,
+            StoreConfig::for_node(
+                &node_id,
+                &config.dir,
+                config.object_memory,
+                config.object_disk,
+            ),
+        )
+        .map_err(|e| Error::Config(format!("the node's object store: {e}")))?,
+    );
+    let ip: std::net::IpAddr = config
+        .host
+        .parse()
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let listener = TcpIncoming::bind(std::net::SocketAddr::new(ip, 0))
+        .map_err(|e| Error::io("binding the object store's Flight port", e))?;
+    let store_address = format!(
+        "{}:{}",
+        config.host,
+        listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the object store's address", e))?
+            .port()
+    );
+    let (stop_store, store_stopped) = tokio::sync::oneshot::channel::<()>();
+    let store_server = tokio::spawn(
+        ObjectServer::new(Arc::clone(&store), config.token.clone()).serve(listener, async {
+            let _ = store_stopped.await;
+        }),
+    );
+    let tiers = format!(
+        "{}|{}",
+        store.config().memory_dir.display(),
+        store.config().spill_dir.display()
+    );
+    let store_env: Vec<(String, String)> = vec![
+        ("STREAMRUN_STORE".into(), tiers),
+        ("STREAMRUN_STORE_ADDRESS".into(), store_address.clone()),
+        ("STREAMRUN_NODE".into(), node_id.clone()),
+        ("STREAMRUN_TOKEN".into(), config.token.clone()),
+    ];
+    tracing::info!(node = %node_id, objects = %store_address, "object store serving");
     ready(&node_id);
     let mut processes: Vec<Running> = Vec::new();
     tokio::pin!(shutdown);
@@ -224,6 +287,22 @@ pub async fn run(
         for (p, bytes) in processes.iter_mut().zip(shipped) {
             p.shipped += bytes;
         }
+        // A job whose processes here have all ended leaves its objects behind: release them.
+        let ended: Vec<String> = processes
+            .iter()
+            .filter(|p| p.exit.is_some())
+            .map(|p| p.job.clone())
+            .filter(|job| processes.iter().all(|q| &q.job != job || q.exit.is_some()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for job in ended {
+            match store.release_owner(&job) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(job = %job, objects = n, "released the job's objects"),
+                Err(e) => tracing::warn!(job = %job, error = %e, "releasing the job's objects"),
+            }
+        }
         processes.retain(|p| {
             p.exit.is_none() || std::fs::metadata(&p.log).map_or(0, |m| m.len()) > p.shipped
         });
@@ -241,12 +320,15 @@ pub async fn run(
                 p.stopping.get_or_insert_with(Instant::now);
             }
         }
-        for launch in reply.launches {
+        for mut launch in reply.launches {
+            launch.env.extend(store_env.iter().cloned());
             processes.push(launch_process(&config, launch));
         }
     }
     tracing::info!(node = %node_id, "agent stopping: stopping its processes");
     stop_all(&mut processes).await;
+    let _ = stop_store.send(());
+    let _ = store_server.await;
     Ok(())
 }
 

@@ -34,9 +34,62 @@ impl From<RecordBatch> for Batch {
     }
 }
 
+/// Where large batches travel between processes: a node's object store. A batch of at least
+/// [`ExchangeStore::threshold`] bytes that crosses processes is put in the store, and only
+/// its reference travels in the timely message; the receiver reads it from the store (in
+/// place on the same node).
+pub trait ExchangeStore: Send + Sync {
+    /// Batches of at least this many bytes go through the store.
+    fn threshold(&self) -> usize;
+    /// Stores `batch`, returning a reference to it.
+    fn put(&self, batch: &RecordBatch) -> Result<Vec<u8>>;
+    /// The batch a reference names.
+    fn get(&self, reference: &[u8]) -> Result<RecordBatch>;
+}
+
+static EXCHANGE_STORE: std::sync::RwLock<Option<Arc<dyn ExchangeStore>>> =
+    std::sync::RwLock::new(None);
+static STORED_BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static STORED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sends this process's large cross-process batches through `store` (or inline again, with
+/// `None`).
+pub fn set_exchange_store(store: Option<Arc<dyn ExchangeStore>>) {
+    *EXCHANGE_STORE.write().unwrap_or_else(|p| p.into_inner()) = store;
+}
+
+fn exchange_store() -> Option<Arc<dyn ExchangeStore>> {
+    EXCHANGE_STORE
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Batches, and their bytes, that this process sent through the exchange store.
+pub fn exchanged_through_store() -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    (
+        STORED_BATCHES.load(Ordering::Relaxed),
+        STORED_BYTES.load(Ordering::Relaxed),
+    )
+}
+
+/// The first byte of a serialized batch: what follows.
+const INLINE: u8 = 0;
+const STORED: u8 = 1;
+
 impl Serialize for Batch {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(self.0.get_array_memory_size() + 1024);
+        let size = self.0.get_array_memory_size();
+        if let Some(store) = exchange_store().filter(|s| size >= s.threshold()) {
+            let mut bytes = vec![STORED];
+            bytes.extend(store.put(&self.0).map_err(serde::ser::Error::custom)?);
+            STORED_BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            STORED_BYTES.fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
+            return serializer.serialize_bytes(&bytes);
+        }
+        let mut bytes = Vec::with_capacity(size + 1024);
+        bytes.push(INLINE);
         let mut writer = StreamWriter::try_new(&mut bytes, &self.0.schema())
             .map_err(serde::ser::Error::custom)?;
         writer.write(&self.0).map_err(serde::ser::Error::custom)?;
@@ -49,13 +102,31 @@ impl Serialize for Batch {
 impl<'de> Deserialize<'de> for Batch {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
-        let mut reader = StreamReader::try_new(std::io::Cursor::new(bytes.into_vec()), None)
-            .map_err(serde::de::Error::custom)?;
-        match reader.next() {
-            Some(batch) => Ok(Batch(batch.map_err(serde::de::Error::custom)?)),
-            None => Err(serde::de::Error::custom(
-                "an Arrow IPC stream without a batch",
-            )),
+        match bytes.first() {
+            Some(&STORED) => {
+                let store = exchange_store().ok_or_else(|| {
+                    serde::de::Error::custom(
+                        "a batch came through the object store, but this process has none",
+                    )
+                })?;
+                store
+                    .get(&bytes[1..])
+                    .map(Batch)
+                    .map_err(serde::de::Error::custom)
+            }
+            Some(&INLINE) => {
+                let mut cursor = std::io::Cursor::new(bytes.into_vec());
+                cursor.set_position(1);
+                let mut reader =
+                    StreamReader::try_new(cursor, None).map_err(serde::de::Error::custom)?;
+                match reader.next() {
+                    Some(batch) => Ok(Batch(batch.map_err(serde::de::Error::custom)?)),
+                    None => Err(serde::de::Error::custom(
+                        "an Arrow IPC stream without a batch",
+                    )),
+                }
+            }
+            _ => Err(serde::de::Error::custom("not a serialized batch")),
         }
     }
 }

@@ -75,8 +75,9 @@ mod plan;
 mod time;
 
 pub use batch::{
-    Batch, KEY_GROUPS, column_indices, column_list, hash_rows, key_group, key_hash, split_by_hash,
-    worker_key_groups, worker_of_group,
+    Batch, ExchangeStore, KEY_GROUPS, column_indices, column_list, exchanged_through_store,
+    hash_rows, key_group, key_hash, set_exchange_store, split_by_hash, worker_key_groups,
+    worker_of_group,
 };
 pub use compile::{
     PHYSICAL_PLAN_VERSION, PhysicalOp, PhysicalPlan, Role, Stage, StageInput, compile,

@@ -23,6 +23,9 @@ use crate::{Kind, LocalStore, ObjectId, ObjectRef, Result, StoreError};
 /// about this size, and HTTP/2 flow control bounds the bytes in flight.
 pub const CHUNK_BYTES: usize = 2 << 20;
 
+/// The action that asks a node's store to take in an object a process staged.
+pub const ADOPT: &str = "adopt";
+
 /// HTTP/2 flow-control windows, in bytes: the most a transfer has in flight before the
 /// receiver consumes it. HTTP/2's default of 64 KiB would stall every chunk.
 pub const WINDOW_BYTES: u32 = 16 << 20;
@@ -166,11 +169,42 @@ impl FlightService for ObjectServer {
     ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
         unimplemented("do_exchange")
     }
+    /// `adopt`, body `owner\nid\nbatch|bytes`: a process of this node staged the object in
+    /// the memory tier; the store takes it in ([`LocalStore::adopt`]).
     async fn do_action(
         &self,
-        _: Request<Action>,
+        request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
-        unimplemented("do_action")
+        self.check(&request)?;
+        let action = request.into_inner();
+        if action.r#type != ADOPT {
+            return unimplemented(&format!("the action '{}'", action.r#type));
+        }
+        let body = String::from_utf8_lossy(&action.body).into_owned();
+        let mut parts = body.splitn(3, '\n');
+        let (owner, id, kind) = (parts.next(), parts.next(), parts.next());
+        let (Some(owner), Some(id), Some(kind)) = (owner, id, kind) else {
+            return Err(Status::invalid_argument("adopt takes 'owner\\nid\\nkind'"));
+        };
+        let id: ObjectId = id
+            .parse()
+            .map_err(|e: StoreError| Status::invalid_argument(e.to_string()))?;
+        let kind = match kind {
+            "batch" => Kind::Batch,
+            "bytes" => Kind::Bytes,
+            other => return Err(Status::invalid_argument(format!("unknown kind '{other}'"))),
+        };
+        let store = Arc::clone(&self.store);
+        let owner = owner.to_owned();
+        // Adopting may spill, or wait for room: off the async threads.
+        tokio::task::spawn_blocking(move || store.adopt(&owner, id, kind))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                StoreError::Full { .. } => Status::resource_exhausted(e.to_string()),
+                other => Status::internal(other.to_string()),
+            })?;
+        Ok(Response::new(futures::stream::empty().boxed()))
     }
     async fn list_actions(
         &self,
@@ -186,10 +220,8 @@ fn bytes_batch(bytes: &[u8]) -> std::result::Result<RecordBatch, arrow::error::A
     RecordBatch::try_from_iter([("bytes", Arc::new(column) as arrow::array::ArrayRef)])
 }
 
-/// Fetches object `object` from the node serving it at `address` (`host:port`), carrying
-/// `token`. An unreachable node, a refused token or a missing object is an error naming the
-/// object, the node and the address.
-pub async fn fetch(object: &ObjectRef, address: &str, token: &str) -> Result<RecordBatch> {
+/// A Flight client of the node at `address`, carrying `token`; errors name `object`.
+async fn client(object: &ObjectRef, address: &str, token: &str) -> Result<FlightClient> {
     let remote = |reason: String| StoreError::Remote {
         id: object.id,
         node: object.node.clone(),
@@ -208,6 +240,50 @@ pub async fn fetch(object: &ObjectRef, address: &str, token: &str) -> Result<Rec
     client
         .add_header("authorization", &format!("Bearer {token}"))
         .map_err(|e| remote(e.to_string()))?;
+    Ok(client)
+}
+
+/// Asks this node's store, serving at `address`, to take in `object`, staged by this process
+/// at [`staging_path`](crate::staging_path).
+pub async fn adopt(object: &ObjectRef, kind: Kind, address: &str, token: &str) -> Result<()> {
+    let mut client = client(object, address, token).await?;
+    let kind = match kind {
+        Kind::Batch => "batch",
+        Kind::Bytes => "bytes",
+    };
+    let body = format!("{}\n{}\n{kind}", object.owner, object.id);
+    let results = client
+        .do_action(Action::new(ADOPT, body.into_bytes()))
+        .await
+        .map_err(|e| StoreError::Remote {
+            id: object.id,
+            node: object.node.clone(),
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let _: Vec<_> = results
+        .try_collect()
+        .await
+        .map_err(|e| StoreError::Remote {
+            id: object.id,
+            node: object.node.clone(),
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Fetches object `object` from the node serving it at `address` (`host:port`), carrying
+/// `token`. An unreachable node, a refused token or a missing object is an error naming the
+/// object, the node and the address.
+pub async fn fetch(object: &ObjectRef, address: &str, token: &str) -> Result<RecordBatch> {
+    let remote = |reason: String| StoreError::Remote {
+        id: object.id,
+        node: object.node.clone(),
+        address: address.to_owned(),
+        reason,
+    };
+    let mut client = client(object, address, token).await?;
     let stream = client
         .do_get(Ticket::new(object.id.to_string()))
         .await

@@ -39,6 +39,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod exchange;
 pub mod flight;
 
 use std::collections::HashMap;
@@ -419,7 +420,44 @@ impl LocalStore {
         primary: bool,
         owner: &str,
     ) -> Result<()> {
-        let size = data.len() as u64;
+        let tier = self.reserve(id, kind, data.len() as u64, primary, owner)?;
+        let dir = match tier {
+            Tier::Memory => &self.config.memory_dir,
+            Tier::Disk => &self.config.spill_dir,
+        };
+        let written = write_file(dir, &id, kind, data);
+        self.commit(id, written)
+    }
+
+    /// Takes in object `id`, which another process of the node wrote complete to
+    /// [`staging_path`] in the memory tier: the store accounts for it (spilling others, or
+    /// it, as a put would) and publishes it. The way a process puts an object with one copy.
+    pub fn adopt(&self, owner: &str, id: ObjectId, kind: Kind) -> Result<()> {
+        let staged = staging_path(&self.config.memory_dir, &id);
+        let size = std::fs::metadata(&staged)
+            .map_err(io(format!("reading {}", staged.display())))?
+            .len();
+        let tier = self.reserve(id, kind, size, true, owner)?;
+        let moved = match tier {
+            Tier::Memory => std::fs::rename(&staged, path_of(&self.config.memory_dir, &id, kind))
+                .map_err(io(format!("publishing {}", staged.display()))),
+            Tier::Disk => move_file(&staged, &path_of(&self.config.spill_dir, &id, kind)),
+        };
+        if moved.is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
+        self.commit(id, moved)
+    }
+
+    /// Makes room for `size` bytes and records object `id` as being written there.
+    fn reserve(
+        &self,
+        id: ObjectId,
+        kind: Kind,
+        size: u64,
+        primary: bool,
+        owner: &str,
+    ) -> Result<Tier> {
         let started = Instant::now();
         let mut state = self.lock();
         let tier = loop {
@@ -463,12 +501,11 @@ impl LocalStore {
                 writing: true,
             },
         );
-        drop(state);
-        let dir = match tier {
-            Tier::Memory => &self.config.memory_dir,
-            Tier::Disk => &self.config.spill_dir,
-        };
-        let written = write_file(dir, &id, kind, data);
+        Ok(tier)
+    }
+
+    /// Completes the write of object `id`, or forgets it and frees its room.
+    fn commit(&self, id: ObjectId, written: Result<()>) -> Result<()> {
         let mut state = self.lock();
         match written {
             Ok(()) => {
@@ -478,10 +515,11 @@ impl LocalStore {
                 Ok(())
             }
             Err(e) => {
-                state.entries.remove(&id);
-                match tier {
-                    Tier::Memory => state.memory_used -= size,
-                    Tier::Disk => state.disk_used -= size,
+                if let Some(entry) = state.entries.remove(&id) {
+                    match entry.tier {
+                        Tier::Memory => state.memory_used -= entry.size,
+                        Tier::Disk => state.disk_used -= entry.size,
+                    }
                 }
                 self.room.notify_all();
                 Err(e)
@@ -660,8 +698,14 @@ impl Drop for LocalStore {
     }
 }
 
+/// Where a process of the node writes object `id` before the store [adopts](LocalStore::adopt)
+/// it.
+pub fn staging_path(memory_dir: &Path, id: &ObjectId) -> PathBuf {
+    memory_dir.join(format!(".{id}.stage"))
+}
+
 /// A batch as an Arrow IPC file.
-fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
     let mut writer =
         FileWriter::try_new(&mut out, &batch.schema()).map_err(arrow("encoding a batch"))?;

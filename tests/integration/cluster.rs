@@ -464,3 +464,82 @@ fn stop_stops_the_local_head_and_agents() {
         assert!(status.is_some(), "a process outlived stop");
     }
 }
+
+#[test]
+fn exchanges_through_the_object_store_give_the_embedded_result() {
+    // Agents whose job processes send every cross-process batch through the store.
+    let mut cluster = LocalCluster::start(&[]);
+    for _ in 0..2 {
+        cluster.agents.push(
+            Command::new(env!("CARGO_BIN_EXE_stream-run"))
+                .args(["start", "--address", &cluster.grpc, "--resources", "cpu=2"])
+                .args(["--object-store-memory", "8M", "--object-store-disk", "1G"])
+                .env("STREAMRUN_HOME", cluster.home.path())
+                .env("STREAMRUN_EXCHANGE_THRESHOLD", "0")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("agent"),
+        );
+    }
+    cluster.wait_for(|c| c.alive_nodes() == 2, "the agents to register");
+    let work = tempfile::tempdir().expect("work");
+    let out_dir = work.path().join("words");
+    let (spec, expected) = embedded_wordcount(work.path(), &out_dir);
+    let out = cluster.cli(&[
+        "submit",
+        "-w",
+        "4",
+        "--wait",
+        "--spec",
+        &spec.to_string_lossy(),
+    ]);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{logs}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        logs.matches("sent through the object store").count(),
+        2,
+        "both processes exchanged through their stores: {logs}"
+    );
+    assert_eq!(csv_rows(&out_dir), expected);
+
+    // A group-by, checked against the embedded run of the same spec.
+    let groupby = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jobs/groupby.toml");
+    let embedded = Command::new(env!("CARGO_BIN_EXE_stream-run"))
+        .args(["run", "-w", "1", groupby])
+        .output()
+        .expect("embedded group-by");
+    let out = cluster.cli(&["submit", "-w", "4", "--wait", "--spec", groupby]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table_rows = |text: &str| -> Vec<String> {
+        let mut rows: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.contains("region"))
+            .map(str::to_owned)
+            .collect();
+        rows.sort();
+        rows
+    };
+    let expected = table_rows(&String::from_utf8_lossy(&embedded.stdout));
+    assert!(expected.len() >= 5, "{expected:?}");
+    let got = table_rows(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(got.len(), expected.len(), "{got:?}");
+    // Means are sums of floats, added in another order across workers: equal to 1e-12.
+    for (g, e) in got.iter().zip(&expected) {
+        for (a, b) in g.split('|').zip(e.split('|')) {
+            let (a, b) = (a.trim(), b.trim());
+            match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(x), Ok(y)) => assert!((x - y).abs() <= 1e-12 * y.abs().max(1.0), "{g} vs {e}"),
+                _ => assert_eq!(a, b, "{g} vs {e}"),
+            }
+        }
+    }
+}

@@ -43,6 +43,12 @@ pub struct StartArgs {
     /// STREAMRUN_TOKEN takes precedence].
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Memory the node's object store keeps objects in before it spills them (e.g. 2G).
+    #[arg(long, default_value = "2G")]
+    object_store_memory: String,
+    /// Disk the node's object store may spill to (e.g. 16G).
+    #[arg(long, default_value = "16G")]
+    object_store_disk: String,
     /// Heartbeat interval, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
@@ -212,6 +218,8 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| home.join("agents").join(std::process::id().to_string())),
         token,
         stream_run: std::env::current_exe().context("finding the stream-run binary")?,
+        object_memory: agent::parse_bytes(&args.object_store_memory)?,
+        object_disk: agent::parse_bytes(&args.object_store_disk)?,
     };
     let result = rt.block_on(agent::run(config, terminated(), |node| {
         eprintln!("agent started: node {node}");

@@ -148,6 +148,13 @@ fn summary(report: &JobReport) -> String {
             report.dead_letters
         ));
     }
+    let (stored, stored_bytes) = streamrun::engine::exchanged_through_store();
+    if stored > 0 {
+        line.push_str(&format!(
+            ", {stored} batches ({}) sent through the object store",
+            human_bytes(stored_bytes)
+        ));
+    }
     line
 }
 

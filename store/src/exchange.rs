@@ -1,0 +1,142 @@
+//! The engine's exchanges through the store: a job process puts its large cross-process
+//! batches in its node's store and sends only references ([`streamrun_engine::ExchangeStore`]).
+//!
+//! A process stages a batch as an Arrow IPC file in the node's memory tier and asks the node
+//! agent's store to adopt it (one copy, accounted, spilled under pressure). A receiver on the
+//! same node maps the file and reads it in place; one on another node fetches it over Flight
+//! from the node the reference names. The agent releases a job's objects when its processes
+//! on the node have ended.
+
+use std::path::PathBuf;
+
+use arrow::array::RecordBatch;
+use streamrun_engine::{Error as EngineError, ExchangeStore};
+
+use crate::{Kind, ObjectId, ObjectRef, StoreError, StoreReader, encode, flight, staging_path};
+
+/// The variable naming the node store's tiers, `memory_dir|spill_dir`.
+pub const STORE_ENV: &str = "STREAMRUN_STORE";
+/// The variable naming the node store's Flight address, `host:port`.
+pub const STORE_ADDRESS_ENV: &str = "STREAMRUN_STORE_ADDRESS";
+/// The variable naming this process's node.
+pub const NODE_ENV: &str = "STREAMRUN_NODE";
+/// The variable naming the smallest batch, in bytes, that goes through the store (default
+/// 1 MiB).
+pub const THRESHOLD_ENV: &str = "STREAMRUN_EXCHANGE_THRESHOLD";
+/// Batches from this size on go through the store unless `STREAMRUN_EXCHANGE_THRESHOLD` says
+/// otherwise.
+pub const DEFAULT_THRESHOLD: usize = 1 << 20;
+
+/// A job process's way to its node's store.
+pub struct ExchangeClient {
+    node: String,
+    address: String,
+    token: String,
+    owner: String,
+    memory_dir: PathBuf,
+    reader: StoreReader,
+    threshold: usize,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn engine(e: StoreError) -> EngineError {
+    EngineError::Io {
+        context: "object store".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl ExchangeClient {
+    /// The client a node agent set up for this process through the environment, if it did:
+    /// `STREAMRUN_STORE`, `STREAMRUN_STORE_ADDRESS`, `STREAMRUN_NODE`, `STREAMRUN_TOKEN` and
+    /// `STREAMRUN_JOB_ID` (the owner of what the process puts).
+    pub fn from_env() -> crate::Result<Option<ExchangeClient>> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let Some(tiers) = var(STORE_ENV) else {
+            return Ok(None);
+        };
+        let bad = |what: String| StoreError::Io {
+            context: "the object store's settings".into(),
+            source: std::io::Error::other(what),
+        };
+        let (memory, spill) = tiers
+            .split_once('|')
+            .ok_or_else(|| bad(format!("{STORE_ENV}={tiers:?} is not memory_dir|spill_dir")))?;
+        let need = |name: &str| {
+            var(name).ok_or_else(|| bad(format!("{STORE_ENV} is set but {name} is not")))
+        };
+        let threshold = match var(THRESHOLD_ENV) {
+            Some(t) => t
+                .parse()
+                .map_err(|_| bad(format!("{THRESHOLD_ENV}={t:?} is not a number of bytes")))?,
+            None => DEFAULT_THRESHOLD,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("starting the store client: {e}")))?;
+        Ok(Some(ExchangeClient {
+            node: need(NODE_ENV)?,
+            address: need(STORE_ADDRESS_ENV)?,
+            token: need("STREAMRUN_TOKEN")?,
+            owner: need("STREAMRUN_JOB_ID")?,
+            memory_dir: PathBuf::from(memory),
+            reader: StoreReader::new(memory.into(), spill.into()),
+            threshold,
+            runtime,
+        }))
+    }
+}
+
+impl ExchangeStore for ExchangeClient {
+    fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    fn put(&self, batch: &RecordBatch) -> streamrun_engine::Result<Vec<u8>> {
+        let object = ObjectRef {
+            id: ObjectId::random(),
+            owner: self.owner.clone(),
+            node: self.node.clone(),
+        };
+        let staged = staging_path(&self.memory_dir, &object.id);
+        let bytes = encode(batch).map_err(engine)?;
+        std::fs::write(&staged, &bytes).map_err(|e| EngineError::Io {
+            context: format!("staging {}", staged.display()),
+            source: e,
+        })?;
+        self.runtime
+            .block_on(flight::adopt(
+                &object,
+                Kind::Batch,
+                &self.address,
+                &self.token,
+            ))
+            .map_err(engine)?;
+        Ok(format!("{}\n{}\n{}", object.node, self.address, object.id).into_bytes())
+    }
+
+    fn get(&self, reference: &[u8]) -> streamrun_engine::Result<RecordBatch> {
+        let text = String::from_utf8_lossy(reference);
+        let mut parts = text.splitn(3, '\n');
+        let (Some(node), Some(address), Some(id)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(EngineError::Internal(format!(
+                "'{text}' is not an object reference"
+            )));
+        };
+        let id: ObjectId = id.parse().map_err(engine)?;
+        if node == self.node {
+            return self.reader.get_batch(&id).map_err(engine);
+        }
+        let object = ObjectRef {
+            id,
+            owner: self.owner.clone(),
+            node: node.to_owned(),
+        };
+        self.runtime
+            .block_on(flight::fetch(&object, address, &self.token))
+            .map_err(engine)
+    }
+}
