@@ -160,6 +160,7 @@ fn remote(_local: &LocalStore) {
     let handle = rt.spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));
+    exchange_threshold(&rt, &store, &address);
     for (name, size) in [("1 MiB", 1usize << 20), ("256 MiB", 256 << 20)] {
         let object = store.put_batch("bench", &batch(size)).expect("put");
         let runs = if size > 1 << 20 { 3 } else { common::runs() };
@@ -180,4 +181,65 @@ fn remote(_local: &LocalStore) {
     }
     let _ = stop.send(());
     let _ = rt.block_on(handle);
+}
+
+/// What a batch costs to cross processes on one node: inline (Arrow IPC encoded into the
+/// message, decoded by the receiver) or through the store (staged, adopted over a loopback
+/// call, read in place). The threshold of `STREAMRUN_EXCHANGE_THRESHOLD` is where the store
+/// starts to win.
+fn exchange_threshold(rt: &tokio::runtime::Runtime, store: &Arc<LocalStore>, address: &str) {
+    use streamrun_engine::ExchangeStore;
+    let config = store.config();
+    let client = streamrun_store::exchange::ExchangeClient::new(
+        "bench-server",
+        address,
+        "t",
+        "bench",
+        (config.memory_dir.clone(), config.spill_dir.clone()),
+        0,
+    )
+    .expect("client");
+    let _ = rt;
+    for size in [
+        16usize << 10,
+        64 << 10,
+        256 << 10,
+        1 << 20,
+        4 << 20,
+        16 << 20,
+    ] {
+        let b = batch(size);
+        let reps = ((64 << 20) / size).clamp(4, 400);
+        let inline = common::median_time(common::runs(), || {
+            for _ in 0..reps {
+                // What a message carries inline: an Arrow IPC stream, written and read back.
+                let mut bytes = Vec::with_capacity(size + 1024);
+                let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &b.schema())
+                    .expect("writer");
+                writer.write(&b).expect("write");
+                writer.finish().expect("finish");
+                drop(writer);
+                let mut reader =
+                    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                        .expect("reader");
+                std::hint::black_box(reader.next());
+            }
+        }) / reps as u32
+            // The bytes also cross a loopback socket between the processes.
+            + common::median_time(common::runs(), || raw_tcp(size));
+        let through = common::median_time(common::runs(), || {
+            for _ in 0..reps {
+                let reference = client.put(&b).expect("put");
+                std::hint::black_box(client.get(&reference).expect("get"));
+            }
+        }) / reps as u32;
+        store.release_owner("bench").expect("release");
+        println!(
+            "exchange of a {:>6} KiB batch: inline (IPC + loopback TCP) {:>9.1} µs | through the store {:>9.1} µs | store/inline {:.2}",
+            size >> 10,
+            inline.as_secs_f64() * 1e6,
+            through.as_secs_f64() * 1e6,
+            through.as_secs_f64() / inline.as_secs_f64()
+        );
+    }
 }

@@ -7,7 +7,11 @@
 //! from the node the reference names. The agent releases a job's objects when its processes
 //! on the node have ended.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+use tonic::transport::Channel;
 
 use arrow::array::RecordBatch;
 use streamrun_engine::{Error as EngineError, ExchangeStore};
@@ -37,6 +41,8 @@ pub struct ExchangeClient {
     reader: StoreReader,
     threshold: usize,
     runtime: tokio::runtime::Runtime,
+    /// Open connections, by node address: one per node, shared by the process's workers.
+    channels: Mutex<HashMap<String, Channel>>,
 }
 
 fn engine(e: StoreError) -> EngineError {
@@ -47,6 +53,48 @@ fn engine(e: StoreError) -> EngineError {
 }
 
 impl ExchangeClient {
+    /// A client of the store whose memory tier is `memory_dir` (spill tier `spill_dir`),
+    /// served at `address` on node `node`, putting objects owned by `owner`.
+    pub fn new(
+        node: &str,
+        address: &str,
+        token: &str,
+        owner: &str,
+        (memory_dir, spill_dir): (PathBuf, PathBuf),
+        threshold: usize,
+    ) -> crate::Result<ExchangeClient> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io {
+                context: "starting the store client".into(),
+                source: e,
+            })?;
+        Ok(ExchangeClient {
+            node: node.to_owned(),
+            address: address.to_owned(),
+            token: token.to_owned(),
+            owner: owner.to_owned(),
+            reader: StoreReader::new(memory_dir.clone(), spill_dir),
+            memory_dir,
+            threshold,
+            runtime,
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The connection to `address`, opened on first use.
+    fn channel(&self, address: &str) -> Option<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Some(channel.clone());
+        }
+        let channel = self.runtime.block_on(flight::connect(address)).ok()?;
+        channels.insert(address.to_owned(), channel.clone());
+        Some(channel)
+    }
+
     /// The client a node agent set up for this process through the environment, if it did:
     /// `STREAMRUN_STORE`, `STREAMRUN_STORE_ADDRESS`, `STREAMRUN_NODE`, `STREAMRUN_TOKEN` and
     /// `STREAMRUN_JOB_ID` (the owner of what the process puts).
@@ -71,21 +119,15 @@ impl ExchangeClient {
                 .map_err(|_| bad(format!("{THRESHOLD_ENV}={t:?} is not a number of bytes")))?,
             None => DEFAULT_THRESHOLD,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| bad(format!("starting the store client: {e}")))?;
-        Ok(Some(ExchangeClient {
-            node: need(NODE_ENV)?,
-            address: need(STORE_ADDRESS_ENV)?,
-            token: need("STREAMRUN_TOKEN")?,
-            owner: need("STREAMRUN_JOB_ID")?,
-            memory_dir: PathBuf::from(memory),
-            reader: StoreReader::new(memory.into(), spill.into()),
+        ExchangeClient::new(
+            &need(NODE_ENV)?,
+            &need(STORE_ADDRESS_ENV)?,
+            &need("STREAMRUN_TOKEN")?,
+            &need("STREAMRUN_JOB_ID")?,
+            (PathBuf::from(memory), PathBuf::from(spill)),
             threshold,
-            runtime,
-        }))
+        )
+        .map(Some)
     }
 }
 
@@ -106,12 +148,14 @@ impl ExchangeStore for ExchangeClient {
             context: format!("staging {}", staged.display()),
             source: e,
         })?;
+        let channel = self.channel(&self.address);
         self.runtime
             .block_on(flight::adopt(
                 &object,
                 Kind::Batch,
                 &self.address,
                 &self.token,
+                channel,
             ))
             .map_err(engine)?;
         Ok(format!("{}\n{}\n{}", object.node, self.address, object.id).into_bytes())
@@ -135,8 +179,9 @@ impl ExchangeStore for ExchangeClient {
             owner: self.owner.clone(),
             node: node.to_owned(),
         };
+        let channel = self.channel(address);
         self.runtime
-            .block_on(flight::fetch(&object, address, &self.token))
+            .block_on(flight::fetch_over(&object, address, &self.token, channel))
             .map_err(engine)
     }
 }

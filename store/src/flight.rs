@@ -14,6 +14,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
+use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -220,22 +221,37 @@ fn bytes_batch(bytes: &[u8]) -> std::result::Result<RecordBatch, arrow::error::A
     RecordBatch::try_from_iter([("bytes", Arc::new(column) as arrow::array::ArrayRef)])
 }
 
-/// A Flight client of the node at `address`, carrying `token`; errors name `object`.
-async fn client(object: &ObjectRef, address: &str, token: &str) -> Result<FlightClient> {
+/// A connection to the node serving objects at `address`, to use for many calls.
+pub async fn connect(address: &str) -> std::result::Result<Channel, String> {
+    Channel::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))
+}
+
+/// A Flight client of the node at `address` (over `channel` when given, else a new
+/// connection), carrying `token`; errors name `object`.
+async fn client(
+    object: &ObjectRef,
+    address: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<FlightClient> {
     let remote = |reason: String| StoreError::Remote {
         id: object.id,
         node: object.node.clone(),
         address: address.to_owned(),
         reason,
     };
-    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-        .map_err(|e| remote(e.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .initial_stream_window_size(WINDOW_BYTES)
-        .initial_connection_window_size(WINDOW_BYTES)
-        .connect()
-        .await
-        .map_err(|e| remote(format!("cannot connect: {e}")))?;
+    let channel = match channel {
+        Some(c) => c,
+        None => connect(address).await.map_err(remote)?,
+    };
     let mut client = FlightClient::new(channel);
     client
         .add_header("authorization", &format!("Bearer {token}"))
@@ -245,8 +261,14 @@ async fn client(object: &ObjectRef, address: &str, token: &str) -> Result<Flight
 
 /// Asks this node's store, serving at `address`, to take in `object`, staged by this process
 /// at [`staging_path`](crate::staging_path).
-pub async fn adopt(object: &ObjectRef, kind: Kind, address: &str, token: &str) -> Result<()> {
-    let mut client = client(object, address, token).await?;
+pub async fn adopt(
+    object: &ObjectRef,
+    kind: Kind,
+    address: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<()> {
+    let mut client = client(object, address, token, channel).await?;
     let kind = match kind {
         Kind::Batch => "batch",
         Kind::Bytes => "bytes",
@@ -277,13 +299,23 @@ pub async fn adopt(object: &ObjectRef, kind: Kind, address: &str, token: &str) -
 /// `token`. An unreachable node, a refused token or a missing object is an error naming the
 /// object, the node and the address.
 pub async fn fetch(object: &ObjectRef, address: &str, token: &str) -> Result<RecordBatch> {
+    fetch_over(object, address, token, None).await
+}
+
+/// [`fetch`] over an open connection to the node, when there is one.
+pub async fn fetch_over(
+    object: &ObjectRef,
+    address: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<RecordBatch> {
     let remote = |reason: String| StoreError::Remote {
         id: object.id,
         node: object.node.clone(),
         address: address.to_owned(),
         reason,
     };
-    let mut client = client(object, address, token).await?;
+    let mut client = client(object, address, token, channel).await?;
     let stream = client
         .do_get(Ticket::new(object.id.to_string()))
         .await
