@@ -266,6 +266,7 @@ pub async fn run(
                 node_id: node_id.clone(),
                 processes: statuses,
                 logs,
+                object_address: store_address.clone(),
             })
             .await;
         let reply = match beat {

@@ -132,6 +132,21 @@ impl Client {
         .await
     }
 
+    /// Where node `node`'s object store serves its objects (the directory lookup for an
+    /// `ObjectRef`'s node).
+    pub async fn object_address(&self, node: &str) -> Result<String> {
+        self.nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.id == node)
+            .and_then(|n| n.object_address)
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "node '{node}' has no object store the head knows of"
+                ))
+            })
+    }
+
     /// Waits until job `id` has ended, polling every `every`, and returns its record.
     pub async fn wait(&self, id: &str, every: Duration) -> Result<JobRecord> {
         loop {

@@ -391,6 +391,7 @@ impl Head {
             reason: None,
             registered_ms: now_ms(),
             last_heartbeat_ms: now_ms(),
+            object_address: None,
         };
         cluster.nodes.insert(id.clone(), node.clone());
         cluster.seen.insert(id.clone(), Instant::now());
@@ -427,6 +428,12 @@ impl Head {
             node_changed = true;
         }
         node.last_heartbeat_ms = now_ms();
+        if !request.object_address.is_empty()
+            && node.object_address.as_deref() != Some(request.object_address.as_str())
+        {
+            node.object_address = Some(request.object_address.clone());
+            node_changed = true;
+        }
         cluster.seen.insert(node_id.clone(), Instant::now());
         let mut changed_jobs = Vec::new();
         let mut stray = Vec::new();

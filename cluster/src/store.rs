@@ -54,6 +54,10 @@ pub struct NodeRecord {
     pub registered_ms: u64,
     /// When it last heartbeat (ms since the Unix epoch).
     pub last_heartbeat_ms: u64,
+    /// Where its object store serves objects over Arrow Flight: the directory entry that
+    /// finds any object of this node.
+    #[serde(default)]
+    pub object_address: Option<String>,
 }
 
 /// The states of a job. `Pending → Running → Succeeded | Failed | Stopped`; a job may also
@@ -240,6 +244,7 @@ mod tests {
             reason: None,
             registered_ms: 1,
             last_heartbeat_ms: 2,
+            object_address: Some("10.0.0.2:40000".into()),
         };
         let job = JobRecord {
             id: "j1".into(),

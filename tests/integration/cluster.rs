@@ -483,6 +483,19 @@ fn exchanges_through_the_object_store_give_the_embedded_result() {
         );
     }
     cluster.wait_for(|c| c.alive_nodes() == 2, "the agents to register");
+    // The head's directory: every node's object store address.
+    cluster.wait_for(
+        |c| {
+            c.status()["nodes"].as_array().is_some_and(|nodes| {
+                nodes.iter().all(|n| {
+                    n["object_address"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with("127.0.0.1:"))
+                })
+            })
+        },
+        "the nodes' object store addresses",
+    );
     let work = tempfile::tempdir().expect("work");
     let out_dir = work.path().join("words");
     let (spec, expected) = embedded_wordcount(work.path(), &out_dir);

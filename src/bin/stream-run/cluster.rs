@@ -321,6 +321,7 @@ pub fn status(connection: &Connection, json: bool) -> anyhow::Result<()> {
                     n.resources.memory_bytes as f64 / (1u64 << 30) as f64
                 ),
                 age(n.last_heartbeat_ms),
+                n.object_address.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -334,7 +335,8 @@ pub fn status(connection: &Connection, json: bool) -> anyhow::Result<()> {
                 "CPU USED/TOTAL",
                 "GPU",
                 "MEM",
-                "LAST HEARTBEAT"
+                "LAST HEARTBEAT",
+                "OBJECTS",
             ],
             node_rows
         ),
