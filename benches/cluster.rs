@@ -142,6 +142,7 @@ fn head_memory() {
                     node_id: id.clone(),
                     processes: Vec::new(),
                     logs: Vec::new(),
+                    object_address: String::new(),
                 });
                 request.metadata_mut().insert(
                     "authorization",
