@@ -74,6 +74,55 @@ pub fn exchanged_through_store() -> (u64, u64) {
     )
 }
 
+/// Batches of this thread recently put in the exchange store, with their references.
+/// Timely serializes a message twice (once to size it, once to write it), and a broadcast
+/// serializes the same batch for every process: each is put once. The batches are held, so
+/// their buffers cannot be reused by another batch while they are remembered.
+const RECENT_PUTS: usize = 8;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<std::collections::VecDeque<(RecordBatch, Vec<u8>)>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// Whether `a` and `b` share every column (clones of one batch).
+fn same_columns(a: &RecordBatch, b: &RecordBatch) -> bool {
+    a.num_rows() == b.num_rows()
+        && a.num_columns() == b.num_columns()
+        && a.columns()
+            .iter()
+            .zip(b.columns())
+            .all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+/// The reference of `batch` in `store`: put now, or remembered from a recent put.
+fn stored_reference(batch: &RecordBatch, store: &dyn ExchangeStore) -> Result<Vec<u8>> {
+    let known = RECENT.with(|recent| {
+        recent
+            .borrow()
+            .iter()
+            .find(|(b, _)| same_columns(b, batch))
+            .map(|(_, r)| r.clone())
+    });
+    if let Some(reference) = known {
+        return Ok(reference);
+    }
+    let reference = store.put(batch)?;
+    STORED_BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    STORED_BYTES.fetch_add(
+        batch.get_array_memory_size() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if recent.len() >= RECENT_PUTS {
+            recent.pop_front();
+        }
+        recent.push_back((batch.clone(), reference.clone()));
+    });
+    Ok(reference)
+}
+
 /// The first byte of a serialized batch: what follows.
 const INLINE: u8 = 0;
 const STORED: u8 = 1;
@@ -83,9 +132,9 @@ impl Serialize for Batch {
         let size = self.0.get_array_memory_size();
         if let Some(store) = exchange_store().filter(|s| size >= s.threshold()) {
             let mut bytes = vec![STORED];
-            bytes.extend(store.put(&self.0).map_err(serde::ser::Error::custom)?);
-            STORED_BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            STORED_BYTES.fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
+            bytes.extend(
+                stored_reference(&self.0, store.as_ref()).map_err(serde::ser::Error::custom)?,
+            );
             return serializer.serialize_bytes(&bytes);
         }
         let mut bytes = Vec::with_capacity(size + 1024);
@@ -325,5 +374,43 @@ mod tests {
             message.contains("'x'") && message.contains("k, v"),
             "{message}"
         );
+    }
+
+    /// A test double of an object store that counts its puts.
+    struct CountingStore(std::sync::atomic::AtomicUsize);
+
+    impl ExchangeStore for CountingStore {
+        fn threshold(&self) -> usize {
+            0
+        }
+        fn put(&self, _: &RecordBatch) -> Result<Vec<u8>> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(format!("object-{n}").into_bytes())
+        }
+        fn get(&self, _: &[u8]) -> Result<RecordBatch> {
+            Err(Error::Internal("not used".into()))
+        }
+    }
+
+    #[test]
+    fn a_batch_serialized_twice_or_broadcast_is_put_once() {
+        let store = CountingStore(std::sync::atomic::AtomicUsize::new(0));
+        let batch = RecordBatch::try_from_iter([(
+            "v",
+            Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3])) as ArrayRef,
+        )])
+        .expect("batch");
+        // Sizing, writing, and a copy for another process: the same columns.
+        let first = stored_reference(&batch, &store).expect("put");
+        let again = stored_reference(&batch.clone(), &store).expect("put");
+        assert_eq!(first, again);
+        assert_eq!(store.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Another batch with equal values is another object.
+        let other = RecordBatch::try_from_iter([(
+            "v",
+            Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3])) as ArrayRef,
+        )])
+        .expect("batch");
+        assert_ne!(stored_reference(&other, &store).expect("put"), first);
     }
 }

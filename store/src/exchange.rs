@@ -149,15 +149,18 @@ impl ExchangeStore for ExchangeClient {
             source: e,
         })?;
         let channel = self.channel(&self.address);
-        self.runtime
-            .block_on(flight::adopt(
-                &object,
-                Kind::Batch,
-                &self.address,
-                &self.token,
-                channel,
-            ))
-            .map_err(engine)?;
+        let adopted = self.runtime.block_on(flight::adopt(
+            &object,
+            Kind::Batch,
+            &self.address,
+            &self.token,
+            channel,
+        ));
+        if let Err(e) = adopted {
+            // The store did not take it: the staged file is this process's to remove.
+            let _ = std::fs::remove_file(&staged);
+            return Err(engine(e));
+        }
         Ok(format!("{}\n{}\n{}", object.node, self.address, object.id).into_bytes())
     }
 

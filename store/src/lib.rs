@@ -123,6 +123,9 @@ pub enum StoreError {
     /// No object has this id here.
     #[error("object {0} is not in this store (deleted, or never put here)")]
     NotFound(ObjectId),
+    /// The store already holds an object with this id.
+    #[error("object {0} is already in this store")]
+    Exists(ObjectId),
     /// An id that is not 32 hex digits.
     #[error("'{0}' is not an object id (32 hex digits)")]
     BadId(String),
@@ -360,7 +363,11 @@ impl LocalStore {
     /// Keeps a copy of another node's object, which the store may drop under pressure
     /// (it is never spilled): what a remote get caches.
     pub fn put_cached(&self, id: ObjectId, kind: Kind, encoded: &[u8]) -> Result<()> {
-        self.put_encoded(id, kind, encoded, false, "")
+        match self.put_encoded(id, kind, encoded, false, "") {
+            // Another caller cached it first.
+            Err(StoreError::Exists(_)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Adds a reference to object `id`: it stays until every reference is released.
@@ -375,33 +382,71 @@ impl LocalStore {
     /// when none remains. Returns whether it was.
     pub fn release(&self, id: &ObjectId) -> Result<bool> {
         let mut state = self.lock();
-        let entry = state.entries.get_mut(id).ok_or(StoreError::NotFound(*id))?;
+        let entry = state
+            .entries
+            .get_mut(id)
+            .filter(|e| !e.writing)
+            .ok_or(StoreError::NotFound(*id))?;
         entry.refs = entry.refs.saturating_sub(1);
         if entry.refs > 0 {
             return Ok(false);
         }
+        let path = self.remove_locked(&mut state, id)?;
         drop(state);
-        self.delete(id)?;
+        self.room.notify_all();
+        std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
         Ok(true)
+    }
+
+    /// Forgets object `id` (not one being written) and frees its room; returns its file, for
+    /// the caller to remove once the lock is released.
+    fn remove_locked(&self, state: &mut State, id: &ObjectId) -> Result<PathBuf> {
+        if state.entries.get(id).is_none_or(|e| e.writing) {
+            return Err(StoreError::NotFound(*id));
+        }
+        let entry = state.entries.remove(id).ok_or(StoreError::NotFound(*id))?;
+        let dir = match entry.tier {
+            Tier::Memory => {
+                state.memory_used -= entry.size;
+                &self.config.memory_dir
+            }
+            Tier::Disk => {
+                state.disk_used -= entry.size;
+                &self.config.spill_dir
+            }
+        };
+        Ok(path_of(dir, id, entry.kind))
     }
 
     /// Deletes every object `owner` put, whatever references remain: what happens to a
     /// job's objects when the job ends. Returns how many went.
     pub fn release_owner(&self, owner: &str) -> Result<usize> {
-        let ids: Vec<ObjectId> = self
-            .lock()
+        let mut state = self.lock();
+        let ids: Vec<ObjectId> = state
             .entries
             .iter()
             .filter(|(_, e)| e.owner == owner && !e.writing)
             .map(|(id, _)| *id)
             .collect();
-        for id in &ids {
-            match self.delete(id) {
-                Ok(()) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+        let paths: Vec<PathBuf> = ids
+            .iter()
+            .filter_map(|id| self.remove_locked(&mut state, id).ok())
+            .collect();
+        drop(state);
+        self.room.notify_all();
+        let mut failed = None;
+        for path in &paths {
+            if let Err(e) = std::fs::remove_file(path) {
+                failed.get_or_insert(StoreError::Io {
+                    context: format!("deleting {}", path.display()),
+                    source: e,
+                });
             }
         }
-        Ok(ids.len())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(paths.len()),
+        }
     }
 
     fn reference(&self, id: ObjectId, owner: &str) -> ObjectRef {
@@ -437,7 +482,18 @@ impl LocalStore {
         let size = std::fs::metadata(&staged)
             .map_err(io(format!("reading {}", staged.display())))?
             .len();
-        let tier = self.reserve(id, kind, size, true, owner)?;
+        // A file another process wrote is checked once, here, so that reads can trust it.
+        let checked = match kind {
+            Kind::Batch => decode(&staged, true).map(|_| ()),
+            Kind::Bytes => Ok(()),
+        };
+        let tier = match checked.and_then(|()| self.reserve(id, kind, size, true, owner)) {
+            Ok(tier) => tier,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                return Err(e);
+            }
+        };
         let moved = match tier {
             Tier::Memory => std::fs::rename(&staged, path_of(&self.config.memory_dir, &id, kind))
                 .map_err(io(format!("publishing {}", staged.display()))),
@@ -449,7 +505,8 @@ impl LocalStore {
         self.commit(id, moved)
     }
 
-    /// Makes room for `size` bytes and records object `id` as being written there.
+    /// Makes room for `size` bytes and records object `id` as being written there. An id the
+    /// store already holds is refused.
     fn reserve(
         &self,
         id: ObjectId,
@@ -461,6 +518,9 @@ impl LocalStore {
         let started = Instant::now();
         let mut state = self.lock();
         let tier = loop {
+            if state.entries.contains_key(&id) {
+                return Err(StoreError::Exists(id));
+            }
             if let Some(tier) = self.make_room(&mut state, size, None)? {
                 break tier;
             }
@@ -536,6 +596,9 @@ impl LocalStore {
         keep: Option<ObjectId>,
     ) -> Result<Option<Tier>> {
         let fits_memory = |s: &State| s.memory_used + size <= self.config.memory_cap;
+        if fits_memory(state) {
+            return Ok(Some(Tier::Memory));
+        }
         if size <= self.config.memory_cap {
             // (primary, last use, id): cached copies first, least recently used first.
             let mut victims: Vec<(bool, u64, ObjectId)> = state
@@ -665,18 +728,7 @@ impl LocalStore {
     /// Deletes object `id`; readers that mapped it keep their view until they drop it.
     pub fn delete(&self, id: &ObjectId) -> Result<()> {
         let mut state = self.lock();
-        let entry = state.entries.remove(id).ok_or(StoreError::NotFound(*id))?;
-        let dir = match entry.tier {
-            Tier::Memory => {
-                state.memory_used -= entry.size;
-                &self.config.memory_dir
-            }
-            Tier::Disk => {
-                state.disk_used -= entry.size;
-                &self.config.spill_dir
-            }
-        };
-        let path = path_of(dir, id, entry.kind);
+        let path = self.remove_locked(&mut state, id)?;
         drop(state);
         self.room.notify_all();
         std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))
@@ -717,23 +769,31 @@ pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
 
 fn write_file(dir: &Path, id: &ObjectId, kind: Kind, data: &[u8]) -> Result<()> {
     let path = path_of(dir, id, kind);
-    let tmp = dir.join(format!(".{id}.tmp"));
-    let mut file = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    file.write_all(data)
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(io(format!("publishing {}", path.display())))
+    let tmp = dir.join(format!(".{id}.{:016x}.tmp", rand::random::<u64>()));
+    let written = File::create(&tmp)
+        .and_then(|mut file| file.write_all(data))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::Io {
+            context: format!("writing {}", path.display()),
+            source: e,
+        });
+    }
+    Ok(())
 }
 
 /// Moves a file between the tiers (different file systems: copy, publish, remove).
 fn move_file(from: &Path, to: &Path) -> Result<()> {
-    let tmp = to.with_extension("moving");
-    std::fs::copy(from, &tmp).map_err(io(format!(
-        "copying {} to {}",
-        from.display(),
-        tmp.display()
-    )))?;
-    std::fs::rename(&tmp, to).map_err(io(format!("publishing {}", to.display())))?;
+    let tmp = to.with_extension(format!("{:016x}.moving", rand::random::<u64>()));
+    let copied = std::fs::copy(from, &tmp).and_then(|_| std::fs::rename(&tmp, to));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::Io {
+            context: format!("moving {} to {}", from.display(), to.display()),
+            source: e,
+        });
+    }
     std::fs::remove_file(from).map_err(io(format!("removing {}", from.display())))
 }
 
@@ -749,8 +809,16 @@ fn map(path: &Path) -> Result<bytes::Bytes> {
 }
 
 /// Reads the batch in the Arrow IPC file at `path` in place: its buffers point into the
-/// file's mapping, so the cost does not grow with the batch's size.
+/// file's mapping, so the cost does not grow with the batch's size. The file must be one
+/// the store wrote or adopted (adoption validates it); others go through [`decode`] with
+/// validation.
 pub fn read_batch(path: &Path) -> Result<RecordBatch> {
+    decode(path, false)
+}
+
+/// Reads the batch in the Arrow IPC file at `path` over its mapping; `validate` checks every
+/// offset and string, which reads the whole file.
+pub fn decode(path: &Path, validate: bool) -> Result<RecordBatch> {
     let context = || format!("reading the batch in {}", path.display());
     let bytes = map(path)?;
     let buffer = Buffer::from(bytes);
@@ -782,9 +850,9 @@ pub fn read_batch(path: &Path) -> Result<RecordBatch> {
     let schema = std::sync::Arc::new(try_fb_to_schema(schema_fb).map_err(arrow(context()))?);
     let decoder = FileDecoder::new(schema, footer.version());
     #[allow(unsafe_code)]
-    // SAFETY: the file was written by this store's `encode` (an Arrow IPC writer) and
-    // published complete; validating it again would read every byte of it.
-    let mut decoder = unsafe { decoder.with_skip_validation(true) };
+    // SAFETY: without `validate`, the file is one this store wrote with its `encode` (an Arrow
+    // IPC writer) or validated when it adopted it, and it was published complete.
+    let mut decoder = unsafe { decoder.with_skip_validation(!validate) };
     let block_data = |offset: i64, meta: i32, body: i64| -> Result<Buffer> {
         let start = usize::try_from(offset).ok();
         let size = usize::try_from(body)
@@ -792,7 +860,9 @@ pub fn read_batch(path: &Path) -> Result<RecordBatch> {
             .zip(usize::try_from(meta).ok())
             .map(|(b, m)| b + m);
         match (start, size) {
-            (Some(s), Some(n)) if s + n <= len => Ok(buffer.slice_with_length(s, n)),
+            (Some(s), Some(n)) if s.checked_add(n).is_some_and(|end| end <= len) => {
+                Ok(buffer.slice_with_length(s, n))
+            }
             _ => Err(StoreError::Arrow {
                 context: context(),
                 source: ArrowError::IpcError("a block lies outside the file".into()),
@@ -839,13 +909,16 @@ impl StoreReader {
         }
     }
 
-    fn find(&self, id: &ObjectId, kind: Kind) -> Result<PathBuf> {
-        // An object moving between tiers is published in its new place before it leaves the
-        // old one, so one of three looks finds it.
+    /// Reads object `id` with `read` from whichever tier holds it. An object moving between
+    /// tiers is published in its new place before it leaves the old one, so one of three
+    /// looks finds it; a file that vanishes between the look and the read sends the reader
+    /// to the next.
+    fn read<T>(&self, id: &ObjectId, kind: Kind, read: impl Fn(&Path) -> Result<T>) -> Result<T> {
         for dir in [&self.memory_dir, &self.spill_dir, &self.memory_dir] {
-            let path = path_of(dir, id, kind);
-            if path.exists() {
-                return Ok(path);
+            match read(&path_of(dir, id, kind)) {
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                other => return other,
             }
         }
         Err(StoreError::NotFound(*id))
@@ -853,11 +926,11 @@ impl StoreReader {
 
     /// The batch `id`, read in place.
     pub fn get_batch(&self, id: &ObjectId) -> Result<RecordBatch> {
-        read_batch(&self.find(id, Kind::Batch)?)
+        self.read(id, Kind::Batch, read_batch)
     }
 
     /// The bytes `id`, read in place.
     pub fn get_bytes(&self, id: &ObjectId) -> Result<bytes::Bytes> {
-        map(&self.find(id, Kind::Bytes)?)
+        self.read(id, Kind::Bytes, map)
     }
 }
