@@ -322,6 +322,13 @@ pub async fn run(
             }
         }
         for mut launch in reply.launches {
+            if processes
+                .iter()
+                .any(|p| p.job == launch.job_id && p.process == launch.process)
+            {
+                // Sent again by a head that did not hear of it yet: it runs already.
+                continue;
+            }
             launch.env.extend(store_env.iter().cloned());
             processes.push(launch_process(&config, launch));
         }
@@ -423,6 +430,8 @@ fn poll(processes: &mut [Running]) {
                 };
                 p.exit = Some((code, reason));
                 p.child = None;
+                // What the process left running in its group goes with it.
+                signal(p, Signal::SIGKILL);
             }
             Ok(None) => {
                 if p.stopping.is_some_and(|t| t.elapsed() > STOP_GRACE) {

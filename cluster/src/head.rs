@@ -126,6 +126,17 @@ impl Head {
         for job in store.jobs()? {
             cluster.jobs.insert(job.id.clone(), job);
         }
+        // CPUs in use follow from the jobs still running, whatever the records said.
+        for node in cluster.nodes.values_mut() {
+            node.used_cpus = cluster
+                .jobs
+                .values()
+                .filter(|j| !j.state.is_terminal())
+                .flat_map(|j| j.placements.iter())
+                .filter(|p| p.node == node.id)
+                .map(|p| p.threads)
+                .sum();
+        }
         tracing::info!(
             nodes = cluster.nodes.len(),
             jobs = cluster.jobs.len(),
@@ -216,35 +227,7 @@ impl Head {
                 }
             })
             .collect();
-        let peers = placements
-            .iter()
-            .map(|p| p.address.clone())
-            .collect::<Vec<_>>()
-            .join(",");
         for p in &placements {
-            let (program, args) = match &request.entrypoint {
-                // The agent runs a spec with its own binary.
-                Entrypoint::Spec { path } => (String::new(), vec!["run".to_owned(), path.clone()]),
-                Entrypoint::Binary { program, args } => (program.clone(), args.clone()),
-            };
-            let env = HashMap::from([
-                ("STREAMRUN_PROCESS".to_owned(), p.process.to_string()),
-                ("STREAMRUN_PEERS".to_owned(), peers.clone()),
-                ("STREAMRUN_WORKERS".to_owned(), p.threads.to_string()),
-                ("STREAMRUN_JOB_ID".to_owned(), id.clone()),
-            ]);
-            cluster
-                .launches
-                .entry(p.node.clone())
-                .or_default()
-                .push(proto::Launch {
-                    job_id: id.clone(),
-                    process: p.process,
-                    program,
-                    args,
-                    env,
-                    working_dir: String::new(),
-                });
             if let Some(node) = cluster.nodes.get_mut(&p.node) {
                 node.used_cpus += p.threads;
             }
@@ -261,6 +244,13 @@ impl Head {
             started_ms: None,
             ended_ms: None,
         };
+        for p in &job.placements {
+            cluster
+                .launches
+                .entry(p.node.clone())
+                .or_default()
+                .push(launch_for(&job, p));
+        }
         cluster.jobs.insert(id.clone(), job.clone());
         let touched: Vec<NodeRecord> = plan
             .processes
@@ -269,9 +259,10 @@ impl Head {
             .into_iter()
             .filter_map(|n| cluster.nodes.get(n).cloned())
             .collect();
-        drop(cluster);
+        // Written under the lock, so that the store sees changes in the order they happen.
         self.persist_job(&job);
         touched.iter().for_each(|n| self.persist_node(n));
+        drop(cluster);
         tracing::info!(job = %id, workers = job.workers, processes = job.placements.len(), "job submitted");
         Ok(job)
     }
@@ -294,11 +285,11 @@ impl Head {
             "stopped on request".into(),
         );
         let nodes = nodes_of(&cluster, job.as_ref());
-        drop(cluster);
         if let Some(job) = &job {
             self.persist_job(job);
         }
         nodes.iter().for_each(|n| self.persist_node(n));
+        drop(cluster);
         job.ok_or_else(|| Error::Refused(format!("no job '{id}'")))
     }
 
@@ -352,9 +343,9 @@ impl Head {
             .flat_map(|j| nodes_of(&cluster, Some(j)))
             .collect();
         touched.extend(nodes);
-        drop(cluster);
         changed_jobs.iter().for_each(|j| self.persist_job(j));
         touched.iter().for_each(|n| self.persist_node(n));
+        drop(cluster);
     }
 
     fn register(
@@ -395,8 +386,8 @@ impl Head {
         };
         cluster.nodes.insert(id.clone(), node.clone());
         cluster.seen.insert(id.clone(), Instant::now());
-        drop(cluster);
         self.persist_node(&node);
+        drop(cluster);
         tracing::info!(node = %id, host = %node.host, cpus = node.resources.cpus, "node registered");
         Ok(proto::RegisterReply {
             node_id: id,
@@ -474,7 +465,32 @@ impl Head {
         stops.extend(stray);
         stops.sort();
         stops.dedup();
-        let launches = cluster.launches.remove(&node_id).unwrap_or_default();
+        let mut launches = cluster.launches.remove(&node_id).unwrap_or_default();
+        // A launch whose reply was lost (or that a restarted head forgot) goes out again:
+        // a process the head has not seen start, that the agent does not report either.
+        let reported: HashSet<(&str, u32)> = request
+            .processes
+            .iter()
+            .map(|p| (p.job_id.as_str(), p.process))
+            .collect();
+        let resend: Vec<proto::Launch> = cluster
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Pending)
+            .flat_map(|j| {
+                j.placements
+                    .iter()
+                    .filter(|p| p.node == node_id && !p.started && p.exit_code.is_none())
+                    .filter(|p| !reported.contains(&(j.id.as_str(), p.process)))
+                    .map(move |p| launch_for(j, p))
+            })
+            .filter(|l| {
+                !launches
+                    .iter()
+                    .any(|q| q.job_id == l.job_id && q.process == l.process)
+            })
+            .collect();
+        launches.extend(resend);
         let mut nodes: Vec<NodeRecord> = persist
             .iter()
             .flat_map(|j| nodes_of(&cluster, Some(j)))
@@ -482,9 +498,9 @@ impl Head {
         if node_changed {
             nodes.extend(cluster.nodes.get(&node_id).cloned());
         }
-        drop(cluster);
         persist.iter().for_each(|j| self.persist_job(j));
         nodes.iter().for_each(|n| self.persist_node(n));
+        drop(cluster);
         Ok(proto::HeartbeatReply {
             launches,
             stop_jobs: stops,
@@ -513,19 +529,21 @@ impl Head {
                 std::fs::create_dir_all(dir)?;
             }
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+            if size >= MAX_LOG_BYTES {
+                return Ok(());
+            }
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)?;
             use std::io::Write;
-            if size >= MAX_LOG_BYTES {
-                return Ok(());
+            let room = usize::try_from(MAX_LOG_BYTES - size).unwrap_or(usize::MAX);
+            if chunk.data.len() <= room {
+                return file.write_all(&chunk.data);
             }
-            if size + chunk.data.len() as u64 > MAX_LOG_BYTES {
-                file.write_all(b"\n[streamrun: log truncated at its size limit]\n")?;
-                return Ok(());
-            }
-            file.write_all(&chunk.data)
+            // What fits, then the marker, which puts the file past the limit for good.
+            file.write_all(&chunk.data[..room])?;
+            file.write_all(b"\n[streamrun: log truncated at its size limit]\n")
         };
         if let Err(e) = write() {
             tracing::error!(path = %path.display(), error = %e, "writing a job log");
@@ -549,6 +567,34 @@ impl Head {
             text.push_str(&String::from_utf8_lossy(&body));
         }
         Ok(text)
+    }
+}
+
+/// The order that starts process `p` of `job` with its place in the job's timely cluster.
+fn launch_for(job: &JobRecord, p: &Placement) -> proto::Launch {
+    let peers = job
+        .placements
+        .iter()
+        .map(|p| p.address.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (program, args) = match &job.entrypoint {
+        // The agent runs a spec with its own binary.
+        Entrypoint::Spec { path } => (String::new(), vec!["run".to_owned(), path.clone()]),
+        Entrypoint::Binary { program, args } => (program.clone(), args.clone()),
+    };
+    proto::Launch {
+        job_id: job.id.clone(),
+        process: p.process,
+        program,
+        args,
+        env: HashMap::from([
+            ("STREAMRUN_PROCESS".to_owned(), p.process.to_string()),
+            ("STREAMRUN_PEERS".to_owned(), peers),
+            ("STREAMRUN_WORKERS".to_owned(), p.threads.to_string()),
+            ("STREAMRUN_JOB_ID".to_owned(), job.id.clone()),
+        ]),
+        working_dir: String::new(),
     }
 }
 
@@ -578,7 +624,10 @@ fn nodes_of(cluster: &Cluster, job: Option<&JobRecord>) -> Vec<NodeRecord> {
 
 /// Ends job `id` in `state`, frees its CPUs and tells its nodes to stop its processes.
 fn end_job(cluster: &mut Cluster, id: &str, state: JobState, reason: String) -> Option<JobRecord> {
-    let job = cluster.jobs.get_mut(id)?;
+    let job = cluster
+        .jobs
+        .get_mut(id)
+        .filter(|j| !j.state.is_terminal())?;
     job.state = state;
     job.reason = Some(reason);
     job.ended_ms = Some(now_ms());
@@ -606,6 +655,10 @@ fn end_job(cluster: &mut Cluster, id: &str, state: JobState, reason: String) -> 
 /// Moves job `id` on after its processes reported: running, failed or succeeded.
 fn advance(cluster: &mut Cluster, id: &str, reason: &str) -> Option<JobRecord> {
     let job = cluster.jobs.get_mut(id)?;
+    if job.state.is_terminal() {
+        // Ended already, by another process's report in the same heartbeat.
+        return None;
+    }
     if let Some(p) = job
         .placements
         .iter()

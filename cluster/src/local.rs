@@ -62,13 +62,19 @@ fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok() && !zombie
 }
 
+/// Whether `pid` is a running `stream-run` (and not another program that reused the id of
+/// one that is gone).
+fn is_stream_run(pid: i32) -> bool {
+    alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("stream-run"))
+}
+
 /// Stops the local head and agents (SIGTERM; they stop their job processes), waits up to
 /// `patience` for them to exit, and says what it stopped.
 pub fn stop_all(home: &Path, patience: Duration) -> Result<Vec<String>> {
     let mut targets: Vec<(String, i32)> = Vec::new();
-    if let Some(info) = head_info(home) {
-        targets.push((format!("head (pid {})", info.pid), info.pid as i32));
-    }
+    let head = head_info(home).filter(|info| is_stream_run(info.pid as i32));
     if let Ok(entries) = std::fs::read_dir(agents_dir(home)) {
         for entry in entries.flatten() {
             let path = entry.path();
@@ -76,7 +82,9 @@ pub fn stop_all(home: &Path, patience: Duration) -> Result<Vec<String>> {
                 .ok()
                 .and_then(|t| t.trim().parse::<i32>().ok());
             match pid {
-                Some(pid) if alive(pid) => targets.push((format!("agent (pid {pid})"), pid)),
+                Some(pid) if is_stream_run(pid) => {
+                    targets.push((format!("agent (pid {pid})"), pid))
+                }
                 _ => {
                     // A stale record of an agent that is gone.
                     let _ = std::fs::remove_file(&path);
@@ -85,13 +93,20 @@ pub fn stop_all(home: &Path, patience: Duration) -> Result<Vec<String>> {
         }
     }
     // Agents first, so that their jobs' processes stop before the head does.
-    targets.reverse();
-    for (_, pid) in &targets {
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
-    }
     let deadline = Instant::now() + patience;
-    while Instant::now() < deadline && targets.iter().any(|(_, p)| alive(*p)) {
-        std::thread::sleep(Duration::from_millis(50));
+    let stop = |group: &[(String, i32)]| {
+        for (_, pid) in group {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        while Instant::now() < deadline && group.iter().any(|(_, p)| alive(*p)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    stop(&targets);
+    if let Some(info) = head {
+        let head = vec![(format!("head (pid {})", info.pid), info.pid as i32)];
+        stop(&head);
+        targets.extend(head);
     }
     let stuck: Vec<&str> = targets
         .iter()

@@ -22,6 +22,10 @@ pub fn place(workers: u32, free: &[(String, u32)]) -> Result<Plan> {
     if workers == 0 {
         return Err(Error::Refused("a job needs at least one worker".into()));
     }
+    let total: u32 = free.iter().fold(0u32, |sum, (_, f)| sum.saturating_add(*f));
+    if workers > total {
+        return Err(refusal(workers, total, free.len()));
+    }
     let mut nodes: Vec<(String, u32)> = free.to_vec();
     // Most free first; ties by id, so that placement is reproducible.
     nodes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -40,11 +44,13 @@ pub fn place(workers: u32, free: &[(String, u32)]) -> Result<Plan> {
             return Ok(Plan { threads, processes });
         }
     }
-    let total: u32 = free.iter().map(|(_, f)| f).sum();
-    Err(Error::Refused(format!(
-        "the job asks for {workers} workers, but the cluster has {total} free CPUs on {} alive nodes",
-        free.len()
-    )))
+    Err(refusal(workers, total, free.len()))
+}
+
+fn refusal(workers: u32, free: u32, nodes: usize) -> Error {
+    Error::Refused(format!(
+        "the job asks for {workers} workers, but the cluster has {free} free CPUs on {nodes} alive nodes"
+    ))
 }
 
 #[cfg(test)]

@@ -154,3 +154,126 @@ async fn the_head_checks_token_and_version_and_recovers_after_a_restart() {
     let _ = stop.send(());
     task.await.expect("head stopped");
 }
+
+fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+#[tokio::test]
+async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (info, stop, task) = start_head(dir.path()).await;
+    let token = streamrun_cluster::token::read(&dir.path().join("token")).expect("token");
+    let mut grpc = ControlClient::connect(format!("http://{}", info.grpc))
+        .await
+        .expect("connect");
+    let register_node = |cpus: u32| {
+        let mut r = register(Some(&token), PROTOCOL_VERSION);
+        if let Some(res) = r.get_mut().resources.as_mut() {
+            res.cpus = cpus;
+        }
+        r
+    };
+    let a = grpc
+        .register(register_node(6))
+        .await
+        .expect("a")
+        .into_inner()
+        .node_id;
+    let b = grpc
+        .register(register_node(1))
+        .await
+        .expect("b")
+        .into_inner()
+        .node_id;
+    let rest = streamrun_cluster::client::Client::new(&info.rest.to_string(), token.clone())
+        .expect("client");
+    let binary = || streamrun_cluster::store::Entrypoint::Binary {
+        program: "true".into(),
+        args: vec![],
+    };
+    let x = rest
+        .submit(&head::SubmitRequest {
+            name: None,
+            workers: 2,
+            entrypoint: binary(),
+        })
+        .await
+        .expect("x");
+    // Five single-thread processes: four on a, one on b.
+    let y = rest
+        .submit(&head::SubmitRequest {
+            name: None,
+            workers: 5,
+            entrypoint: binary(),
+        })
+        .await
+        .expect("y");
+    let used = |nodes: &[streamrun_cluster::store::NodeRecord], id: &str| {
+        nodes.iter().find(|n| n.id == id).map(|n| n.used_cpus)
+    };
+    let nodes = rest.nodes().await.expect("nodes");
+    assert_eq!((used(&nodes, &a), used(&nodes, &b)), (Some(6), Some(1)));
+
+    // One heartbeat from a: its four processes of y all failed.
+    let job = rest.job(&y).await.expect("y");
+    let processes = job
+        .placements
+        .iter()
+        .filter(|p| p.node == a)
+        .map(|p| proto::ProcessStatus {
+            job_id: y.clone(),
+            process: p.process,
+            running: false,
+            exit_code: Some(1),
+            reason: "boom".into(),
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(processes.len(), 4);
+    let reply = grpc
+        .heartbeat(authorized(
+            proto::HeartbeatRequest {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: a.clone(),
+                processes,
+                logs: Vec::new(),
+                object_address: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert!(
+        reply.launches.iter().all(|l| l.job_id == x),
+        "x's launch is still due"
+    );
+    let job = rest.job(&y).await.expect("y");
+    assert_eq!(job.state, streamrun_cluster::store::JobState::Failed);
+    let nodes = rest.nodes().await.expect("nodes");
+    assert_eq!(used(&nodes, &a), Some(2), "x's two CPUs stay taken");
+    assert_eq!(used(&nodes, &b), Some(0));
+    // b is told to stop y's process there.
+    let reply = grpc
+        .heartbeat(authorized(
+            proto::HeartbeatRequest {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: b.clone(),
+                processes: Vec::new(),
+                logs: Vec::new(),
+                object_address: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert_eq!(reply.stop_jobs, vec![y]);
+    let _ = stop.send(());
+    task.await.expect("head stopped");
+}

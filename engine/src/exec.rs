@@ -114,6 +114,16 @@ impl ExecOptions {
                     Cluster::WORKERS_ENV
                 ))
             })?,
+            Err(_) if cluster.is_some() => {
+                // Every process of a timely cluster must run as many threads: guessing from
+                // this machine's cores would break that.
+                return Err(Error::Plan(format!(
+                    "{} and {} are set but {} is not: a job process needs all three",
+                    Cluster::PROCESS_ENV,
+                    Cluster::PEERS_ENV,
+                    Cluster::WORKERS_ENV
+                )));
+            }
             _ => default_workers,
         };
         Ok(ExecOptions {

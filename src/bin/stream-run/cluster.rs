@@ -170,6 +170,13 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
     let home = local::home();
     let rt = runtime()?;
     let heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
+    if args.head && args.dead_after_ms < 2 * args.heartbeat_ms {
+        bail!(
+            "--dead-after-ms ({}) must be at least twice --heartbeat-ms ({}), or live nodes would be declared dead",
+            args.dead_after_ms,
+            args.heartbeat_ms
+        );
+    }
     if args.head {
         let dir = args.dir.clone().unwrap_or_else(|| local::head_dir(&home));
         let config = HeadConfig {
