@@ -21,7 +21,7 @@ use crate::store::Resources;
 use crate::{Error, PROTOCOL_VERSION, Result, proto};
 
 /// Bytes of one process's output shipped per heartbeat, at most.
-pub const LOG_CHUNK_BYTES: usize = 64 << 10;
+pub const LOG_CHUNK_BYTES: usize = 1 << 20;
 
 /// How long a stopped process has between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);

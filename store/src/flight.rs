@@ -345,8 +345,12 @@ impl LocalStore {
             return self.get_batch(&object.id);
         }
         let batch = fetch(object, address, token).await?;
-        let encoded = crate::encode(&batch)?;
-        self.put_cached(object.id, Kind::Batch, &encoded)?;
-        self.get_batch(&object.id)
+        // Caching is best-effort: without room, the fetched batch is still the answer.
+        let cached = crate::encode(&batch)
+            .and_then(|encoded| self.put_cached(object.id, Kind::Batch, &encoded));
+        if let Err(e) = cached {
+            tracing::debug!(object = %object.id, error = %e, "not cached");
+        }
+        Ok(batch)
     }
 }
