@@ -4,6 +4,8 @@
 //!
 //! A put encodes the batch as Arrow IPC and writes it into the memory tier (two copies); a
 //! get maps the file and decodes in place (no copy), so its time does not grow with size.
+//! Objects of 16 KiB or less are also kept decoded in the store's process (up to 64 MiB of
+//! them), so a get of one there is a lookup.
 //!
 //! Then a remote fetch over loopback Arrow Flight beside a raw loopback TCP transfer of the
 //! same number of bytes.

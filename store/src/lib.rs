@@ -271,9 +271,21 @@ struct Entry {
     writing: bool,
 }
 
+/// Small objects whose batch the store keeps decoded, so that a get in this process is a
+/// lookup (as Ray keeps small objects in its in-process memory store): at most this many
+/// bytes of them, of at most [`SMALL_OBJECT_BYTES`] each.
+const DECODED_CACHE_BYTES: usize = 64 << 20;
+/// The largest object whose decoded batch is kept.
+const SMALL_OBJECT_BYTES: u64 = 16 << 10;
+
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<ObjectId, Entry>,
+    /// Decoded small batches in the memory tier, oldest first in `decoded_order`. They map
+    /// their files, so an object leaves this cache when it leaves the memory tier.
+    decoded: HashMap<ObjectId, RecordBatch>,
+    decoded_order: std::collections::VecDeque<ObjectId>,
+    decoded_bytes: usize,
     memory_used: u64,
     disk_used: u64,
     tick: u64,
@@ -350,6 +362,7 @@ impl LocalStore {
         let bytes = encode(batch)?;
         let id = ObjectId::random();
         self.put_encoded(id, Kind::Batch, &bytes, true, owner)?;
+        self.keep_decoded(&id, batch);
         Ok(self.reference(id, owner))
     }
 
@@ -439,6 +452,9 @@ impl LocalStore {
             return Err(StoreError::NotFound(*id));
         }
         let entry = state.entries.remove(id).ok_or(StoreError::NotFound(*id))?;
+        if let Some(gone) = state.decoded.remove(id) {
+            state.decoded_bytes -= gone.get_array_memory_size();
+        }
         let dir = match entry.tier {
             Tier::Memory => {
                 state.memory_used -= entry.size;
@@ -667,6 +683,9 @@ impl LocalStore {
                 let from = path_of(&self.config.memory_dir, id, kind);
                 let to = path_of(&self.config.spill_dir, id, kind);
                 move_file(&from, &to)?;
+                if let Some(gone) = state.decoded.remove(id) {
+                    state.decoded_bytes -= gone.get_array_memory_size();
+                }
                 if let Some(entry) = state.entries.get_mut(id) {
                     entry.tier = Tier::Disk;
                 }
@@ -742,12 +761,49 @@ impl LocalStore {
 
     /// The batch `id`, read in place.
     pub fn get_batch(&self, id: &ObjectId) -> Result<RecordBatch> {
-        let path = self.locate(id, Kind::Batch)?;
-        match read_batch(&path) {
-            // Spilled between `locate` and the read: look again.
-            Err(StoreError::Io { .. }) => read_batch(&self.locate(id, Kind::Batch)?),
-            other => other,
+        {
+            let mut state = self.lock();
+            if let Some(batch) = state.decoded.get(id).cloned() {
+                state.tick += 1;
+                let tick = state.tick;
+                if let Some(entry) = state.entries.get_mut(id) {
+                    entry.tick = tick;
+                }
+                return Ok(batch);
+            }
         }
+        let path = self.locate(id, Kind::Batch)?;
+        let batch = match read_batch(&path) {
+            // Spilled between `locate` and the read: look again.
+            Err(StoreError::Io { .. }) => read_batch(&self.locate(id, Kind::Batch)?)?,
+            other => other?,
+        };
+        self.keep_decoded(id, &batch);
+        Ok(batch)
+    }
+
+    /// Keeps `batch`, object `id`'s, decoded if the object is small and in memory.
+    fn keep_decoded(&self, id: &ObjectId, batch: &RecordBatch) {
+        let mut state = self.lock();
+        let small = state
+            .entries
+            .get(id)
+            .is_some_and(|e| e.tier == Tier::Memory && !e.writing && e.size <= SMALL_OBJECT_BYTES);
+        if !small || state.decoded.contains_key(id) {
+            return;
+        }
+        let bytes = batch.get_array_memory_size();
+        while state.decoded_bytes + bytes > DECODED_CACHE_BYTES {
+            let Some(old) = state.decoded_order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = state.decoded.remove(&old) {
+                state.decoded_bytes -= gone.get_array_memory_size();
+            }
+        }
+        state.decoded.insert(*id, batch.clone());
+        state.decoded_order.push_back(*id);
+        state.decoded_bytes += bytes;
     }
 
     /// The bytes `id`, read in place.
