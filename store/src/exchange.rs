@@ -25,11 +25,11 @@ pub const STORE_ADDRESS_ENV: &str = "STREAMRUN_STORE_ADDRESS";
 /// The variable naming this process's node.
 pub const NODE_ENV: &str = "STREAMRUN_NODE";
 /// The variable naming the smallest batch, in bytes, that goes through the store (default
-/// 1 MiB).
+/// 4 MiB).
 pub const THRESHOLD_ENV: &str = "STREAMRUN_EXCHANGE_THRESHOLD";
 /// Batches from this size on go through the store unless `STREAMRUN_EXCHANGE_THRESHOLD` says
 /// otherwise.
-pub const DEFAULT_THRESHOLD: usize = 1 << 20;
+pub const DEFAULT_THRESHOLD: usize = 4 << 20;
 
 /// A job process's way to its node's store.
 pub struct ExchangeClient {
