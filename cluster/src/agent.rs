@@ -459,6 +459,7 @@ fn report(processes: &[Running]) -> (Vec<proto::ProcessStatus>, Vec<proto::LogCh
                 job_id: p.job.clone(),
                 process: p.process,
                 data: chunk,
+                offset: p.shipped,
             });
         }
         // An exit is reported once its output is all shipped, so the log is complete when

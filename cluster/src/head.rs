@@ -532,17 +532,33 @@ impl Head {
             if size >= MAX_LOG_BYTES {
                 return Ok(());
             }
+            // The file holds the output up to `size`: a chunk before that was written already
+            // (its heartbeat's reply was lost and the agent sent it again); only its new tail
+            // is appended.
+            let skip = usize::try_from(size.saturating_sub(chunk.offset)).unwrap_or(usize::MAX);
+            if skip >= chunk.data.len() {
+                return Ok(());
+            }
+            let data = &chunk.data[skip..];
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)?;
             use std::io::Write;
+            if chunk.offset > size {
+                // Output the head never got (its directory was replaced?): say so.
+                writeln!(
+                    file,
+                    "[streamrun: {} bytes of output missing]",
+                    chunk.offset - size
+                )?;
+            }
             let room = usize::try_from(MAX_LOG_BYTES - size).unwrap_or(usize::MAX);
-            if chunk.data.len() <= room {
-                return file.write_all(&chunk.data);
+            if data.len() <= room {
+                return file.write_all(data);
             }
             // What fits, then the marker, which puts the file past the limit for good.
-            file.write_all(&chunk.data[..room])?;
+            file.write_all(&data[..room])?;
             file.write_all(b"\n[streamrun: log truncated at its size limit]\n")
         };
         if let Err(e) = write() {

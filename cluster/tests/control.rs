@@ -277,3 +277,59 @@ async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
     let _ = stop.send(());
     task.await.expect("head stopped");
 }
+
+#[tokio::test]
+async fn output_sent_again_after_a_lost_reply_is_written_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (info, stop, task) = start_head(dir.path()).await;
+    let token = streamrun_cluster::token::read(&dir.path().join("token")).expect("token");
+    let mut grpc = ControlClient::connect(format!("http://{}", info.grpc))
+        .await
+        .expect("connect");
+    let node = grpc
+        .register(register(Some(&token), PROTOCOL_VERSION))
+        .await
+        .expect("register")
+        .into_inner()
+        .node_id;
+    let rest = streamrun_cluster::client::Client::new(&info.rest.to_string(), token.clone())
+        .expect("client");
+    let job = rest
+        .submit(&head::SubmitRequest {
+            name: None,
+            workers: 1,
+            entrypoint: streamrun_cluster::store::Entrypoint::Binary {
+                program: "true".into(),
+                args: vec![],
+            },
+        })
+        .await
+        .expect("submit");
+    let chunk = |offset: u64, text: &str| proto::LogChunk {
+        job_id: job.clone(),
+        process: 0,
+        data: text.as_bytes().to_vec(),
+        offset,
+    };
+    for logs in [
+        vec![chunk(0, "hello\n")],
+        vec![chunk(0, "hello\n")],
+        vec![chunk(0, "hello\nwor"), chunk(9, "ld\n")],
+    ] {
+        grpc.heartbeat(authorized(
+            proto::HeartbeatRequest {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: node.clone(),
+                processes: Vec::new(),
+                logs,
+                object_address: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .expect("heartbeat");
+    }
+    assert_eq!(rest.logs(&job).await.expect("logs"), "hello\nworld\n");
+    let _ = stop.send(());
+    task.await.expect("head stopped");
+}
