@@ -114,6 +114,21 @@ impl Client {
         .map_err(|e| Error::Rpc(format!("job logs: {e}")))
     }
 
+    /// Process `process`'s output of job `id` from byte `offset` on (a page of it).
+    pub async fn log_from(&self, id: &str, process: u32, offset: u64) -> Result<Vec<u8>> {
+        let url = format!(
+            "{}/api/jobs/{id}/logs?process={process}&offset={offset}",
+            self.base
+        );
+        Ok(self
+            .call(self.http.get(url), "job logs")
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| Error::Rpc(format!("job logs: {e}")))?
+            .to_vec())
+    }
+
     /// Stops a job.
     pub async fn stop(&self, id: &str) -> Result<JobRecord> {
         self.json(

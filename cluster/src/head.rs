@@ -584,6 +584,46 @@ impl Head {
         }
         Ok(text)
     }
+
+    /// Process `process`'s output of job `id` from byte `offset` on, at most `LOG_PAGE_BYTES`
+    /// of it: what `job logs -f` follows.
+    pub fn log_from(&self, id: &str, process: u32, offset: u64) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let known = self
+            .lock()
+            .jobs
+            .get(id)
+            .is_some_and(|j| j.placements.iter().any(|p| p.process == process));
+        if !known {
+            return Err(Error::Refused(format!(
+                "no job '{id}' with a process {process}"
+            )));
+        }
+        let Some(path) = self.log_path(id, process) else {
+            return Ok(Vec::new());
+        };
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            return Ok(Vec::new());
+        };
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let mut page = Vec::new();
+        file.take(LOG_PAGE_BYTES)
+            .read_to_end(&mut page)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Ok(page)
+    }
+}
+
+/// The most output one `logs?process=…&offset=…` call returns.
+pub const LOG_PAGE_BYTES: u64 = 4 << 20;
+
+/// The query of a paged log read.
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    process: Option<u32>,
+    #[serde(default)]
+    offset: u64,
 }
 
 /// The order that starts process `p` of `job` with its place in the job's timely cluster.
@@ -790,8 +830,14 @@ fn router(head: Head) -> Router {
         .route(
             "/api/jobs/{id}/logs",
             get(
-                |State(h): State<Head>, UrlPath(id): UrlPath<String>| async move {
-                    h.logs(&id).map_err(ApiError::from)
+                |State(h): State<Head>,
+                 UrlPath(id): UrlPath<String>,
+                 axum::extract::Query(q): axum::extract::Query<LogQuery>| async move {
+                    match q.process {
+                        // One process's output from an offset: bytes, for following.
+                        Some(p) => h.log_from(&id, p, q.offset).map_err(ApiError::from),
+                        None => h.logs(&id).map(String::into_bytes).map_err(ApiError::from),
+                    }
                 },
             ),
         )

@@ -440,19 +440,33 @@ pub fn job(command: JobCommand) -> anyhow::Result<()> {
             connection,
         } => {
             let client = connection.client()?;
-            let mut printed = 0;
+            if !follow {
+                print!("{}", rt.block_on(client.logs(&id))?);
+                return Ok(());
+            }
+            // Each process's output from where it was left, until the job has ended and
+            // everything is read.
+            use std::io::Write;
+            let mut offsets: std::collections::BTreeMap<u32, u64> = Default::default();
             loop {
-                let text = rt.block_on(client.logs(&id))?;
-                print!("{}", text.get(printed..).unwrap_or_default());
-                printed = text.len();
-                if !follow || rt.block_on(client.job(&id))?.state.is_terminal() {
-                    if follow {
-                        let text = rt.block_on(client.logs(&id))?;
-                        print!("{}", text.get(printed..).unwrap_or_default());
+                let job = rt.block_on(client.job(&id))?;
+                let mut quiet = true;
+                for p in &job.placements {
+                    let offset = offsets.entry(p.process).or_default();
+                    let page = rt.block_on(client.log_from(&id, p.process, *offset))?;
+                    if !page.is_empty() {
+                        quiet = false;
+                        *offset += page.len() as u64;
+                        std::io::stdout().write_all(&page)?;
                     }
+                }
+                std::io::stdout().flush()?;
+                if job.state.is_terminal() && quiet {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                if quiet {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
             }
         }
         JobCommand::Stop { id, connection } => {
