@@ -252,7 +252,10 @@ async fn client(
         Some(c) => c,
         None => connect(address).await.map_err(remote)?,
     };
-    let mut client = FlightClient::new(channel);
+    // Chunks of up to CHUNK_BYTES, plus their metadata.
+    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(2 * CHUNK_BYTES);
+    let mut client = FlightClient::new_from_inner(inner);
     client
         .add_header("authorization", &format!("Bearer {token}"))
         .map_err(|e| remote(e.to_string()))?;
