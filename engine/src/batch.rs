@@ -74,10 +74,12 @@ pub fn exchanged_through_store() -> (u64, u64) {
     )
 }
 
-/// Batches of this thread recently put in the exchange store, with their references.
-/// Timely serializes a message twice (once to size it, once to write it), and a broadcast
-/// serializes the same batch for every process: each is put once. The batches are held, so
-/// their buffers cannot be reused by another batch while they are remembered.
+/// Batches of this thread put in the exchange store and not yet written, with their
+/// references. Timely serializes every message twice, first to size it and then to write it:
+/// the sizing pass puts the batch, the writing pass takes its reference from here. Each send
+/// is thus one object with one receiver, which releases it once read; a broadcast's copies
+/// are separate sends, and separate objects. The batches are held, so that their buffers
+/// cannot be reused by another batch while they are remembered.
 const RECENT_PUTS: usize = 8;
 
 thread_local! {
@@ -98,11 +100,9 @@ fn same_columns(a: &RecordBatch, b: &RecordBatch) -> bool {
 /// The reference of `batch` in `store`: put now, or remembered from a recent put.
 fn stored_reference(batch: &RecordBatch, store: &dyn ExchangeStore) -> Result<Vec<u8>> {
     let known = RECENT.with(|recent| {
-        recent
-            .borrow()
-            .iter()
-            .find(|(b, _)| same_columns(b, batch))
-            .map(|(_, r)| r.clone())
+        let mut recent = recent.borrow_mut();
+        let at = recent.iter().position(|(b, _)| same_columns(b, batch))?;
+        recent.remove(at).map(|(_, r)| r)
     });
     if let Some(reference) = known {
         return Ok(reference);
@@ -393,18 +393,23 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_serialized_twice_or_broadcast_is_put_once() {
+    fn each_send_of_a_batch_is_put_once_however_timely_serializes_it() {
         let store = CountingStore(std::sync::atomic::AtomicUsize::new(0));
         let batch = RecordBatch::try_from_iter([(
             "v",
             Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3])) as ArrayRef,
         )])
         .expect("batch");
-        // Sizing, writing, and a copy for another process: the same columns.
+        // Sizing, then writing: one object.
         let first = stored_reference(&batch, &store).expect("put");
         let again = stored_reference(&batch.clone(), &store).expect("put");
         assert_eq!(first, again);
         assert_eq!(store.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The same batch sent again (a broadcast's next copy): another object, as each
+        // receiver releases its own.
+        let next = stored_reference(&batch, &store).expect("put");
+        assert_ne!(next, first);
+        assert_eq!(stored_reference(&batch, &store).expect("put"), next);
         // Another batch with equal values is another object.
         let other = RecordBatch::try_from_iter([(
             "v",

@@ -174,17 +174,24 @@ impl ExchangeStore for ExchangeClient {
             )));
         };
         let id: ObjectId = id.parse().map_err(engine)?;
-        if node == self.node {
-            return self.reader.get_batch(&id).map_err(engine);
-        }
         let object = ObjectRef {
             id,
             owner: self.owner.clone(),
             node: node.to_owned(),
         };
+        let batch = if node == self.node {
+            self.reader.get_batch(&id).map_err(engine)?
+        } else {
+            let channel = self.channel(address);
+            self.runtime
+                .block_on(flight::fetch_over(&object, address, &self.token, channel))
+                .map_err(engine)?
+        };
+        // This receiver is the object's only one: it can go (a mapping outlives the file).
         let channel = self.channel(address);
         self.runtime
-            .block_on(flight::fetch_over(&object, address, &self.token, channel))
-            .map_err(engine)
+            .block_on(flight::release(&object, address, &self.token, channel))
+            .map_err(engine)?;
+        Ok(batch)
     }
 }

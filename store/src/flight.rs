@@ -26,6 +26,8 @@ pub const CHUNK_BYTES: usize = 2 << 20;
 
 /// The action that asks a node's store to take in an object a process staged.
 pub const ADOPT: &str = "adopt";
+/// The action that releases a reference to an object (its body: the object's id).
+pub const RELEASE: &str = "release";
 
 /// HTTP/2 flow-control windows, in bytes: the most a transfer has in flight before the
 /// receiver consumes it. HTTP/2's default of 64 KiB would stall every chunk.
@@ -178,6 +180,20 @@ impl FlightService for ObjectServer {
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
         self.check(&request)?;
         let action = request.into_inner();
+        if action.r#type == RELEASE {
+            let id: ObjectId = String::from_utf8_lossy(&action.body)
+                .parse()
+                .map_err(|e: StoreError| Status::invalid_argument(e.to_string()))?;
+            let store = Arc::clone(&self.store);
+            tokio::task::spawn_blocking(move || store.release(&id))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| match e {
+                    StoreError::NotFound(_) => Status::not_found(e.to_string()),
+                    other => Status::internal(other.to_string()),
+                })?;
+            return Ok(Response::new(futures::stream::empty().boxed()));
+        }
         if action.r#type != ADOPT {
             return unimplemented(&format!("the action '{}'", action.r#type));
         }
@@ -295,6 +311,28 @@ pub async fn adopt(
             address: address.to_owned(),
             reason: e.to_string(),
         })?;
+    Ok(())
+}
+
+/// Releases a reference to `object` in the store of the node serving at `address`.
+pub async fn release(
+    object: &ObjectRef,
+    address: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<()> {
+    let mut client = client(object, address, token, channel).await?;
+    let remote = |e: arrow_flight::error::FlightError| StoreError::Remote {
+        id: object.id,
+        node: object.node.clone(),
+        address: address.to_owned(),
+        reason: e.to_string(),
+    };
+    let results = client
+        .do_action(Action::new(RELEASE, object.id.to_string().into_bytes()))
+        .await
+        .map_err(remote)?;
+    let _: Vec<_> = results.try_collect().await.map_err(remote)?;
     Ok(())
 }
 

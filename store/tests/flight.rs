@@ -98,3 +98,44 @@ async fn a_remote_get_fetches_exactly_caches_and_fails_clearly() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_batch_goes_once_its_receiver_has_read_it() {
+    use streamrun_engine::ExchangeStore;
+    let root = tempfile::tempdir().expect("root");
+    let node = store("node-a", root.path());
+    let listener = TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ObjectServer::new(Arc::clone(&node), "secret".into()).serve(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let config = node.config().clone();
+    let batch = common::many_types(1_000);
+    let (node2, address2, batch2) = (Arc::clone(&node), address.clone(), batch.clone());
+    // The client blocks on its own runtime: run it off this one.
+    tokio::task::spawn_blocking(move || {
+        let client = streamrun_store::exchange::ExchangeClient::new(
+            "node-a",
+            &address2,
+            "secret",
+            "job-1",
+            (config.memory_dir.clone(), config.spill_dir.clone()),
+            0,
+        )
+        .expect("client");
+        let reference = client.put(&batch2).expect("put");
+        assert_eq!(node2.usage().objects, 1, "adopted by the node's store");
+        assert_eq!(client.get(&reference).expect("get"), batch2);
+        assert_eq!(node2.usage().objects, 0, "released once read");
+        // A second read of a released object is a clear error, not a wrong batch.
+        assert!(client.get(&reference).is_err());
+    })
+    .await
+    .expect("client thread");
+    let _ = stop.send(());
+    server.await.expect("server").expect("served");
+}
