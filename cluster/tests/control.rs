@@ -155,6 +155,25 @@ async fn the_head_checks_token_and_version_and_recovers_after_a_restart() {
     task.await.expect("head stopped");
 }
 
+/// A heartbeat of `node` carrying `processes` and `logs`.
+fn beat(
+    node: &str,
+    processes: Vec<proto::ProcessStatus>,
+    logs: Vec<proto::LogChunk>,
+    token: &str,
+) -> tonic::Request<proto::HeartbeatRequest> {
+    authorized(
+        proto::HeartbeatRequest {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: node.to_owned(),
+            processes,
+            logs,
+            object_address: String::new(),
+        },
+        token,
+    )
+}
+
 fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
@@ -236,16 +255,7 @@ async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
         .collect::<Vec<_>>();
     assert_eq!(processes.len(), 4);
     let reply = grpc
-        .heartbeat(authorized(
-            proto::HeartbeatRequest {
-                protocol_version: PROTOCOL_VERSION,
-                node_id: a.clone(),
-                processes,
-                logs: Vec::new(),
-                object_address: String::new(),
-            },
-            &token,
-        ))
+        .heartbeat(beat(&a, processes, Vec::new(), &token))
         .await
         .expect("heartbeat")
         .into_inner();
@@ -260,16 +270,7 @@ async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
     assert_eq!(used(&nodes, &b), Some(0));
     // b is told to stop y's process there.
     let reply = grpc
-        .heartbeat(authorized(
-            proto::HeartbeatRequest {
-                protocol_version: PROTOCOL_VERSION,
-                node_id: b.clone(),
-                processes: Vec::new(),
-                logs: Vec::new(),
-                object_address: String::new(),
-            },
-            &token,
-        ))
+        .heartbeat(beat(&b, Vec::new(), Vec::new(), &token))
         .await
         .expect("heartbeat")
         .into_inner();
@@ -316,18 +317,9 @@ async fn output_sent_again_after_a_lost_reply_is_written_once() {
         vec![chunk(0, "hello\n")],
         vec![chunk(0, "hello\nwor"), chunk(9, "ld\n")],
     ] {
-        grpc.heartbeat(authorized(
-            proto::HeartbeatRequest {
-                protocol_version: PROTOCOL_VERSION,
-                node_id: node.clone(),
-                processes: Vec::new(),
-                logs,
-                object_address: String::new(),
-            },
-            &token,
-        ))
-        .await
-        .expect("heartbeat");
+        grpc.heartbeat(beat(&node, Vec::new(), logs, &token))
+            .await
+            .expect("heartbeat");
     }
     assert_eq!(rest.logs(&job).await.expect("logs"), "hello\nworld\n");
     let _ = stop.send(());
