@@ -49,13 +49,10 @@ fn register(token: Option<&str>, version: u32) -> tonic::Request<proto::Register
         }),
         node_id: String::new(),
     });
-    if let Some(t) = token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {t}").parse().expect("header"),
-        );
+    match token {
+        Some(t) => authorized(request.into_inner(), t),
+        None => request,
     }
-    request
 }
 
 #[tokio::test]
