@@ -40,7 +40,7 @@ async fn start_head(
 }
 
 fn register(token: Option<&str>, version: u32) -> tonic::Request<proto::RegisterRequest> {
-    let mut request = tonic::Request::new(proto::RegisterRequest {
+    let request = tonic::Request::new(proto::RegisterRequest {
         protocol_version: version,
         host: "127.0.0.1".into(),
         resources: Some(proto::Resources {
