@@ -162,23 +162,6 @@ fn head_memory() {
     );
 }
 
-fn spec(dir: &Path, input: &Path, out: &Path) -> std::path::PathBuf {
-    let path = dir.join("wordcount.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "name = \"wordcount\"\n[source]\nformat = \"text\"\npath = \"{}/*.txt\"\n\
-             [[steps]]\nop = \"split_words\"\ncolumn = \"line\"\noutput = \"word\"\n\
-             [[steps]]\nop = \"aggregate\"\nkeys = [\"word\"]\naggs = [{{ fn = \"count\", as = \"count\" }}]\n\
-             [sink]\nformat = \"csv\"\npath = \"{}\"\n",
-            input.display(),
-            out.display()
-        ),
-    )
-    .expect("spec");
-    path
-}
-
 fn wordcount() {
     let copies: usize = std::env::var("STREAMRUN_BENCH_COPIES")
         .ok()
@@ -197,7 +180,7 @@ fn wordcount() {
             bytes += text.len() as u64;
         }
     }
-    let spec = spec(work.path(), &input, &work.path().join("out"));
+    let spec = local_cluster::wordcount_spec(work.path(), &input, &work.path().join("out"));
     let started = Instant::now();
     let out = Command::new(BIN)
         .args(["run", "-w", "4"])

@@ -23,20 +23,8 @@ fn process_running(marker: &str) -> bool {
 }
 
 fn wordcount_spec(dir: &Path, out: &Path) -> PathBuf {
-    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/corpus/*.txt");
-    let path = dir.join("wordcount.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "name = \"wordcount\"\n[source]\nformat = \"text\"\npath = \"{corpus}\"\n\
-             [[steps]]\nop = \"split_words\"\ncolumn = \"line\"\noutput = \"word\"\n\
-             [[steps]]\nop = \"aggregate\"\nkeys = [\"word\"]\naggs = [{{ fn = \"count\", as = \"count\" }}]\n\
-             [sink]\nformat = \"csv\"\npath = \"{}\"\n",
-            out.display()
-        ),
-    )
-    .expect("spec");
-    path
+    let corpus = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/corpus"));
+    crate::local_cluster::wordcount_spec(dir, corpus, out)
 }
 
 fn csv_rows(dir: &Path) -> Vec<String> {

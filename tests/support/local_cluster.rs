@@ -3,6 +3,7 @@
 //! start`, driven through the CLI as a user would.
 #![allow(dead_code)] // the tests and the bench each use part of it
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -153,4 +154,23 @@ impl Drop for LocalCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// Writes, in `dir`, a word-count spec over the `*.txt` files of `input` that writes CSV part
+/// files into `out`; returns its path.
+pub fn wordcount_spec(dir: &Path, input: &Path, out: &Path) -> PathBuf {
+    let path = dir.join("wordcount.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"wordcount\"\n[source]\nformat = \"text\"\npath = \"{}/*.txt\"\n\
+             [[steps]]\nop = \"split_words\"\ncolumn = \"line\"\noutput = \"word\"\n\
+             [[steps]]\nop = \"aggregate\"\nkeys = [\"word\"]\naggs = [{{ fn = \"count\", as = \"count\" }}]\n\
+             [sink]\nformat = \"csv\"\npath = \"{}\"\n",
+            input.display(),
+            out.display()
+        ),
+    )
+    .expect("spec");
+    path
 }
