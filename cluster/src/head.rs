@@ -755,14 +755,23 @@ impl proto::control_server::Control for Head {
         &self,
         request: tonic::Request<proto::RegisterRequest>,
     ) -> std::result::Result<tonic::Response<proto::RegisterReply>, tonic::Status> {
-        Head::register(self, request.into_inner()).map(tonic::Response::new)
+        let head = self.clone();
+        // Store writes (an fsync each) and log appends stay off the async threads.
+        tokio::task::spawn_blocking(move || Head::register(&head, request.into_inner()))
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .map(tonic::Response::new)
     }
 
     async fn heartbeat(
         &self,
         request: tonic::Request<proto::HeartbeatRequest>,
     ) -> std::result::Result<tonic::Response<proto::HeartbeatReply>, tonic::Status> {
-        Head::heartbeat(self, request.into_inner()).map(tonic::Response::new)
+        let head = self.clone();
+        tokio::task::spawn_blocking(move || Head::heartbeat(&head, request.into_inner()))
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .map(tonic::Response::new)
     }
 }
 
@@ -802,13 +811,23 @@ async fn require_token(State(head): State<Head>, request: Request, next: Next) -
     .into_response()
 }
 
+/// Runs `work` (store writes, file reads) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Rpc(format!("a head task failed: {e}")))?
+}
+
 fn router(head: Head) -> Router {
     Router::new()
         .route(
             "/api/jobs",
             post(
                 |State(h): State<Head>, Json(r): Json<SubmitRequest>| async move {
-                    h.submit(r)
+                    blocking(move || h.submit(r))
+                        .await
                         .map(|j| Json(SubmitReply { job_id: j.id }))
                         .map_err(ApiError::from)
                 },
@@ -833,11 +852,13 @@ fn router(head: Head) -> Router {
                 |State(h): State<Head>,
                  UrlPath(id): UrlPath<String>,
                  axum::extract::Query(q): axum::extract::Query<LogQuery>| async move {
-                    match q.process {
+                    blocking(move || match q.process {
                         // One process's output from an offset: bytes, for following.
-                        Some(p) => h.log_from(&id, p, q.offset).map_err(ApiError::from),
-                        None => h.logs(&id).map(String::into_bytes).map_err(ApiError::from),
-                    }
+                        Some(p) => h.log_from(&id, p, q.offset),
+                        None => h.logs(&id).map(String::into_bytes),
+                    })
+                    .await
+                    .map_err(ApiError::from)
                 },
             ),
         )
@@ -845,7 +866,10 @@ fn router(head: Head) -> Router {
             "/api/jobs/{id}/stop",
             post(
                 |State(h): State<Head>, UrlPath(id): UrlPath<String>| async move {
-                    h.stop(&id).map(Json).map_err(ApiError::from)
+                    blocking(move || h.stop(&id))
+                        .await
+                        .map(Json)
+                        .map_err(ApiError::from)
                 },
             ),
         )
