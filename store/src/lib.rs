@@ -658,40 +658,61 @@ impl LocalStore {
                 .map(|(id, e)| (e.primary, e.tick, *id))
                 .collect();
             victims.sort_unstable();
-            // Cached copies go first, and are dropped.
-            for (_, _, id) in victims.iter().filter(|(primary, _, _)| !primary) {
-                if fits_memory(state) {
+            // Plan first: cached copies are dropped, then primaries spilled while the disk
+            // has room for them. Nothing moves unless the plan makes enough room.
+            let need = state.memory_used + size - self.config.memory_cap;
+            let (mut freed, mut disk) = (0u64, state.disk_used);
+            let mut plan: Vec<(ObjectId, bool)> = Vec::new();
+            for (primary, _, id) in &victims {
+                if freed >= need {
                     break;
                 }
-                if let Some(entry) = state.entries.remove(id) {
-                    state.memory_used -= entry.size;
-                    let _ = std::fs::remove_file(path_of(&self.config.memory_dir, id, entry.kind));
-                }
-            }
-            // Then primary copies are spilled, while the disk has room for them.
-            for (_, _, id) in victims.iter().filter(|(primary, _, _)| *primary) {
-                if fits_memory(state) {
-                    break;
-                }
-                let Some((entry_size, kind)) = state.entries.get(id).map(|e| (e.size, e.kind))
-                else {
+                let Some(entry_size) = state.entries.get(id).map(|e| e.size) else {
                     continue;
                 };
-                if state.disk_used + entry_size > self.config.disk_cap {
-                    continue;
+                if *primary {
+                    if disk + entry_size > self.config.disk_cap {
+                        continue;
+                    }
+                    disk += entry_size;
                 }
-                let from = path_of(&self.config.memory_dir, id, kind);
-                let to = path_of(&self.config.spill_dir, id, kind);
-                move_file(&from, &to)?;
-                if let Some(gone) = state.decoded.remove(id) {
-                    state.decoded_bytes -= gone.get_array_memory_size();
+                freed += entry_size;
+                plan.push((*id, *primary));
+            }
+            if freed >= need {
+                for (id, primary) in plan {
+                    if let Some(gone) = state.decoded.remove(&id) {
+                        state.decoded_bytes -= gone.get_array_memory_size();
+                    }
+                    if !primary {
+                        if let Some(entry) = state.entries.remove(&id) {
+                            state.memory_used -= entry.size;
+                            let _ = std::fs::remove_file(path_of(
+                                &self.config.memory_dir,
+                                &id,
+                                entry.kind,
+                            ));
+                        }
+                        continue;
+                    }
+                    let Some((entry_size, kind)) = state.entries.get(&id).map(|e| (e.size, e.kind))
+                    else {
+                        continue;
+                    };
+                    let from = path_of(&self.config.memory_dir, &id, kind);
+                    let to = path_of(&self.config.spill_dir, &id, kind);
+                    if let Err(e) = move_file(&from, &to) {
+                        // This one stays; the put may still fit on disk below.
+                        tracing::warn!(object = %id, error = %e, "spilling failed");
+                        continue;
+                    }
+                    if let Some(entry) = state.entries.get_mut(&id) {
+                        entry.tier = Tier::Disk;
+                    }
+                    state.memory_used -= entry_size;
+                    state.disk_used += entry_size;
+                    tracing::debug!(object = %id, bytes = entry_size, "spilled to disk");
                 }
-                if let Some(entry) = state.entries.get_mut(id) {
-                    entry.tier = Tier::Disk;
-                }
-                state.memory_used -= entry_size;
-                state.disk_used += entry_size;
-                tracing::debug!(object = %id, bytes = entry_size, "spilled to disk");
             }
             if fits_memory(state) {
                 return Ok(Some(Tier::Memory));

@@ -295,3 +295,21 @@ fn objects_go_with_their_last_reference_or_their_job_and_nothing_leaks() {
         );
     }
 }
+
+#[test]
+fn nothing_is_spilled_when_spilling_cannot_make_enough_room() {
+    let root = tempfile::tempdir().expect("root");
+    let store = store(root.path(), 100 << 10, 60 << 10);
+    store.put_bytes("job", &vec![1u8; 50 << 10]).expect("put");
+    store.put_bytes("job", &vec![2u8; 50 << 10]).expect("put");
+    // 60 KiB: spilling one 50 KiB object would not free enough memory, and would leave the
+    // disk too full for the new object. It goes to disk; nothing moves.
+    store
+        .put_bytes("job", &vec![3u8; 60 << 10])
+        .expect("fits on disk");
+    let usage = store.usage();
+    assert_eq!(
+        (usage.memory_used, usage.disk_used, usage.objects),
+        (100 << 10, 60 << 10, 3)
+    );
+}
