@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use differential_dataflow::operators::Iterate;
@@ -22,6 +22,8 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
+
+use crate::relational::{Rows, change_batch, with_diff};
 
 type Edge = (u64, u64);
 type Update<D> = (D, Time, isize);
@@ -271,34 +273,26 @@ pub struct IncrementalCount {
 }
 
 impl IncrementalCount {
-    fn key_fields(&self, input: &SchemaRef) -> Result<(Vec<usize>, Vec<Field>)> {
+    fn key_indices(&self, input: &SchemaRef) -> Result<Vec<usize>> {
         if self.keys.is_empty() {
             return Err(Error::Plan(
                 "an incremental count needs at least one key column".into(),
             ));
         }
-        let idx = column_indices(input, &self.keys, "incremental count")?;
-        let fields = idx.iter().map(|&i| input.field(i).clone()).collect();
-        Ok((idx, fields))
-    }
-
-    fn converter(fields: &[Field]) -> Result<arrow::row::RowConverter> {
-        arrow::row::RowConverter::new(
-            fields
-                .iter()
-                .map(|f| arrow::row::SortField::new(f.data_type().clone()))
-                .collect(),
-        )
-        .map_err(|e| Error::arrow("incremental count keys", e))
+        column_indices(input, &self.keys, "incremental count")
     }
 }
 
 impl DataflowOperator for IncrementalCount {
     fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        let (_, mut fields) = self.key_fields(single(inputs)?)?;
+        let input = single(inputs)?;
+        let mut fields: Vec<Field> = self
+            .key_indices(input)?
+            .into_iter()
+            .map(|i| input.field(i).clone())
+            .collect();
         fields.push(Field::new("count", DataType::Int64, false));
-        fields.push(Field::new("diff", DataType::Int64, false));
-        Ok(Arc::new(Schema::new(fields)))
+        Ok(with_diff(fields))
     }
 
     fn build<'s>(
@@ -309,41 +303,28 @@ impl DataflowOperator for IncrementalCount {
         failures: Failures,
     ) -> Result<DataStream<'s>> {
         let input_schema = single(schemas)?;
-        let input = one_stream(inputs)?;
-        let (indices, fields) = self.key_fields(input_schema)?;
-        let encode = Self::converter(&fields)?;
-        let decode = Self::converter(&fields)?;
-        let schema = self.output_schema(schemas)?;
+        let indices = self.key_indices(input_schema)?;
         // Keys in Arrow's row format, so any column types can be counted.
-        let diff = diff_column(input_schema);
-        let keys = updates(input, "keys", diff, failures.clone(), move |batch| {
-            let columns: Vec<ArrayRef> = indices
-                .iter()
-                .map(|&i| Arc::clone(batch.column(i)))
-                .collect();
-            let rows = encode
-                .convert_columns(&columns)
-                .map_err(|e| Error::arrow("incremental count keys", e))?;
-            Ok(rows
-                .iter()
-                .map(|row| row.as_ref().to_vec())
-                .collect::<Vec<Vec<u8>>>())
-        });
+        let encode = Rows::new(input_schema, indices.clone(), "incremental count keys")?;
+        let decode = Rows::new(input_schema, indices, "incremental count keys")?;
+        let schema = self.output_schema(schemas)?;
+        let keys = updates(
+            one_stream(inputs)?,
+            "keys",
+            diff_column(input_schema),
+            failures.clone(),
+            move |batch| encode.encode(batch),
+        );
         Ok(batches(
             keys.count().inner,
             "counts",
             failures,
             move |records: Vec<(Vec<u8>, isize)>, diffs| {
-                let parser = decode.parser();
-                let mut columns = decode
-                    .convert_rows(records.iter().map(|(key, _)| parser.parse(key)))
-                    .map_err(|e| Error::arrow("incremental count keys", e))?;
+                let mut columns = decode.decode(records.iter().map(|(key, _)| key.as_slice()))?;
                 columns.push(Arc::new(Int64Array::from_iter_values(
                     records.iter().map(|(_, n)| *n as i64),
                 )));
-                columns.push(Arc::new(Int64Array::from(diffs)));
-                RecordBatch::try_new(Arc::clone(&schema), columns)
-                    .map_err(|e| Error::arrow("incremental count output", e))
+                change_batch(&schema, columns, diffs, "incremental count output")
             },
         ))
     }

@@ -28,14 +28,14 @@ use crate::join::{joined_fields, key_columns};
 use crate::keys::{key_converter, key_rows};
 
 /// Columns of a batch to and from Arrow's row format.
-struct Rows {
+pub(crate) struct Rows {
     indices: Vec<usize>,
     converter: RowConverter,
     what: String,
 }
 
 impl Rows {
-    fn new(schema: &SchemaRef, indices: Vec<usize>, what: &str) -> Result<Self> {
+    pub(crate) fn new(schema: &SchemaRef, indices: Vec<usize>, what: &str) -> Result<Self> {
         Ok(Rows {
             converter: key_converter(schema, &indices, what)?,
             indices,
@@ -44,13 +44,13 @@ impl Rows {
     }
 
     /// Each row of `batch`'s columns, encoded.
-    fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    pub(crate) fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let rows = key_rows(&self.converter, batch, &self.indices, &self.what)?;
         Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
     }
 
     /// The columns of encoded rows.
-    fn decode<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+    pub(crate) fn decode<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
         let parser = self.converter.parser();
         self.converter
             .convert_rows(rows.map(|r| parser.parse(r)))
@@ -67,13 +67,13 @@ fn data_columns(schema: &SchemaRef) -> Vec<usize> {
 }
 
 /// `fields`, then `diff`.
-fn with_diff(mut fields: Vec<Field>) -> SchemaRef {
+pub(crate) fn with_diff(mut fields: Vec<Field>) -> SchemaRef {
     fields.push(Field::new(DIFF, DataType::Int64, false));
     Arc::new(Schema::new(fields))
 }
 
 /// A batch of `schema` from `columns` and the diffs.
-fn change_batch(
+pub(crate) fn change_batch(
     schema: &SchemaRef,
     mut columns: Vec<ArrayRef>,
     diffs: Vec<i64>,
