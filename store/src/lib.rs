@@ -374,45 +374,12 @@ impl LocalStore {
     }
 
     /// Keeps a copy of another node's object, which the store may drop under pressure
-    /// (it is never spilled): what a remote get caches.
+    /// (it is never spilled): what a remote get caches. Only in memory, and without waiting:
+    /// when there is no room, it fails at once with [`StoreError::Full`].
     pub fn put_cached(&self, id: ObjectId, kind: Kind, encoded: &[u8]) -> Result<()> {
-        // A cached copy lives in memory or not at all: on disk nothing would ever drop it.
-        let fits = {
-            let state = self.lock();
-            state.memory_used + encoded.len() as u64 <= self.config.memory_cap
-                || state
-                    .entries
-                    .values()
-                    .filter(|e| !e.primary && e.tier == Tier::Memory)
-                    .map(|e| e.size)
-                    .sum::<u64>()
-                    + self.config.memory_cap.saturating_sub(state.memory_used)
-                    >= encoded.len() as u64
-        };
-        if !fits {
-            return Err(StoreError::Full {
-                size: encoded.len() as u64,
-                memory_cap: self.config.memory_cap,
-                memory_used: self.usage().memory_used,
-                disk_cap: self.config.disk_cap,
-                disk_used: self.usage().disk_used,
-                waited: Duration::ZERO,
-            });
-        }
         match self.put_encoded(id, kind, encoded, false, "") {
             // Another caller cached it first.
             Err(StoreError::Exists(_)) => Ok(()),
-            Ok(())
-                if self
-                    .lock()
-                    .entries
-                    .get(&id)
-                    .is_some_and(|e| e.tier == Tier::Disk) =>
-            {
-                // Room came only on disk: not worth keeping.
-                let _ = self.delete(&id);
-                Ok(())
-            }
             other => other,
         }
     }
@@ -571,11 +538,14 @@ impl LocalStore {
             if state.entries.contains_key(&id) {
                 return Err(StoreError::Exists(id));
             }
-            if let Some(tier) = self.make_room(&mut state, size, None)? {
+            let room = self.make_room(&mut state, size, None)?;
+            if let Some(tier) = room.filter(|t| primary || *t == Tier::Memory) {
                 break tier;
             }
+            // A cached copy lives in memory or not at all (on disk nothing would ever drop
+            // it), and is not worth waiting for.
             let waited = started.elapsed();
-            if waited >= self.config.put_timeout {
+            if !primary || waited >= self.config.put_timeout {
                 return Err(StoreError::Full {
                     size,
                     memory_cap: self.config.memory_cap,
