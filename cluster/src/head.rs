@@ -333,6 +333,10 @@ impl Head {
                     changed_jobs.push(j);
                 }
             }
+            // Orders a dead node would never fetch must not pile up. If it comes back, it
+            // reports its processes, and those of ended jobs are told to stop then.
+            cluster.launches.remove(id);
+            cluster.stops.remove(id);
         }
         let nodes: Vec<NodeRecord> = dead
             .iter()
