@@ -196,22 +196,10 @@ fn wordcount() {
     let embedded_run = run_seconds(&String::from_utf8_lossy(&out.stderr)).unwrap_or(f64::NAN);
     let cluster = Cluster::start(&[2, 2]);
     let started = Instant::now();
-    let out = cluster.cli(&[
-        "submit",
-        "-w",
-        "4",
-        "--wait",
-        "--spec",
-        &spec.to_string_lossy(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let printed = cluster.run_job(4, &["--spec", &spec.to_string_lossy()]);
     let submitted = started.elapsed();
     // The processes' own summaries: the slowest is the job's run time.
-    let cluster_run = String::from_utf8_lossy(&out.stdout)
+    let cluster_run = printed
         .lines()
         .filter_map(run_seconds)
         .fold(f64::NAN, f64::max);

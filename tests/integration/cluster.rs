@@ -68,17 +68,8 @@ fn a_word_count_on_two_agents_equals_the_embedded_run_and_keeps_its_logs() {
     let (spec, expected) = embedded_wordcount(work.path(), &embedded);
 
     let spec = spec.to_string_lossy().into_owned();
-    let out = cluster.cli(&["submit", "--workers", "4", "--spec", &spec, "--wait"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let printed = cluster.run_job(4, &["--spec", &spec]);
+    let id = printed.lines().next().unwrap_or_default().to_owned();
     let job = cluster.job(&id);
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     let placements = job["placements"].as_array().expect("placements");
@@ -409,20 +400,7 @@ fn a_compiled_dsl_program_runs_as_a_job_unchanged() {
     assert!(table.contains("| the "), "{table}");
 
     let cluster = LocalCluster::start(&[2, 2]);
-    let out = cluster.cli(&[
-        "submit",
-        "-w",
-        "4",
-        "--wait",
-        "--",
-        &example.to_string_lossy(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let logs = String::from_utf8_lossy(&out.stdout);
+    let logs = cluster.run_job(4, &["--", &example.to_string_lossy()]);
     // The table, gathered on worker 0 of process 0, as the embedded run prints it.
     assert!(logs.contains(table.trim()), "{logs}");
     assert_eq!(
@@ -487,20 +465,7 @@ fn exchanges_through_the_object_store_give_the_embedded_result() {
     let work = tempfile::tempdir().expect("work");
     let out_dir = work.path().join("words");
     let (spec, expected) = embedded_wordcount(work.path(), &out_dir);
-    let out = cluster.cli(&[
-        "submit",
-        "-w",
-        "4",
-        "--wait",
-        "--spec",
-        &spec.to_string_lossy(),
-    ]);
-    let logs = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{logs}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let logs = cluster.run_job(4, &["--spec", &spec.to_string_lossy()]);
     assert_eq!(
         logs.matches("sent through the object store").count(),
         2,
@@ -514,12 +479,7 @@ fn exchanges_through_the_object_store_give_the_embedded_result() {
         .args(["run", "-w", "1", groupby])
         .output()
         .expect("embedded group-by");
-    let out = cluster.cli(&["submit", "-w", "4", "--wait", "--spec", groupby]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let printed = cluster.run_job(4, &["--spec", groupby]);
     let table_rows = |text: &str| -> Vec<String> {
         let mut rows: Vec<String> = text
             .lines()
@@ -531,7 +491,7 @@ fn exchanges_through_the_object_store_give_the_embedded_result() {
     };
     let expected = table_rows(&String::from_utf8_lossy(&embedded.stdout));
     assert!(expected.len() >= 5, "{expected:?}");
-    let got = table_rows(&String::from_utf8_lossy(&out.stdout));
+    let got = table_rows(&printed);
     assert_eq!(got.len(), expected.len(), "{got:?}");
     // Means are sums of floats, added in another order across workers: equal to 1e-12.
     for (g, e) in got.iter().zip(&expected) {

@@ -112,6 +112,21 @@ impl LocalCluster {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// Submits a job of `workers` workers (`job`: `--spec FILE` or `-- PROGRAM ARGS`), waits
+    /// for it to succeed, and returns what `submit --wait` printed: the job's id on the first
+    /// line, then its output.
+    pub fn run_job(&self, workers: u32, job: &[&str]) -> String {
+        let workers = workers.to_string();
+        let out = self.cli(&[&["submit", "-w", &workers, "--wait"], job].concat());
+        assert!(
+            out.status.success(),
+            "the job failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn submit(&self, args: &[&str]) -> String {
         let out = self.cli(&[&["submit"], args].concat());
         assert!(
