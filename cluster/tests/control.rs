@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use streamrun_cluster::client::Client;
 use streamrun_cluster::head::{self, HeadConfig, HeadInfo};
 use streamrun_cluster::proto::control_client::ControlClient;
 use streamrun_cluster::{PROTOCOL_VERSION, proto};
@@ -39,6 +40,52 @@ async fn start_head(
     (info, stop, task)
 }
 
+/// A head under test, with its token and a client of each API.
+struct TestHead {
+    info: HeadInfo,
+    token: String,
+    grpc: ControlClient<tonic::transport::Channel>,
+    rest: Client,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestHead {
+    async fn start(dir: &std::path::Path) -> TestHead {
+        let (info, stop, task) = start_head(dir).await;
+        let token = streamrun_cluster::token::read(&dir.join("token")).expect("token");
+        let grpc = ControlClient::connect(format!("http://{}", info.grpc))
+            .await
+            .expect("connect");
+        let rest = Client::new(&info.rest.to_string(), token.clone()).expect("client");
+        TestHead {
+            info,
+            token,
+            grpc,
+            rest,
+            stop,
+            task,
+        }
+    }
+
+    async fn shut_down(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("head stopped");
+    }
+}
+
+/// A job of `workers` workers running `true`.
+fn true_job(workers: u32, name: Option<&str>) -> head::SubmitRequest {
+    head::SubmitRequest {
+        name: name.map(str::to_owned),
+        workers,
+        entrypoint: streamrun_cluster::store::Entrypoint::Binary {
+            program: "true".into(),
+            args: vec![],
+        },
+    }
+}
+
 fn register(token: Option<&str>, version: u32) -> tonic::Request<proto::RegisterRequest> {
     let request = tonic::Request::new(proto::RegisterRequest {
         protocol_version: version,
@@ -58,11 +105,9 @@ fn register(token: Option<&str>, version: u32) -> tonic::Request<proto::Register
 #[tokio::test]
 async fn the_head_checks_token_and_version_and_recovers_after_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
-    let (info, stop, task) = start_head(dir.path()).await;
-    let token = streamrun_cluster::token::read(&dir.path().join("token")).expect("token");
-    let mut client = ControlClient::connect(format!("http://{}", info.grpc))
-        .await
-        .expect("connect");
+    let mut head = TestHead::start(dir.path()).await;
+    let token = head.token.clone();
+    let client = &mut head.grpc;
 
     let refused = client
         .register(register(None, PROTOCOL_VERSION))
@@ -92,7 +137,7 @@ async fn the_head_checks_token_and_version_and_recovers_after_a_restart() {
         .node_id;
 
     let http = reqwest::Client::new();
-    let url = format!("http://{}/api/nodes", info.rest);
+    let url = format!("http://{}/api/nodes", head.info.rest);
     let anonymous = http.get(&url).send().await.expect("get");
     assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
     let wrong = http
@@ -102,20 +147,12 @@ async fn the_head_checks_token_and_version_and_recovers_after_a_restart() {
         .await
         .expect("get");
     assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let client = streamrun_cluster::client::Client::new(&info.rest.to_string(), token.clone())
-        .expect("client");
+    let client = head.rest.clone();
     let nodes = client.nodes().await.expect("nodes");
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].resources.cpus, 3);
     let e = client
-        .submit(&head::SubmitRequest {
-            name: None,
-            workers: 4,
-            entrypoint: streamrun_cluster::store::Entrypoint::Binary {
-                program: "true".into(),
-                args: vec![],
-            },
-        })
+        .submit(&true_job(4, None))
         .await
         .expect_err("too many workers");
     assert!(
@@ -123,23 +160,14 @@ async fn the_head_checks_token_and_version_and_recovers_after_a_restart() {
         "{e}"
     );
     let job = client
-        .submit(&head::SubmitRequest {
-            name: Some("two".into()),
-            workers: 2,
-            entrypoint: streamrun_cluster::store::Entrypoint::Binary {
-                program: "true".into(),
-                args: vec![],
-            },
-        })
+        .submit(&true_job(2, Some("two")))
         .await
         .expect("submit");
 
     // Restart: the same directory, new ports. Nodes and jobs come back from the store.
-    let _ = stop.send(());
-    task.await.expect("head stopped");
-    let (info, stop, task) = start_head(dir.path()).await;
-    let client =
-        streamrun_cluster::client::Client::new(&info.rest.to_string(), token).expect("client");
+    head.shut_down().await;
+    let head = TestHead::start(dir.path()).await;
+    let client = &head.rest;
     let nodes = client.nodes().await.expect("nodes");
     assert_eq!(
         nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
@@ -148,8 +176,7 @@ async fn the_head_checks_token_and_version_and_recovers_after_a_restart() {
     let recovered = client.job(&job).await.expect("job");
     assert_eq!(recovered.name, "two");
     assert_eq!(recovered.state, streamrun_cluster::store::JobState::Pending);
-    let _ = stop.send(());
-    task.await.expect("head stopped");
+    head.shut_down().await;
 }
 
 /// A heartbeat of `node` carrying `processes` and `logs`.
@@ -183,11 +210,9 @@ fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
 #[tokio::test]
 async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
     let dir = tempfile::tempdir().expect("dir");
-    let (info, stop, task) = start_head(dir.path()).await;
-    let token = streamrun_cluster::token::read(&dir.path().join("token")).expect("token");
-    let mut grpc = ControlClient::connect(format!("http://{}", info.grpc))
-        .await
-        .expect("connect");
+    let mut head = TestHead::start(dir.path()).await;
+    let token = head.token.clone();
+    let grpc = &mut head.grpc;
     let register_node = |cpus: u32| {
         let mut r = register(Some(&token), PROTOCOL_VERSION);
         if let Some(res) = r.get_mut().resources.as_mut() {
@@ -207,8 +232,7 @@ async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
         .expect("b")
         .into_inner()
         .node_id;
-    let rest = streamrun_cluster::client::Client::new(&info.rest.to_string(), token.clone())
-        .expect("client");
+    let rest = head.rest.clone();
     let binary = || streamrun_cluster::store::Entrypoint::Binary {
         program: "true".into(),
         args: vec![],
@@ -272,37 +296,23 @@ async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
         .expect("heartbeat")
         .into_inner();
     assert_eq!(reply.stop_jobs, vec![y]);
-    let _ = stop.send(());
-    task.await.expect("head stopped");
+    head.shut_down().await;
 }
 
 #[tokio::test]
 async fn output_sent_again_after_a_lost_reply_is_written_once() {
     let dir = tempfile::tempdir().expect("dir");
-    let (info, stop, task) = start_head(dir.path()).await;
-    let token = streamrun_cluster::token::read(&dir.path().join("token")).expect("token");
-    let mut grpc = ControlClient::connect(format!("http://{}", info.grpc))
-        .await
-        .expect("connect");
+    let mut head = TestHead::start(dir.path()).await;
+    let token = head.token.clone();
+    let grpc = &mut head.grpc;
     let node = grpc
         .register(register(Some(&token), PROTOCOL_VERSION))
         .await
         .expect("register")
         .into_inner()
         .node_id;
-    let rest = streamrun_cluster::client::Client::new(&info.rest.to_string(), token.clone())
-        .expect("client");
-    let job = rest
-        .submit(&head::SubmitRequest {
-            name: None,
-            workers: 1,
-            entrypoint: streamrun_cluster::store::Entrypoint::Binary {
-                program: "true".into(),
-                args: vec![],
-            },
-        })
-        .await
-        .expect("submit");
+    let rest = head.rest.clone();
+    let job = rest.submit(&true_job(1, None)).await.expect("submit");
     let chunk = |offset: u64, text: &str| proto::LogChunk {
         job_id: job.clone(),
         process: 0,
@@ -319,6 +329,5 @@ async fn output_sent_again_after_a_lost_reply_is_written_once() {
             .expect("heartbeat");
     }
     assert_eq!(rest.logs(&job).await.expect("logs"), "hello\nworld\n");
-    let _ = stop.send(());
-    task.await.expect("head stopped");
+    head.shut_down().await;
 }
