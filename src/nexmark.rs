@@ -194,13 +194,7 @@ pub fn q7_window_end(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
     let ends: arrow::array::TimestampMillisecondArray = millis
         .as_primitive::<arrow::datatypes::Int64Type>()
         .unary(|t| t - t.rem_euclid(WINDOW_MS) + WINDOW_MS);
-    let schema = bids.schema();
-    let keep = |name: &str| -> Result<(Field, ArrayRef), ArrowError> {
-        Ok((
-            schema.field_with_name(name)?.clone(),
-            Arc::clone(column(&bids, name)?),
-        ))
-    };
+    let keep = |name: &str| kept(&bids, name);
     let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = [
         keep("auction")?,
         keep("price")?,
@@ -216,6 +210,14 @@ pub fn q7_window_end(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
+/// Column `name` of `batch`, with its field, to build a batch that keeps it.
+fn kept(batch: &RecordBatch, name: &str) -> Result<(Field, ArrayRef), ArrowError> {
+    Ok((
+        batch.schema().field_with_name(name)?.clone(),
+        Arc::clone(column(batch, name)?),
+    ))
+}
+
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ArrowError> {
     Ok(batch.column(batch.schema().index_of(name)?))
 }
@@ -226,13 +228,7 @@ pub fn q1(bids: RecordBatch) -> Result<RecordBatch, ArrowError> {
     let euros: Float64Array = price
         .as_primitive::<arrow::datatypes::Float64Type>()
         .unary(|p| 0.908 * p);
-    let schema = bids.schema();
-    let keep = |name: &str| -> Result<(Field, ArrayRef), ArrowError> {
-        Ok((
-            schema.field_with_name(name)?.clone(),
-            Arc::clone(column(&bids, name)?),
-        ))
-    };
+    let keep = |name: &str| kept(&bids, name);
     let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = [
         keep("auction")?,
         keep("bidder")?,

@@ -352,10 +352,11 @@ mod tests {
         }
     }
 
-    fn batch(rows: &[(&str, i64)]) -> RecordBatch {
+    /// A batch of `user` and a second Int64 column named `second`.
+    fn user_rows(second: &str, rows: &[(&str, i64)]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("user", DataType::Utf8, false),
-            Field::new("amount", DataType::Int64, false),
+            Field::new(second, DataType::Int64, false),
         ]));
         RecordBatch::try_new(
             schema,
@@ -365,6 +366,10 @@ mod tests {
             ],
         )
         .expect("batch")
+    }
+
+    fn batch(rows: &[(&str, i64)]) -> RecordBatch {
+        user_rows("amount", rows)
     }
 
     fn outputs(
@@ -497,18 +502,7 @@ mod tests {
     }
 
     fn clicks(rows: &[(&str, i64)]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("user", DataType::Utf8, false),
-            Field::new("t", DataType::Int64, false),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            ],
-        )
-        .expect("batch")
+        user_rows("t", rows)
     }
 
     /// Feeds batch `i` then the watermark `watermarks[i]`, collecting what comes out.
