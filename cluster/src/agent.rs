@@ -253,9 +253,10 @@ pub async fn run(
     ready(&node_id);
     let mut processes: Vec<Running> = Vec::new();
     tokio::pin!(shutdown);
-    loop {
+    // Every way out of the loop stops the processes and the store server below.
+    let outcome = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => break Ok(()),
             _ = tokio::time::sleep(interval) => {}
         }
         poll(&mut processes);
@@ -275,8 +276,7 @@ pub async fn run(
                 if status.code() == tonic::Code::FailedPrecondition
                     || status.code() == tonic::Code::Unauthenticated =>
             {
-                stop_all(&mut processes).await;
-                return Err(rpc_error("the head refused a heartbeat", status));
+                break Err(rpc_error("the head refused a heartbeat", status));
             }
             Err(status) => {
                 // The head is away (restarting?): keep the processes and try again.
@@ -308,9 +308,13 @@ pub async fn run(
             p.exit.is_none() || std::fs::metadata(&p.log).map_or(0, |m| m.len()) > p.shipped
         });
         if reply.reregister {
-            let (id, _) = register(&mut client, &config, &node_id).await?;
-            tracing::info!(node = %id, "registered again");
-            node_id = id;
+            match register(&mut client, &config, &node_id).await {
+                Ok((id, _)) => {
+                    tracing::info!(node = %id, "registered again");
+                    node_id = id;
+                }
+                Err(e) => break Err(e),
+            }
         }
         for job in &reply.stop_jobs {
             for p in processes
@@ -332,12 +336,12 @@ pub async fn run(
             launch.env.extend(store_env.iter().cloned());
             processes.push(launch_process(&config, launch));
         }
-    }
+    };
     tracing::info!(node = %node_id, "agent stopping: stopping its processes");
     stop_all(&mut processes).await;
     let _ = stop_store.send(());
     let _ = store_server.await;
-    Ok(())
+    outcome
 }
 
 fn signal(p: &Running, signal: Signal) {
