@@ -105,7 +105,7 @@ fn main() {
     for id in &ids {
         store.delete(id).expect("delete");
     }
-    remote(&store);
+    remote();
 }
 
 /// Seconds to move `bytes` bytes through a loopback TCP socket, reader and writer threads.
@@ -136,14 +136,15 @@ fn raw_tcp(bytes: usize) -> Duration {
     started.elapsed()
 }
 
-fn remote(_local: &LocalStore) {
+fn remote() {
+    let spill = tempfile::tempdir().expect("spill dir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let store = Arc::new(
         LocalStore::open(
             "bench-server",
             StoreConfig::for_node(
                 &format!("bench-server-{}", std::process::id()),
-                &std::env::temp_dir().join(format!("streamrun-bench-{}", std::process::id())),
+                spill.path(),
                 4 << 30,
                 4 << 30,
             ),
@@ -162,7 +163,7 @@ fn remote(_local: &LocalStore) {
     let handle = rt.spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));
-    exchange_threshold(&rt, &store, &address);
+    exchange_threshold(&store, &address);
     for (name, size) in [("1 MiB", 1usize << 20), ("256 MiB", 256 << 20)] {
         let object = store.put_batch("bench", &batch(size)).expect("put");
         let runs = if size > 1 << 20 { 3 } else { common::runs() };
@@ -189,7 +190,7 @@ fn remote(_local: &LocalStore) {
 /// message, decoded by the receiver) or through the store (staged, adopted over a loopback
 /// call, read in place). The threshold of `STREAMRUN_EXCHANGE_THRESHOLD` is where the store
 /// starts to win.
-fn exchange_threshold(rt: &tokio::runtime::Runtime, store: &Arc<LocalStore>, address: &str) {
+fn exchange_threshold(store: &Arc<LocalStore>, address: &str) {
     use streamrun_engine::ExchangeStore;
     let config = store.config();
     let client = streamrun_store::exchange::ExchangeClient::new(
@@ -201,7 +202,6 @@ fn exchange_threshold(rt: &tokio::runtime::Runtime, store: &Arc<LocalStore>, add
         0,
     )
     .expect("client");
-    let _ = rt;
     for size in [
         16usize << 10,
         64 << 10,
