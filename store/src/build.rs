@@ -48,7 +48,7 @@ use arrow::ipc::{self, Block, FieldNode, MetadataVersion};
 use flatbuffers::FlatBufferBuilder;
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::{Kind, LocalStore, ObjectId, ObjectRef, Result, StoreError, Tier, arrow, io};
+use crate::{Kind, LocalStore, ObjectId, ObjectRef, Result, StoreError, arrow, io};
 
 /// Buffers in a built object start at multiples of this, as Arrow's own writer aligns them.
 const ALIGN: usize = 64;
@@ -201,10 +201,7 @@ impl LocalStore {
         let total = body_start + capacity + tail;
         let id = ObjectId::random();
         let tier = self.reserve(id, Kind::Batch, total as u64, true, owner)?;
-        let dir = match tier {
-            Tier::Memory => &self.config.memory_dir,
-            Tier::Disk => &self.config.spill_dir,
-        };
+        let dir = self.tier_dir(tier);
         let staged = crate::staging_path(dir, &id);
         let opened = (|| {
             let file = OpenOptions::new()

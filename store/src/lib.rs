@@ -42,6 +42,7 @@
 pub mod build;
 pub mod exchange;
 pub mod flight;
+mod slab;
 
 pub use build::{BatchBuilder, StoreBufferMut};
 
@@ -266,6 +267,8 @@ impl StoreConfig {
 enum Tier {
     Memory,
     Disk,
+    /// In a slab (of the memory tier), whose room is counted per slab.
+    Slab,
 }
 
 #[derive(Debug)]
@@ -305,6 +308,10 @@ struct State {
     decoded: HashMap<ObjectId, RecordBatch>,
     decoded_order: std::collections::VecDeque<ObjectId>,
     decoded_bytes: usize,
+    /// Slabs of small objects, by number; `current_slab` is being filled.
+    slabs: HashMap<u32, slab::Slab>,
+    current_slab: Option<u32>,
+    next_slab: u32,
     memory_used: u64,
     disk_used: u64,
     tick: u64,
@@ -361,6 +368,14 @@ impl LocalStore {
         }
     }
 
+    /// The directory of a tier's files.
+    fn tier_dir(&self, tier: Tier) -> &Path {
+        match tier {
+            Tier::Memory | Tier::Slab => &self.config.memory_dir,
+            Tier::Disk => &self.config.spill_dir,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update leaves the counters consistent before anything can panic.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -388,14 +403,23 @@ impl LocalStore {
             }
         }
         let bytes = encode(batch)?;
-        let id = ObjectId::random();
-        self.put_encoded(id, Kind::Batch, &bytes, true, owner)?;
+        let id = match self.put_in_slab(Kind::Batch, &bytes, owner)? {
+            Some(id) => id,
+            None => {
+                let id = ObjectId::random();
+                self.put_encoded(id, Kind::Batch, &bytes, true, owner)?;
+                id
+            }
+        };
         self.keep_decoded(&id, batch);
         Ok(self.reference(id, owner))
     }
 
     /// Puts raw bytes.
     pub fn put_bytes(&self, owner: &str, data: &[u8]) -> Result<ObjectRef> {
+        if let Some(id) = self.put_in_slab(Kind::Bytes, data, owner)? {
+            return Ok(self.reference(id, owner));
+        }
         let id = ObjectId::random();
         self.put_encoded(id, Kind::Bytes, data, true, owner)?;
         Ok(self.reference(id, owner))
@@ -436,13 +460,13 @@ impl LocalStore {
         let path = self.remove_locked(&mut state, id)?;
         drop(state);
         self.room.notify_all();
-        std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
+        remove(path)?;
         Ok(true)
     }
 
     /// Forgets object `id` (not one being written) and frees its room; returns its file, for
     /// the caller to remove once the lock is released.
-    fn remove_locked(&self, state: &mut State, id: &ObjectId) -> Result<PathBuf> {
+    fn remove_locked(&self, state: &mut State, id: &ObjectId) -> Result<Option<PathBuf>> {
         if state.entries.get(id).is_none_or(|e| e.writing) {
             return Err(StoreError::NotFound(*id));
         }
@@ -459,8 +483,114 @@ impl LocalStore {
                 state.disk_used -= entry.size;
                 &self.config.spill_dir
             }
+            Tier::Slab => {
+                let Some((number, offset)) = slab::slab_location(id) else {
+                    return Ok(None);
+                };
+                let empty = state.slabs.get_mut(&number).is_some_and(|slab| {
+                    slab.kill(offset);
+                    slab.live -= 1;
+                    slab.live == 0
+                });
+                if empty && state.current_slab != Some(number) {
+                    return Ok(Some(self.free_slab(state, number)));
+                }
+                return Ok(None);
+            }
         };
-        Ok(path_of(dir, id, entry.kind))
+        Ok(Some(path_of(dir, id, entry.kind)))
+    }
+
+    /// Forgets slab `number`, now empty, and frees its room; returns its file.
+    fn free_slab(&self, state: &mut State, number: u32) -> PathBuf {
+        if state.slabs.remove(&number).is_some() {
+            state.memory_used -= slab::SLAB_BYTES as u64;
+        }
+        slab::slab_path(&self.config.memory_dir, number)
+    }
+
+    /// Puts a small object into the current slab, starting a new one when it is full.
+    /// `None` when the object is too large for a slab, or slabs have their share of memory
+    /// (a quarter of the cap) and a new one cannot be had without waiting.
+    fn put_in_slab(&self, kind: Kind, data: &[u8], owner: &str) -> Result<Option<ObjectId>> {
+        if data.len() > slab::SLAB_OBJECT_MAX {
+            return Ok(None);
+        }
+        let mut state = self.lock();
+        let current = state
+            .current_slab
+            .filter(|n| state.slabs.get(n).is_some_and(|s| s.fits(data.len())));
+        let number = match current {
+            Some(number) => number,
+            None => {
+                let slab_bytes = slab::SLAB_BYTES as u64;
+                let share = (state.slabs.len() as u64 + 1) * slab_bytes;
+                if share > self.config.memory_cap / 4
+                    || self.make_room(&mut state, slab_bytes, None)? != Some(Tier::Memory)
+                {
+                    return Ok(None);
+                }
+                let number = state.next_slab;
+                state.next_slab = (number + 1) & 0xff_ffff;
+                let created = slab::Slab::create(&self.config.memory_dir, number)?;
+                state.memory_used += slab_bytes;
+                state.slabs.insert(number, created);
+                let emptied = state
+                    .current_slab
+                    .replace(number)
+                    .filter(|old| state.slabs.get(old).is_some_and(|s| s.live == 0));
+                if let Some(old) = emptied {
+                    let path = self.free_slab(&mut state, old);
+                    let _ = std::fs::remove_file(path);
+                }
+                number
+            }
+        };
+        let Some(slab) = state.slabs.get_mut(&number) else {
+            return Ok(None);
+        };
+        let id = slab.append(number, kind, data);
+        state.tick += 1;
+        let tick = state.tick;
+        state.entries.insert(
+            id,
+            Entry {
+                owner: owner.to_owned(),
+                refs: 1,
+                size: slab::Slab::slot_size(data.len()) as u64,
+                kind,
+                tier: Tier::Slab,
+                primary: true,
+                tick,
+                writing: false,
+            },
+        );
+        Ok(Some(id))
+    }
+
+    /// Object `id`'s bytes if it lives in a slab, checked to be of `kind`; marks it used.
+    fn slab_read(&self, id: &ObjectId, kind: Kind) -> Result<Option<bytes::Bytes>> {
+        let mut state = self.lock();
+        state.tick += 1;
+        let tick = state.tick;
+        let Some(entry) = state.entries.get_mut(id).filter(|e| !e.writing) else {
+            return Err(StoreError::NotFound(*id));
+        };
+        if entry.tier != Tier::Slab {
+            return Ok(None);
+        }
+        if entry.kind != kind {
+            return Err(StoreError::WrongKind {
+                id: *id,
+                found: entry.kind,
+                wanted: kind,
+            });
+        }
+        entry.tick = tick;
+        let slab = slab::slab_location(id).and_then(|(n, _)| state.slabs.get(&n));
+        slab.ok_or(StoreError::NotFound(*id))?
+            .read(id, kind)
+            .map(Some)
     }
 
     /// Deletes every object `owner` put, whatever references remain: what happens to a
@@ -473,10 +603,20 @@ impl LocalStore {
             .filter(|(_, e)| e.owner == owner && !e.writing)
             .map(|(id, _)| *id)
             .collect();
-        let paths: Vec<PathBuf> = ids
+        let mut paths: Vec<PathBuf> = ids
             .iter()
             .filter_map(|id| self.remove_locked(&mut state, id).ok())
+            .flatten()
             .collect();
+        // The slab being filled goes too if the job's end emptied it: what ends with a job
+        // leaves no file behind.
+        let emptied = state
+            .current_slab
+            .filter(|n| state.slabs.get(n).is_some_and(|s| s.live == 0));
+        if let Some(number) = emptied {
+            state.current_slab = None;
+            paths.push(self.free_slab(&mut state, number));
+        }
         drop(state);
         self.room.notify_all();
         let mut failed = None;
@@ -490,7 +630,7 @@ impl LocalStore {
         }
         match failed {
             Some(e) => Err(e),
-            None => Ok(paths.len()),
+            None => Ok(ids.len()),
         }
     }
 
@@ -511,10 +651,7 @@ impl LocalStore {
         owner: &str,
     ) -> Result<()> {
         let tier = self.reserve(id, kind, data.len() as u64, primary, owner)?;
-        let dir = match tier {
-            Tier::Memory => &self.config.memory_dir,
-            Tier::Disk => &self.config.spill_dir,
-        };
+        let dir = self.tier_dir(tier);
         let written = write_file(dir, &id, kind, data);
         self.commit(id, written)
     }
@@ -540,8 +677,10 @@ impl LocalStore {
             }
         };
         let moved = match tier {
-            Tier::Memory => std::fs::rename(&staged, path_of(&self.config.memory_dir, &id, kind))
-                .map_err(io(format!("publishing {}", staged.display()))),
+            Tier::Memory | Tier::Slab => {
+                std::fs::rename(&staged, path_of(&self.config.memory_dir, &id, kind))
+                    .map_err(io(format!("publishing {}", staged.display())))
+            }
             Tier::Disk => move_file(&staged, &path_of(&self.config.spill_dir, &id, kind)),
         };
         if moved.is_err() {
@@ -591,7 +730,7 @@ impl LocalStore {
         };
         // Reserve the room, then write without holding the lock.
         match tier {
-            Tier::Memory => state.memory_used += size,
+            Tier::Memory | Tier::Slab => state.memory_used += size,
             Tier::Disk => state.disk_used += size,
         }
         state.tick += 1;
@@ -635,7 +774,7 @@ impl LocalStore {
         let mut state = self.lock();
         if let Some(entry) = state.entries.remove(id) {
             match entry.tier {
-                Tier::Memory => state.memory_used -= entry.size,
+                Tier::Memory | Tier::Slab => state.memory_used -= entry.size,
                 Tier::Disk => state.disk_used -= entry.size,
             }
         }
@@ -652,15 +791,12 @@ impl LocalStore {
         entry.size = size;
         let freed = reserved.saturating_sub(size);
         match tier {
-            Tier::Memory => state.memory_used -= freed,
+            Tier::Memory | Tier::Slab => state.memory_used -= freed,
             Tier::Disk => state.disk_used -= freed,
         }
         drop(state);
         self.room.notify_all();
-        let dir = match tier {
-            Tier::Memory => &self.config.memory_dir,
-            Tier::Disk => &self.config.spill_dir,
-        };
+        let dir = self.tier_dir(tier);
         std::fs::rename(staged, path_of(dir, &id, kind))
             .map_err(io(format!("publishing {}", staged.display())))
     }
@@ -757,6 +893,7 @@ impl LocalStore {
         let state = self.lock();
         let entry = state.entries.get(id).filter(|e| !e.writing)?;
         Some(match entry.tier {
+            Tier::Slab => slab::slab_path(&self.config.memory_dir, slab::slab_location(id)?.0),
             Tier::Memory => path_of(&self.config.memory_dir, id, entry.kind),
             Tier::Disk => path_of(&self.config.spill_dir, id, entry.kind),
         })
@@ -803,7 +940,7 @@ impl LocalStore {
             entry.tier = tier;
         }
         Ok(match tier {
-            Tier::Memory => path_of(&self.config.memory_dir, id, kind),
+            Tier::Memory | Tier::Slab => path_of(&self.config.memory_dir, id, kind),
             Tier::Disk => path_of(&self.config.spill_dir, id, kind),
         })
     }
@@ -821,6 +958,13 @@ impl LocalStore {
                 return Ok(batch);
             }
         }
+        if let Some(bytes) = self.slab_read(id, Kind::Batch)? {
+            let batch = decode_buffer(Buffer::from(bytes), false, &|| {
+                format!("reading object {id}")
+            })?;
+            self.keep_decoded(id, &batch);
+            return Ok(batch);
+        }
         let path = self.locate(id, Kind::Batch)?;
         let batch = match read_batch(&path) {
             // Spilled between `locate` and the read: look again.
@@ -837,7 +981,7 @@ impl LocalStore {
         let small = state
             .entries
             .get(id)
-            .is_some_and(|e| e.tier == Tier::Memory && !e.writing && e.size <= SMALL_OBJECT_BYTES);
+            .is_some_and(|e| e.tier != Tier::Disk && !e.writing && e.size <= SMALL_OBJECT_BYTES);
         if !small || state.decoded.contains_key(id) {
             return;
         }
@@ -857,6 +1001,9 @@ impl LocalStore {
 
     /// The bytes `id`, read in place.
     pub fn get_bytes(&self, id: &ObjectId) -> Result<bytes::Bytes> {
+        if let Some(bytes) = self.slab_read(id, Kind::Bytes)? {
+            return Ok(bytes);
+        }
         let path = self.locate(id, Kind::Bytes)?;
         match map(&path) {
             Err(StoreError::Io { .. }) => map(&self.locate(id, Kind::Bytes)?),
@@ -870,7 +1017,7 @@ impl LocalStore {
         let path = self.remove_locked(&mut state, id)?;
         drop(state);
         self.room.notify_all();
-        std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))
+        remove(path)
     }
 }
 
@@ -879,11 +1026,13 @@ impl Drop for LocalStore {
     fn drop(&mut self) {
         let state = self.lock();
         for (id, entry) in &state.entries {
-            let dir = match entry.tier {
-                Tier::Memory => &self.config.memory_dir,
-                Tier::Disk => &self.config.spill_dir,
-            };
-            let _ = std::fs::remove_file(path_of(dir, id, entry.kind));
+            let dir = self.tier_dir(entry.tier);
+            if entry.tier != Tier::Slab {
+                let _ = std::fs::remove_file(path_of(dir, id, entry.kind));
+            }
+        }
+        for number in state.slabs.keys() {
+            let _ = std::fs::remove_file(slab::slab_path(&self.config.memory_dir, *number));
         }
         let _ = std::fs::remove_dir(&self.config.memory_dir);
     }
@@ -920,6 +1069,16 @@ fn write_file(dir: &Path, id: &ObjectId, kind: Kind, data: &[u8]) -> Result<()> 
         });
     }
     Ok(())
+}
+
+/// Removes a file the store gave up, if there is one.
+fn remove(path: Option<PathBuf>) -> Result<()> {
+    match path {
+        Some(path) => {
+            std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Moves a file between the tiers (different file systems: copy, publish, remove).
@@ -959,8 +1118,16 @@ pub fn read_batch(path: &Path) -> Result<RecordBatch> {
 /// offset and string, which reads the whole file.
 pub fn decode(path: &Path, validate: bool) -> Result<RecordBatch> {
     let context = || format!("reading the batch in {}", path.display());
-    let bytes = map(path)?;
-    let buffer = Buffer::from(bytes);
+    decode_buffer(Buffer::from(map(path)?), validate, &context)
+}
+
+/// Reads the batch in the Arrow IPC file held by `buffer`, in place; `context` names it in
+/// errors.
+fn decode_buffer(
+    buffer: Buffer,
+    validate: bool,
+    context: &dyn Fn() -> String,
+) -> Result<RecordBatch> {
     let len = buffer.len();
     if len < 10 {
         return Err(StoreError::Arrow {
@@ -1065,11 +1232,35 @@ impl StoreReader {
 
     /// The batch `id`, read in place.
     pub fn get_batch(&self, id: &ObjectId) -> Result<RecordBatch> {
+        if let Some(bytes) = self.slab_read(id, Kind::Batch)? {
+            return decode_buffer(Buffer::from(bytes), false, &|| {
+                format!("reading object {id}")
+            });
+        }
         self.read(id, Kind::Batch, read_batch)
     }
 
     /// The bytes `id`, read in place.
     pub fn get_bytes(&self, id: &ObjectId) -> Result<bytes::Bytes> {
+        if let Some(bytes) = self.slab_read(id, Kind::Bytes)? {
+            return Ok(bytes);
+        }
         self.read(id, Kind::Bytes, map)
+    }
+
+    /// Object `id`'s bytes, if its id places it in a slab and the slab still holds it. An
+    /// id that only looks like a slab object's (or one of a cached copy) is then looked for
+    /// as a file.
+    fn slab_read(&self, id: &ObjectId, kind: Kind) -> Result<Option<bytes::Bytes>> {
+        let Some((number, _)) = slab::slab_location(id) else {
+            return Ok(None);
+        };
+        let found = slab::map_slab(&slab::slab_path(&self.memory_dir, number))
+            .and_then(|mapping| slab::read_slot(&mapping, id, kind));
+        match found {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e @ StoreError::WrongKind { .. }) => Err(e),
+            Err(_) => Ok(None),
+        }
     }
 }

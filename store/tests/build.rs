@@ -129,8 +129,8 @@ fn a_batch_built_in_place_reads_back_exactly_and_in_place() {
     {
         let (offsets, items) = (list_offsets.typed_mut::<i32>(), items.typed_mut::<i32>());
         let mut at = 0usize;
-        for i in 0..rows {
-            offsets[i] = at as i32;
+        for (i, offset) in offsets.iter_mut().take(rows).enumerate() {
+            *offset = at as i32;
             for v in 0..(i % 4) {
                 items[at] = v as i32;
                 at += 1;

@@ -313,3 +313,77 @@ fn nothing_is_spilled_when_spilling_cannot_make_enough_room() {
         (100 << 10, 60 << 10, 3)
     );
 }
+
+#[test]
+fn small_objects_share_slabs_and_are_found_by_id_from_any_reader() {
+    let root = tempfile::tempdir().expect("root");
+    let store = store(root.path(), 64 << 20, 64 << 20);
+    let reader = store.reader();
+    let mut objects = Vec::new();
+    for i in 0..1_000u32 {
+        let data: Vec<u8> = (0..(i % 700)).map(|j| (i ^ j) as u8).collect();
+        objects.push((store.put_bytes("job-1", &data).expect("put").id, data));
+    }
+    let batches: Vec<_> = (0..100)
+        .map(|i| {
+            let batch = numbers(i + 1, 50);
+            (store.put_batch("job-1", &batch).expect("put").id, batch)
+        })
+        .collect();
+    for (id, data) in &objects {
+        assert_eq!(&store.get_bytes(id).expect("get")[..], &data[..]);
+        assert_eq!(&reader.get_bytes(id).expect("reader")[..], &data[..]);
+    }
+    for (id, batch) in &batches {
+        assert_eq!(&store.get_batch(id).expect("get"), batch);
+        assert_eq!(&reader.get_batch(id).expect("reader"), batch);
+        assert!(matches!(
+            reader.get_bytes(id),
+            Err(StoreError::WrongKind { .. })
+        ));
+    }
+    // 1,100 objects, one file.
+    let files = std::fs::read_dir(&store.config().memory_dir)
+        .expect("dir")
+        .count();
+    assert_eq!(files, 1, "small objects share a slab");
+
+    // A deleted object reads as gone from every reader; what was read stays readable.
+    let (gone, data) = &objects[10];
+    let held = reader.get_bytes(gone).expect("read before");
+    store.delete(gone).expect("delete");
+    assert!(matches!(
+        store.get_bytes(gone),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        reader.get_bytes(gone),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(&held[..], &data[..]);
+
+    // Slabs take at most a quarter of the cap; past it, small objects are files.
+    let big: Vec<u8> = vec![7; 60 << 10];
+    let many: Vec<_> = (0..400)
+        .map(|_| store.put_bytes("job-2", &big).expect("put").id)
+        .collect();
+    let slabs = std::fs::read_dir(&store.config().memory_dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".slab"))
+        .count();
+    assert!(slabs <= 4, "{slabs} slabs of 4 MiB under a 64 MiB cap");
+    for id in &many {
+        assert_eq!(&reader.get_bytes(id).expect("reader")[..], &big[..]);
+    }
+    assert!(store.usage().memory_used <= 64 << 20);
+    store.release_owner("job-1").expect("end");
+    store.release_owner("job-2").expect("end");
+    assert_eq!(store.usage(), streamrun_store::Usage::default());
+    assert_eq!(
+        std::fs::read_dir(&store.config().memory_dir)
+            .expect("dir")
+            .count(),
+        0
+    );
+}
