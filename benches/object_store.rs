@@ -14,7 +14,8 @@
 //! Then a remote fetch over loopback Arrow Flight beside a raw loopback TCP transfer of the
 //! same number of bytes.
 //!
-//! `cargo bench --bench object_store` (`STREAMRUN_BENCH_RUNS`, default 5)
+//! `cargo bench --bench object_store` (`STREAMRUN_BENCH_RUNS`, default 5;
+//! `STREAMRUN_BENCH_ONLY=remote` for the transfers between stores alone)
 #![allow(clippy::print_stdout)]
 
 mod common;
@@ -36,6 +37,11 @@ fn gbps(bytes: usize, time: Duration) -> f64 {
 }
 
 fn main() {
+    // `STREAMRUN_BENCH_ONLY=remote` runs only the transfers between stores.
+    if std::env::var("STREAMRUN_BENCH_ONLY").is_ok_and(|v| v == "remote") {
+        remote();
+        return;
+    }
     let spill = tempfile::tempdir().expect("spill dir");
     let config = StoreConfig::for_node(
         &format!("bench-{}", std::process::id()),
@@ -241,12 +247,29 @@ fn remote() {
     let handle = rt.spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));
-    exchange_threshold(&store, &address);
+    if std::env::var("STREAMRUN_BENCH_ONLY").is_err() {
+        exchange_threshold(&store, &address);
+    }
+    // The fetching side runs as a job process's does: its own single-threaded runtime, and
+    // one connection to the node kept open across fetches.
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let channel = client
+        .block_on(streamrun_store::flight::connect(&address))
+        .expect("connect");
     for (name, size) in [("1 MiB", 1usize << 20), ("256 MiB", 256 << 20)] {
         let object = store.put_batch("bench", &batch(size)).expect("put");
         let runs = if size > 1 << 20 { 3 } else { common::runs() };
         let fetch = common::median_time(runs, || {
-            rt.block_on(streamrun_store::flight::fetch(&object, &address, "t"))
+            client
+                .block_on(streamrun_store::flight::fetch_over(
+                    &object,
+                    &address,
+                    "t",
+                    Some(channel.clone()),
+                ))
                 .expect("fetch")
         });
         let tcp = common::median_time(runs, || raw_tcp(size));
@@ -260,6 +283,9 @@ fn remote() {
         );
         store.delete(&object.id).expect("delete");
     }
+    // The server's shutdown waits for its connections to close.
+    drop(channel);
+    drop(client);
     let _ = stop.send(());
     let _ = rt.block_on(handle);
 }

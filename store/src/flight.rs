@@ -1,13 +1,18 @@
 //! Objects between nodes over Arrow Flight: each node serves its store's objects with
 //! `do_get` (the ticket is the object id, the call carries the cluster token), in chunks of
 //! bounded size; a remote get keeps the fetched copy in the local store as a cached copy.
+//!
+//! An object travels as it is stored: a batch as its Arrow IPC file, cut into chunks of at
+//! most [`CHUNK_BYTES`] that are slices of the sender's mapping. The first chunk's
+//! `app_metadata` says what follows (`batch <bytes>` or `bytes <bytes>`). The receiver puts
+//! the chunks together, checks the batch once (every offset and string), and keeps the file
+//! as it came: nothing is decoded and encoded again on either side.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
-use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow::buffer::Buffer;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightClient, FlightData, FlightDescriptor, FlightInfo,
@@ -32,6 +37,14 @@ pub const RELEASE: &str = "release";
 /// HTTP/2 flow-control windows, in bytes: the most a transfer has in flight before the
 /// receiver consumes it. HTTP/2's default of 64 KiB would stall every chunk.
 pub const WINDOW_BYTES: u32 = 16 << 20;
+
+/// Up to this size, a fetch takes room for the whole object at once; a larger one grows as
+/// chunks arrive, so a wrong announcement cannot make it take more than it receives.
+const MAX_PRESIZE: usize = 1 << 30;
+
+/// The largest HTTP/2 frame each side accepts. HTTP/2's default of 16 KiB cuts a chunk into
+/// 128 frames, each handled on its own.
+pub const FRAME_BYTES: u32 = 1 << 20;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
 
@@ -74,8 +87,10 @@ impl ObjectServer {
         tonic::transport::Server::builder()
             .initial_stream_window_size(WINDOW_BYTES)
             .initial_connection_window_size(WINDOW_BYTES)
+            .max_frame_size(FRAME_BYTES)
             .add_service(FlightServiceServer::new(self))
-            .serve_with_incoming_shutdown(listener, shutdown)
+            // Chunks go out as soon as they are written, not held back for acknowledgements.
+            .serve_with_incoming_shutdown(listener.with_nodelay(Some(true)), shutdown)
             .await
     }
 }
@@ -105,29 +120,29 @@ impl FlightService for ObjectServer {
         let id: ObjectId = text
             .parse()
             .map_err(|e: StoreError| Status::invalid_argument(e.to_string()))?;
-        let batch = match self.store.get_batch(&id) {
-            Ok(batch) => batch,
-            Err(StoreError::WrongKind { .. }) => {
-                let bytes = self
-                    .store
-                    .get_bytes(&id)
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                bytes_batch(&bytes).map_err(|e| Status::internal(e.to_string()))?
+        let store = Arc::clone(&self.store);
+        // A spilled object is read from disk: off the async threads.
+        let (kind, stored) = tokio::task::spawn_blocking(move || store.get_stored(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => {
+                    Status::not_found(format!("object {id} is not on this node"))
+                }
+                other => Status::internal(other.to_string()),
+            })?;
+        let len = stored.len();
+        let header = format!("{} {len}", kind_name(kind));
+        let chunks = (0..len.div_ceil(CHUNK_BYTES).max(1)).map(move |i| {
+            let start = i * CHUNK_BYTES;
+            let mut data =
+                FlightData::new().with_data_body(stored.slice(start..len.min(start + CHUNK_BYTES)));
+            if i == 0 {
+                data = data.with_app_metadata(header.clone().into_bytes());
             }
-            Err(StoreError::NotFound(_)) => {
-                return Err(Status::not_found(format!(
-                    "object {id} is not on this node"
-                )));
-            }
-            Err(e) => return Err(Status::internal(e.to_string())),
-        };
-        let stream = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(CHUNK_BYTES)
-            // Dictionaries travel as dictionaries, so the copy is exactly the object.
-            .with_dictionary_handling(DictionaryHandling::Resend)
-            .build(futures::stream::once(async move { Ok(batch) }))
-            .map_err(|e| Status::internal(e.to_string()));
-        Ok(Response::new(stream.boxed()))
+            Ok(data)
+        });
+        Ok(Response::new(futures::stream::iter(chunks).boxed()))
     }
 
     async fn handshake(
@@ -206,11 +221,7 @@ impl FlightService for ObjectServer {
         let id: ObjectId = id
             .parse()
             .map_err(|e: StoreError| Status::invalid_argument(e.to_string()))?;
-        let kind = match kind {
-            "batch" => Kind::Batch,
-            "bytes" => Kind::Bytes,
-            other => return Err(Status::invalid_argument(format!("unknown kind '{other}'"))),
-        };
+        let kind = parse_kind(kind).map_err(Status::invalid_argument)?;
         let store = Arc::clone(&self.store);
         let owner = owner.to_owned();
         // Adopting may spill, or wait for room: off the async threads.
@@ -231,6 +242,21 @@ impl FlightService for ObjectServer {
     }
 }
 
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Batch => "batch",
+        Kind::Bytes => "bytes",
+    }
+}
+
+fn parse_kind(name: &str) -> std::result::Result<Kind, String> {
+    match name {
+        "batch" => Ok(Kind::Batch),
+        "bytes" => Ok(Kind::Bytes),
+        other => Err(format!("unknown kind '{other}'")),
+    }
+}
+
 /// Raw bytes as a one-row batch, to travel over Flight.
 fn bytes_batch(bytes: &[u8]) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
     let column = arrow::array::LargeBinaryArray::from_iter_values([bytes]);
@@ -245,6 +271,7 @@ pub async fn connect(address: &str) -> std::result::Result<Channel, String> {
         .tcp_nodelay(true)
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
+        .max_frame_size(FRAME_BYTES)
         .connect()
         .await
         .map_err(|e| format!("cannot connect: {e}"))
@@ -288,11 +315,7 @@ pub async fn adopt(
     channel: Option<Channel>,
 ) -> Result<()> {
     let mut client = client(object, address, token, channel).await?;
-    let kind = match kind {
-        Kind::Batch => "batch",
-        Kind::Bytes => "bytes",
-    };
-    let body = format!("{}\n{}\n{kind}", object.owner, object.id);
+    let body = format!("{}\n{}\n{}", object.owner, object.id, kind_name(kind));
     let results = client
         .do_action(Action::new(ADOPT, body.into_bytes()))
         .await
@@ -338,7 +361,8 @@ pub async fn release(
 
 /// Fetches object `object` from the node serving it at `address` (`host:port`), carrying
 /// `token`. An unreachable node, a refused token or a missing object is an error naming the
-/// object, the node and the address.
+/// object, the node and the address. A bytes object comes as a one-row batch of one binary
+/// value.
 pub async fn fetch(object: &ObjectRef, address: &str, token: &str) -> Result<RecordBatch> {
     fetch_over(object, address, token, None).await
 }
@@ -350,26 +374,81 @@ pub async fn fetch_over(
     token: &str,
     channel: Option<Channel>,
 ) -> Result<RecordBatch> {
+    let (kind, stored) = fetch_stored(object, address, token, channel).await?;
+    match kind {
+        Kind::Batch => checked_batch(object, Buffer::from_vec(stored)),
+        Kind::Bytes => {
+            bytes_batch(&stored).map_err(crate::arrow(format!("wrapping object {}", object.id)))
+        }
+    }
+}
+
+/// The batch in a fetched IPC file, checked through and through: it came from elsewhere.
+fn checked_batch(object: &ObjectRef, stored: Buffer) -> Result<RecordBatch> {
+    crate::decode_buffer(stored, true, &|| {
+        format!(
+            "reading object {} fetched from node {}",
+            object.id, object.node
+        )
+    })
+}
+
+/// Object `object` as the node at `address` stores it: its kind and its bytes.
+pub async fn fetch_stored(
+    object: &ObjectRef,
+    address: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<(Kind, Vec<u8>)> {
     let remote = |reason: String| StoreError::Remote {
         id: object.id,
         node: object.node.clone(),
         address: address.to_owned(),
         reason,
     };
-    let mut client = client(object, address, token, channel).await?;
-    let stream = client
-        .do_get(Ticket::new(object.id.to_string()))
+    let status = |s: Status| remote(format!("{}: {}", s.code(), s.message()));
+    let channel = match channel {
+        Some(c) => c,
+        None => connect(address).await.map_err(remote)?,
+    };
+    let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(2 * CHUNK_BYTES);
+    let mut request = Request::new(Ticket::new(object.id.to_string()));
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| remote("the token is not a valid header value".into()))?;
+    request.metadata_mut().insert("authorization", bearer);
+    let mut stream = client.do_get(request).await.map_err(status)?.into_inner();
+    let first = stream
+        .message()
         .await
-        .map_err(|e| remote(e.to_string()))?;
-    let batches: Vec<RecordBatch> = stream
-        .try_collect()
-        .await
-        .map_err(|e| remote(e.to_string()))?;
-    let schema = batches
-        .first()
-        .map(RecordBatch::schema)
-        .ok_or_else(|| remote("the node sent no data".into()))?;
-    concat_batches(&schema, &batches).map_err(|e| remote(e.to_string()))
+        .map_err(status)?
+        .ok_or_else(|| remote("the node sent nothing".into()))?;
+    let header = String::from_utf8_lossy(&first.app_metadata).into_owned();
+    let parsed = header
+        .split_once(' ')
+        .and_then(|(kind, len)| Some((parse_kind(kind).ok()?, len.parse::<usize>().ok()?)));
+    let Some((kind, len)) = parsed else {
+        return Err(remote(format!("unexpected first chunk header '{header}'")));
+    };
+    // The announced size is only believed up to what has arrived.
+    let mut stored = Vec::with_capacity(len.min(MAX_PRESIZE));
+    stored.extend_from_slice(&first.data_body);
+    while let Some(chunk) = stream.message().await.map_err(status)? {
+        if stored.len() + chunk.data_body.len() > len {
+            return Err(remote(format!(
+                "the node sent more than the {len} bytes it announced"
+            )));
+        }
+        stored.extend_from_slice(&chunk.data_body);
+    }
+    if stored.len() != len {
+        return Err(remote(format!(
+            "the transfer ended after {} of {len} bytes",
+            stored.len()
+        )));
+    }
+    Ok((kind, stored))
 }
 
 impl LocalStore {
@@ -385,13 +464,24 @@ impl LocalStore {
         if self.contains(&object.id) {
             return self.get_batch(&object.id);
         }
-        let batch = fetch(object, address, token).await?;
-        // Caching is best-effort: without room, the fetched batch is still the answer.
-        let cached = crate::encode(&batch)
-            .and_then(|encoded| self.put_cached(object.id, Kind::Batch, &encoded));
-        if let Err(e) = cached {
-            tracing::debug!(object = %object.id, error = %e, "not cached");
+        let (kind, stored) = fetch_stored(object, address, token, None).await?;
+        if kind != Kind::Batch {
+            return Err(StoreError::WrongKind {
+                id: object.id,
+                found: kind,
+                wanted: Kind::Batch,
+            });
         }
-        Ok(batch)
+        // Checked once here; the cached file is then trusted, as the store's own are.
+        let stored = Buffer::from_vec(stored);
+        let batch = checked_batch(object, stored.clone())?;
+        // Caching is best-effort: without room, the fetched batch is still the answer.
+        match self.put_cached(object.id, Kind::Batch, stored.as_slice()) {
+            Ok(()) => Ok(self.get_batch(&object.id).unwrap_or(batch)),
+            Err(e) => {
+                tracing::debug!(object = %object.id, error = %e, "not cached");
+                Ok(batch)
+            }
+        }
     }
 }

@@ -1001,12 +1001,31 @@ impl LocalStore {
 
     /// The bytes `id`, read in place.
     pub fn get_bytes(&self, id: &ObjectId) -> Result<bytes::Bytes> {
-        if let Some(bytes) = self.slab_read(id, Kind::Bytes)? {
+        self.stored(id, Kind::Bytes)
+    }
+
+    /// Object `id` as stored, mapped: the bytes themselves, or a batch's Arrow IPC file.
+    /// What a node sends another.
+    pub fn get_stored(&self, id: &ObjectId) -> Result<(Kind, bytes::Bytes)> {
+        let kind = self
+            .lock()
+            .entries
+            .get(id)
+            .filter(|e| !e.writing)
+            .map(|e| e.kind)
+            .ok_or(StoreError::NotFound(*id))?;
+        Ok((kind, self.stored(id, kind)?))
+    }
+
+    /// Object `id`'s stored bytes, of `kind`, mapped.
+    fn stored(&self, id: &ObjectId, kind: Kind) -> Result<bytes::Bytes> {
+        if let Some(bytes) = self.slab_read(id, kind)? {
             return Ok(bytes);
         }
-        let path = self.locate(id, Kind::Bytes)?;
+        let path = self.locate(id, kind)?;
         match map(&path) {
-            Err(StoreError::Io { .. }) => map(&self.locate(id, Kind::Bytes)?),
+            // Spilled between `locate` and the read: look again.
+            Err(StoreError::Io { .. }) => map(&self.locate(id, kind)?),
             other => other,
         }
     }
@@ -1122,8 +1141,8 @@ pub fn decode(path: &Path, validate: bool) -> Result<RecordBatch> {
 }
 
 /// Reads the batch in the Arrow IPC file held by `buffer`, in place; `context` names it in
-/// errors.
-fn decode_buffer(
+/// errors. `validate` checks every offset and string.
+pub fn decode_buffer(
     buffer: Buffer,
     validate: bool,
     context: &dyn Fn() -> String,
