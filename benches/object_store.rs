@@ -335,7 +335,7 @@ fn exchange_threshold(store: &Arc<LocalStore>, address: &str) {
             + common::median_time(common::runs(), || raw_tcp(size));
         let through = common::median_time(common::runs(), || {
             for _ in 0..reps {
-                let reference = client.put(&b).expect("put");
+                let reference = client.put(&b, 1).expect("put");
                 std::hint::black_box(client.get(&reference).expect("get"));
             }
         }) / reps as u32;

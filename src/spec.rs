@@ -24,7 +24,7 @@
 //! Steps: `select` (`columns`), `where` (`column`, `cmp` one of `== != < <= > >=`, `value`),
 //! `split_words` (`column`, `output`), `aggregate` (`keys`, `aggs` of `{ fn, column, as }`
 //! with `fn` one of count, sum, min, max, mean), `top_k` (`k`, `by`, `ascending`),
-//! `rebalance`, and `window` (`kind` one of tumbling, sliding, session; `size_ms`,
+//! `rebalance`, `broadcast`, and `window` (`kind` one of tumbling, sliding, session; `size_ms`,
 //! `slide_ms`, `gap_ms`; `keys`; `aggs`), which needs `[source] event_time = { column,
 //! max_delay_ms }`. Every error names the file and the line of the key at fault.
 
@@ -180,6 +180,8 @@ pub enum StepSpec {
     },
     /// Spread batches over workers.
     Rebalance {},
+    /// Give every worker every batch.
+    Broadcast {},
     /// Aggregate by key per event-time window (the source needs `event_time`).
     Window {
         /// Tumbling, sliding or session.
@@ -209,6 +211,7 @@ impl StepSpec {
             StepSpec::Aggregate { .. } => "aggregate",
             StepSpec::TopK { .. } => "top_k",
             StepSpec::Rebalance {} => "rebalance",
+            StepSpec::Broadcast {} => "broadcast",
             StepSpec::Window { .. } => "window",
         }
     }
@@ -440,6 +443,7 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
                 )
             }
             StepSpec::Rebalance {} => stream.exchange(&name, Partitioning::RoundRobin),
+            StepSpec::Broadcast {} => stream.exchange(&name, Partitioning::Broadcast),
             StepSpec::Window {
                 kind,
                 size_ms,

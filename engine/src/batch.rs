@@ -41,8 +41,9 @@ impl From<RecordBatch> for Batch {
 pub trait ExchangeStore: Send + Sync {
     /// Batches of at least this many bytes go through the store.
     fn threshold(&self) -> usize;
-    /// Stores `batch`, returning a reference to it.
-    fn put(&self, batch: &RecordBatch) -> Result<Vec<u8>>;
+    /// Stores `batch` for `receivers` receivers, each of which reads it once, returning a
+    /// reference to it.
+    fn put(&self, batch: &RecordBatch, receivers: usize) -> Result<Vec<u8>>;
     /// The batch a reference names.
     fn get(&self, reference: &[u8]) -> Result<RecordBatch>;
 }
@@ -87,6 +88,50 @@ thread_local! {
         const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
 }
 
+/// Broadcast batches put in the store for several receivers, with their references and how
+/// many more serializations will use them (two per receiver: sizing and writing).
+const SHARED_PUTS: usize = 8;
+
+thread_local! {
+    static SHARED: std::cell::RefCell<std::collections::VecDeque<(RecordBatch, Vec<u8>, usize)>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// Puts `batch`, about to be broadcast, in the exchange store once for its `receivers` in
+/// other processes, when there is a store and the batch reaches its threshold: each of
+/// their messages then carries the same reference, and the receivers of a node read one
+/// copy of it.
+pub(crate) fn share(batch: &RecordBatch, receivers: usize) -> Result<()> {
+    match exchange_store() {
+        Some(store) => share_in(&*store, batch, receivers),
+        None => Ok(()),
+    }
+}
+
+fn share_in(store: &dyn ExchangeStore, batch: &RecordBatch, receivers: usize) -> Result<()> {
+    if receivers < 2 || batch.get_array_memory_size() < store.threshold() {
+        return Ok(());
+    }
+    let reference = store.put(batch, receivers)?;
+    count_stored(batch);
+    SHARED.with(|shared| {
+        let mut shared = shared.borrow_mut();
+        if shared.len() >= SHARED_PUTS {
+            shared.pop_front();
+        }
+        shared.push_back((batch.clone(), reference, 2 * receivers));
+    });
+    Ok(())
+}
+
+fn count_stored(batch: &RecordBatch) {
+    STORED_BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    STORED_BYTES.fetch_add(
+        batch.get_array_memory_size() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Whether `a` and `b` share every column (clones of one batch).
 fn same_columns(a: &RecordBatch, b: &RecordBatch) -> bool {
     a.num_rows() == b.num_rows()
@@ -99,6 +144,20 @@ fn same_columns(a: &RecordBatch, b: &RecordBatch) -> bool {
 
 /// The reference of `batch` in `store`: put now, or remembered from a recent put.
 fn stored_reference(batch: &RecordBatch, store: &dyn ExchangeStore) -> Result<Vec<u8>> {
+    let shared = SHARED.with(|shared| {
+        let mut shared = shared.borrow_mut();
+        let at = shared.iter().position(|(b, _, _)| same_columns(b, batch))?;
+        let entry = shared.get_mut(at)?;
+        entry.2 -= 1;
+        let reference = entry.1.clone();
+        if entry.2 == 0 {
+            shared.remove(at);
+        }
+        Some(reference)
+    });
+    if let Some(reference) = shared {
+        return Ok(reference);
+    }
     let known = RECENT.with(|recent| {
         let mut recent = recent.borrow_mut();
         let at = recent.iter().position(|(b, _)| same_columns(b, batch))?;
@@ -107,12 +166,8 @@ fn stored_reference(batch: &RecordBatch, store: &dyn ExchangeStore) -> Result<Ve
     if let Some(reference) = known {
         return Ok(reference);
     }
-    let reference = store.put(batch)?;
-    STORED_BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    STORED_BYTES.fetch_add(
-        batch.get_array_memory_size() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let reference = store.put(batch, 1)?;
+    count_stored(batch);
     RECENT.with(|recent| {
         let mut recent = recent.borrow_mut();
         if recent.len() >= RECENT_PUTS {
@@ -383,7 +438,7 @@ mod tests {
         fn threshold(&self) -> usize {
             0
         }
-        fn put(&self, _: &RecordBatch) -> Result<Vec<u8>> {
+        fn put(&self, _: &RecordBatch, _: usize) -> Result<Vec<u8>> {
             let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(format!("object-{n}").into_bytes())
         }
@@ -410,6 +465,19 @@ mod tests {
         let next = stored_reference(&batch, &store).expect("put");
         assert_ne!(next, first);
         assert_eq!(stored_reference(&batch, &store).expect("put"), next);
+        // A broadcast to three workers of other processes: one object, for all their sends.
+        let put_before = store.0.load(std::sync::atomic::Ordering::SeqCst);
+        share_in(&store, &batch, 3).expect("share");
+        let shared: Vec<Vec<u8>> = (0..6)
+            .map(|_| stored_reference(&batch.clone(), &store).expect("send"))
+            .collect();
+        assert!(shared.iter().all(|r| r == &shared[0]));
+        assert_eq!(
+            store.0.load(std::sync::atomic::Ordering::SeqCst),
+            put_before + 1
+        );
+        // Its sends used up, the same batch sent again is a new object.
+        assert_ne!(stored_reference(&batch, &store).expect("put"), shared[0]);
         // Another batch with equal values is another object.
         let other = RecordBatch::try_from_iter([(
             "v",

@@ -243,6 +243,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     failure: Mutex<Option<Error>>,
     abort: AtomicBool,
+    /// Workers in this process: the others are in other processes.
+    local_workers: usize,
 }
 
 impl Shared {
@@ -292,6 +294,7 @@ pub fn execute_plan(
         metrics: Arc::clone(&metrics),
         failure: Mutex::new(None),
         abort: AtomicBool::new(false),
+        local_workers: options.workers.min(workers),
     });
     let started = Instant::now();
     tracing::info!(job = %job, workers, "starting job");
@@ -938,6 +941,12 @@ fn route<'s>(
                                         next = (next + 1) % peers;
                                     }
                                     Partitioning::Broadcast => {
+                                        // Through the store, a broadcast batch is one object
+                                        // read by every worker of the other processes.
+                                        let remote = peers.saturating_sub(shared.local_workers);
+                                        if let Err(e) = crate::batch::share(&batch.0, remote) {
+                                            shared.fail(e);
+                                        }
                                         for worker in 0..peers {
                                             session.give((worker as u32, batch.clone()));
                                         }

@@ -131,12 +131,36 @@ impl ExchangeClient {
     }
 }
 
+impl ExchangeClient {
+    /// An object of another node with several readers, brought once into this node's store
+    /// (by whichever of its readers asks first) and read in place. `None` when the node's
+    /// store could not keep a copy: the reader then fetches its own.
+    fn pulled(&self, object: &ObjectRef, address: &str) -> Option<RecordBatch> {
+        let channel = self.channel(&self.address);
+        let pulled = self.runtime.block_on(flight::pull(
+            object,
+            address,
+            &self.address,
+            &self.token,
+            channel,
+        ));
+        match pulled.and_then(|()| self.reader.get_batch(&object.id)) {
+            Ok(batch) => Some(batch),
+            Err(e) => {
+                tracing::debug!(object = %object.id, error = %e, "no node copy; fetching directly");
+                None
+            }
+        }
+    }
+}
+
 impl ExchangeStore for ExchangeClient {
     fn threshold(&self) -> usize {
         self.threshold
     }
 
-    fn put(&self, batch: &RecordBatch) -> streamrun_engine::Result<Vec<u8>> {
+    fn put(&self, batch: &RecordBatch, receivers: usize) -> streamrun_engine::Result<Vec<u8>> {
+        let receivers = u32::try_from(receivers.max(1)).unwrap_or(u32::MAX);
         let object = ObjectRef {
             id: ObjectId::random(),
             owner: self.owner.clone(),
@@ -152,6 +176,7 @@ impl ExchangeStore for ExchangeClient {
         let adopted = self.runtime.block_on(flight::adopt(
             &object,
             Kind::Batch,
+            receivers,
             &self.address,
             &self.token,
             channel,
@@ -161,12 +186,16 @@ impl ExchangeStore for ExchangeClient {
             let _ = std::fs::remove_file(&staged);
             return Err(engine(e));
         }
-        Ok(format!("{}\n{}\n{}", object.node, self.address, object.id).into_bytes())
+        Ok(format!(
+            "{}\n{}\n{}\n{receivers}",
+            object.node, self.address, object.id
+        )
+        .into_bytes())
     }
 
     fn get(&self, reference: &[u8]) -> streamrun_engine::Result<RecordBatch> {
         let text = String::from_utf8_lossy(reference);
-        let mut parts = text.splitn(3, '\n');
+        let mut parts = text.splitn(4, '\n');
         let (Some(node), Some(address), Some(id)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(EngineError::Internal(format!(
@@ -179,8 +208,15 @@ impl ExchangeStore for ExchangeClient {
             owner: self.owner.clone(),
             node: node.to_owned(),
         };
+        let shared = parts
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(1)
+            > 1;
         let batch = if node == self.node {
             self.reader.get_batch(&id).map_err(engine)?
+        } else if let Some(batch) = shared.then(|| self.pulled(&object, address)).flatten() {
+            batch
         } else {
             let channel = self.channel(address);
             self.runtime

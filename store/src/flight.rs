@@ -33,6 +33,9 @@ pub const CHUNK_BYTES: usize = 2 << 20;
 pub const ADOPT: &str = "adopt";
 /// The action that releases a reference to an object (its body: the object's id).
 pub const RELEASE: &str = "release";
+/// The action that asks a node's store to fetch another node's object and keep a copy, for
+/// this node's processes to read in place (body: `node\naddress\nid\nowner`).
+pub const PULL: &str = "pull";
 
 /// HTTP/2 flow-control windows, in bytes: the most a transfer has in flight before the
 /// receiver consumes it. HTTP/2's default of 64 KiB would stall every chunk.
@@ -53,6 +56,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + 
 pub struct ObjectServer {
     store: Arc<LocalStore>,
     token: Arc<String>,
+    /// Objects sent by `do_get`.
+    served: Arc<std::sync::atomic::AtomicU64>,
+    /// Pulls under way, by object: a second pull of the same object waits for the first.
+    pulls: Arc<std::sync::Mutex<std::collections::HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl ObjectServer {
@@ -61,6 +68,46 @@ impl ObjectServer {
         ObjectServer {
             store,
             token: Arc::new(token),
+            served: Arc::default(),
+            pulls: Arc::default(),
+        }
+    }
+
+    /// How many objects this server (and its clones) sent to other nodes.
+    pub fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Brings `object` from the node serving at `address` into this store, once however
+    /// many processes of the node ask at the same time.
+    async fn pull(&self, object: &ObjectRef, address: &str) -> std::result::Result<(), Status> {
+        let gate = {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(pulls.entry(object.id).or_default())
+        };
+        let pulled = {
+            let _turn = gate.lock().await;
+            if self.store.contains(&object.id) {
+                Ok(())
+            } else {
+                self.store
+                    .get_remote(object, address, &self.token)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        self.pulls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&object.id);
+        match pulled {
+            // Fetched, but no room to keep it: the asker fetches its own copy.
+            Ok(()) if !self.store.contains(&object.id) => Err(Status::resource_exhausted(format!(
+                "no room to keep a copy of object {}",
+                object.id
+            ))),
+            Ok(()) => Ok(()),
+            Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }
 
@@ -131,6 +178,8 @@ impl FlightService for ObjectServer {
                 }
                 other => Status::internal(other.to_string()),
             })?;
+        self.served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let len = stored.len();
         let header = format!("{} {len}", kind_name(kind));
         let chunks = (0..len.div_ceil(CHUNK_BYTES).max(1)).map(move |i| {
@@ -187,8 +236,9 @@ impl FlightService for ObjectServer {
     ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
         unimplemented("do_exchange")
     }
-    /// `adopt`, body `owner\nid\nbatch|bytes`: a process of this node staged the object in
-    /// the memory tier; the store takes it in ([`LocalStore::adopt`]).
+    /// `adopt`, body `owner\nid\nbatch|bytes[\nreaders]`: a process of this node staged the
+    /// object in the memory tier; the store takes it in ([`LocalStore::adopt`]). `release`
+    /// and `pull`: see [`RELEASE`] and [`PULL`].
     async fn do_action(
         &self,
         request: Request<Action>,
@@ -209,14 +259,38 @@ impl FlightService for ObjectServer {
                 })?;
             return Ok(Response::new(futures::stream::empty().boxed()));
         }
+        if action.r#type == PULL {
+            let body = String::from_utf8_lossy(&action.body).into_owned();
+            let parts: Vec<&str> = body.split('\n').collect();
+            let [node, address, id, owner] = parts[..] else {
+                return Err(Status::invalid_argument(
+                    "pull takes 'node\\naddress\\nid\\nowner'",
+                ));
+            };
+            let object = ObjectRef {
+                id: id
+                    .parse()
+                    .map_err(|e: StoreError| Status::invalid_argument(e.to_string()))?,
+                owner: owner.to_owned(),
+                node: node.to_owned(),
+            };
+            self.pull(&object, address).await?;
+            return Ok(Response::new(futures::stream::empty().boxed()));
+        }
         if action.r#type != ADOPT {
             return unimplemented(&format!("the action '{}'", action.r#type));
         }
         let body = String::from_utf8_lossy(&action.body).into_owned();
-        let mut parts = body.splitn(3, '\n');
+        let mut parts = body.splitn(4, '\n');
         let (owner, id, kind) = (parts.next(), parts.next(), parts.next());
         let (Some(owner), Some(id), Some(kind)) = (owner, id, kind) else {
             return Err(Status::invalid_argument("adopt takes 'owner\\nid\\nkind'"));
+        };
+        let refs = match parts.next() {
+            None => 1,
+            Some(n) => n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Status::invalid_argument(format!("'{n}' is not a number of readers"))
+            })?,
         };
         let id: ObjectId = id
             .parse()
@@ -225,7 +299,7 @@ impl FlightService for ObjectServer {
         let store = Arc::clone(&self.store);
         let owner = owner.to_owned();
         // Adopting may spill, or wait for room: off the async threads.
-        tokio::task::spawn_blocking(move || store.adopt(&owner, id, kind))
+        tokio::task::spawn_blocking(move || store.adopt(&owner, id, kind, refs))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| match e {
@@ -305,44 +379,14 @@ async fn client(
     Ok(client)
 }
 
-/// Asks this node's store, serving at `address`, to take in `object`, staged by this process
-/// at [`staging_path`](crate::staging_path).
-pub async fn adopt(
-    object: &ObjectRef,
-    kind: Kind,
-    address: &str,
-    token: &str,
-    channel: Option<Channel>,
-) -> Result<()> {
-    let mut client = client(object, address, token, channel).await?;
-    let body = format!("{}\n{}\n{}", object.owner, object.id, kind_name(kind));
-    let results = client
-        .do_action(Action::new(ADOPT, body.into_bytes()))
-        .await
-        .map_err(|e| StoreError::Remote {
-            id: object.id,
-            node: object.node.clone(),
-            address: address.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let _: Vec<_> = results
-        .try_collect()
-        .await
-        .map_err(|e| StoreError::Remote {
-            id: object.id,
-            node: object.node.clone(),
-            address: address.to_owned(),
-            reason: e.to_string(),
-        })?;
-    Ok(())
-}
-
-/// Releases a reference to `object` in the store of the node serving at `address`.
-pub async fn release(
+/// Runs action `kind` with `body` on the node serving at `address`; errors name `object`.
+async fn action(
     object: &ObjectRef,
     address: &str,
     token: &str,
     channel: Option<Channel>,
+    kind: &str,
+    body: String,
 ) -> Result<()> {
     let mut client = client(object, address, token, channel).await?;
     let remote = |e: arrow_flight::error::FlightError| StoreError::Remote {
@@ -352,11 +396,55 @@ pub async fn release(
         reason: e.to_string(),
     };
     let results = client
-        .do_action(Action::new(RELEASE, object.id.to_string().into_bytes()))
+        .do_action(Action::new(kind.to_owned(), body.into_bytes()))
         .await
         .map_err(remote)?;
     let _: Vec<_> = results.try_collect().await.map_err(remote)?;
     Ok(())
+}
+
+/// Asks this node's store, serving at `address`, to take in `object`, staged by this process
+/// at [`staging_path`](crate::staging_path), for `readers` readers (each releases it once).
+pub async fn adopt(
+    object: &ObjectRef,
+    kind: Kind,
+    readers: u32,
+    address: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<()> {
+    let body = format!(
+        "{}\n{}\n{}\n{readers}",
+        object.owner,
+        object.id,
+        kind_name(kind)
+    );
+    action(object, address, token, channel, ADOPT, body).await
+}
+
+/// Releases a reference to `object` in the store of the node serving at `address`.
+pub async fn release(
+    object: &ObjectRef,
+    address: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<()> {
+    let body = object.id.to_string();
+    action(object, address, token, channel, RELEASE, body).await
+}
+
+/// Asks this node's store, serving at `local`, to bring `object` from the node serving it
+/// at `remote` and keep a copy, which this node's processes then read in place. Several
+/// processes asking at once cause one transfer.
+pub async fn pull(
+    object: &ObjectRef,
+    remote: &str,
+    local: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<()> {
+    let body = format!("{}\n{remote}\n{}\n{}", object.node, object.id, object.owner);
+    action(object, local, token, channel, PULL, body).await
 }
 
 /// Fetches object `object` from the node serving it at `address` (`host:port`), carrying
@@ -476,7 +564,7 @@ impl LocalStore {
         let stored = Buffer::from_vec(stored);
         let batch = checked_batch(object, stored.clone())?;
         // Caching is best-effort: without room, the fetched batch is still the answer.
-        match self.put_cached(object.id, Kind::Batch, stored.as_slice()) {
+        match self.put_cached(&object.owner, object.id, Kind::Batch, stored.as_slice()) {
             Ok(()) => Ok(self.get_batch(&object.id).unwrap_or(batch)),
             Err(e) => {
                 tracing::debug!(object = %object.id, error = %e, "not cached");

@@ -427,9 +427,10 @@ impl LocalStore {
 
     /// Keeps a copy of another node's object, which the store may drop under pressure
     /// (it is never spilled): what a remote get caches. Only in memory, and without waiting:
-    /// when there is no room, it fails at once with [`StoreError::Full`].
-    pub fn put_cached(&self, id: ObjectId, kind: Kind, encoded: &[u8]) -> Result<()> {
-        match self.put_encoded(id, kind, encoded, false, "") {
+    /// when there is no room, it fails at once with [`StoreError::Full`]. It goes at the
+    /// latest with its `owner`'s other objects ([`release_owner`](Self::release_owner)).
+    pub fn put_cached(&self, owner: &str, id: ObjectId, kind: Kind, encoded: &[u8]) -> Result<()> {
+        match self.put_encoded(id, kind, encoded, false, owner) {
             // Another caller cached it first.
             Err(StoreError::Exists(_)) => Ok(()),
             other => other,
@@ -658,8 +659,9 @@ impl LocalStore {
 
     /// Takes in object `id`, which another process of the node wrote complete to
     /// [`staging_path`] in the memory tier: the store accounts for it (spilling others, or
-    /// it, as a put would) and publishes it. The way a process puts an object with one copy.
-    pub fn adopt(&self, owner: &str, id: ObjectId, kind: Kind) -> Result<()> {
+    /// it, as a put would) and publishes it, with `refs` references (its readers, each of
+    /// which releases one). The way a process puts an object with one copy.
+    pub fn adopt(&self, owner: &str, id: ObjectId, kind: Kind, refs: u32) -> Result<()> {
         let staged = staging_path(&self.config.memory_dir, &id);
         let size = std::fs::metadata(&staged)
             .map_err(io(format!("reading {}", staged.display())))?
@@ -685,6 +687,12 @@ impl LocalStore {
         };
         if moved.is_err() {
             let _ = std::fs::remove_file(&staged);
+        }
+        if moved.is_ok()
+            && refs > 1
+            && let Some(entry) = self.lock().entries.get_mut(&id)
+        {
+            entry.refs = refs;
         }
         self.commit(id, moved)
     }

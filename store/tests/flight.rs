@@ -127,7 +127,7 @@ async fn an_exchanged_batch_goes_once_its_receiver_has_read_it() {
             0,
         )
         .expect("client");
-        let reference = client.put(&batch2).expect("put");
+        let reference = client.put(&batch2, 1).expect("put");
         assert_eq!(node2.usage().objects, 1, "adopted by the node's store");
         assert_eq!(client.get(&reference).expect("get"), batch2);
         assert_eq!(node2.usage().objects, 0, "released once read");
@@ -138,4 +138,79 @@ async fn an_exchanged_batch_goes_once_its_receiver_has_read_it() {
     .expect("client thread");
     let _ = stop.send(());
     server.await.expect("server").expect("served");
+}
+
+/// A store served on loopback: the server (to count what it sent), its address, and what
+/// stops it.
+fn serve(
+    store: &Arc<LocalStore>,
+) -> (
+    ObjectServer,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let listener = TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = ObjectServer::new(Arc::clone(store), "secret".into());
+    let handle = tokio::spawn(server.clone().serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (server, address, stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_object_crosses_once_per_node_whatever_its_readers_there() {
+    use streamrun_engine::ExchangeStore;
+    let root = tempfile::tempdir().expect("root");
+    let (a, b) = (store("node-a", root.path()), store("node-b", root.path()));
+    let (server_a, address_a, stop_a, handle_a) = serve(&a);
+    let (_server_b, address_b, stop_b, handle_b) = serve(&b);
+    let batch = common::many_types(5_000);
+    let client = |node: &str, store: &Arc<LocalStore>, address: &str| {
+        let config = store.config();
+        streamrun_store::exchange::ExchangeClient::new(
+            node,
+            address,
+            "secret",
+            "job-1",
+            (config.memory_dir.clone(), config.spill_dir.clone()),
+            0,
+        )
+        .expect("client")
+    };
+    let sender = client("node-a", &a, &address_a);
+    let readers: Vec<_> = (0..3).map(|_| client("node-b", &b, &address_b)).collect();
+    let (a2, b2, expected) = (Arc::clone(&a), Arc::clone(&b), batch.clone());
+    tokio::task::spawn_blocking(move || {
+        // One object for three readers in another node's processes.
+        let reference = sender.put(&expected, 3).expect("put");
+        assert_eq!(a2.usage().objects, 1);
+        std::thread::scope(|scope| {
+            for reader in &readers {
+                let (reference, expected) = (&reference, &expected);
+                scope.spawn(move || {
+                    assert_eq!(&reader.get(reference).expect("get"), expected);
+                });
+            }
+        });
+        assert_eq!(a2.usage().objects, 0, "each reader released its reference");
+        assert!(
+            b2.usage().objects == 1,
+            "node b keeps the copy its readers shared"
+        );
+        assert_eq!(b2.release_owner("job-1").expect("end of job"), 1);
+    })
+    .await
+    .expect("readers");
+    assert_eq!(
+        server_a.served(),
+        1,
+        "one transfer for the node's three readers"
+    );
+    for (stop, handle) in [(stop_a, handle_a), (stop_b, handle_b)] {
+        let _ = stop.send(());
+        handle.await.expect("server").expect("served");
+    }
 }

@@ -237,7 +237,12 @@ fn cached_copies_are_dropped_before_primaries_spill() {
     let store = store(root.path(), 1 << 20, 8 << 20);
     let cached = ObjectId::random();
     store
-        .put_cached(cached, streamrun_store::Kind::Bytes, &vec![1u8; 600 << 10])
+        .put_cached(
+            "job-1",
+            cached,
+            streamrun_store::Kind::Bytes,
+            &vec![1u8; 600 << 10],
+        )
         .expect("cache");
     let primary = store
         .put_bytes("job", &vec![2u8; 300 << 10])

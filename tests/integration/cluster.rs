@@ -473,6 +473,44 @@ fn exchanges_through_the_object_store_give_the_embedded_result() {
     );
     assert_eq!(csv_rows(&out_dir), expected);
 
+    // A broadcast: every worker of both processes gets every line, so each word is counted
+    // once per worker. The other process's two workers read one copy on their node.
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/corpus/*.txt");
+    let broadcast = work.path().join("broadcast.toml");
+    std::fs::write(
+        &broadcast,
+        format!(
+            "name = \"broadcast\"\n[source]\nformat = \"text\"\npath = \"{corpus}\"\n\
+             [[steps]]\nop = \"broadcast\"\n\
+             [[steps]]\nop = \"split_words\"\ncolumn = \"line\"\noutput = \"word\"\n\
+             [[steps]]\nop = \"aggregate\"\nkeys = [\"word\"]\naggs = [{{ fn = \"count\", as = \"count\" }}]\n\
+             [[steps]]\nop = \"top_k\"\nk = 10\nby = \"count\"\n[sink]\nformat = \"stdout\"\n"
+        ),
+    )
+    .expect("spec");
+    let counts = |text: &str| -> Vec<(String, u64)> {
+        let mut rows: Vec<(String, u64)> = text
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.contains(" word "))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                Some((cells.get(1)?.to_string(), cells.get(2)?.parse().ok()?))
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let once = Command::new(env!("CARGO_BIN_EXE_stream-run"))
+        .args(["run", "-w", "1"])
+        .arg(&broadcast)
+        .output()
+        .expect("embedded broadcast");
+    let once = counts(&String::from_utf8_lossy(&once.stdout));
+    assert_eq!(once.len(), 10, "{once:?}");
+    let on_cluster = counts(&cluster.run_job(4, &["--spec", &broadcast.to_string_lossy()]));
+    let four_times: Vec<(String, u64)> = once.iter().map(|(w, n)| (w.clone(), 4 * n)).collect();
+    assert_eq!(on_cluster, four_times);
+
     // A group-by, checked against the embedded run of the same spec.
     let groupby = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jobs/groupby.toml");
     let embedded = Command::new(env!("CARGO_BIN_EXE_stream-run"))
