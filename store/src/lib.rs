@@ -17,10 +17,14 @@
 //!   from disk. A put that fits neither tier waits for room (deletes) up to a timeout, then
 //!   fails with [`StoreError::Full`], naming both caps. Nothing stored is ever dropped to
 //!   make room.
-//!
+//! - **Puts that cost nothing, or little.** A producer can build its batch in store memory
+//!   ([`build`]): the put then writes only metadata. Objects of at most 64 KiB share slab
+//!   files, so a small put is a copy into a mapping; their ids say where they lie, so any
+//!   process of the node finds them.
 //!
 //! Between nodes, [`flight`] serves a store's objects over Arrow Flight and fetches them,
-//! keeping a cached copy.
+//! keeping a cached copy; [`exchange`] is what a job process uses to send batches through
+//! its node's store.
 //!
 //! ```
 //! use std::sync::Arc;
