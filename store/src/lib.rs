@@ -321,6 +321,34 @@ struct State {
     tick: u64,
 }
 
+impl State {
+    /// Records object `id`, with one reference and used now.
+    #[allow(clippy::too_many_arguments)] // an entry's fields, named at each call
+    fn insert(
+        &mut self,
+        id: ObjectId,
+        owner: &str,
+        size: u64,
+        kind: Kind,
+        tier: Tier,
+        primary: bool,
+        writing: bool,
+    ) {
+        self.tick += 1;
+        let entry = Entry {
+            owner: owner.to_owned(),
+            refs: 1,
+            size,
+            kind,
+            tier,
+            primary,
+            tick: self.tick,
+            writing,
+        };
+        self.entries.insert(id, entry);
+    }
+}
+
 /// Counters of what the store has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -555,21 +583,8 @@ impl LocalStore {
             return Ok(None);
         };
         let id = slab.append(number, kind, data);
-        state.tick += 1;
-        let tick = state.tick;
-        state.entries.insert(
-            id,
-            Entry {
-                owner: owner.to_owned(),
-                refs: 1,
-                size: slab::Slab::slot_size(data.len()) as u64,
-                kind,
-                tier: Tier::Slab,
-                primary: true,
-                tick,
-                writing: false,
-            },
-        );
+        let size = slab::Slab::slot_size(data.len()) as u64;
+        state.insert(id, owner, size, kind, Tier::Slab, true, false);
         Ok(Some(id))
     }
 
@@ -745,21 +760,7 @@ impl LocalStore {
             Tier::Memory | Tier::Slab => state.memory_used += size,
             Tier::Disk => state.disk_used += size,
         }
-        state.tick += 1;
-        let tick = state.tick;
-        state.entries.insert(
-            id,
-            Entry {
-                owner: owner.to_owned(),
-                refs: 1,
-                size,
-                kind,
-                tier,
-                primary,
-                tick,
-                writing: true,
-            },
-        );
+        state.insert(id, owner, size, kind, tier, primary, true);
         Ok(tier)
     }
 

@@ -6,42 +6,22 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBufferBuilder, Int32Array, Int64Array, ListArray, RecordBatch,
-    StringArray,
+    ArrayRef, BooleanBufferBuilder, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use streamrun_store::{LocalStore, StoreConfig, StoreError};
 
 mod common;
-use common::many_types;
+use common::{all_buffers_in, many_types, mappings_of};
 
 fn store(root: &Path) -> LocalStore {
     LocalStore::open("test-node", StoreConfig::in_dir(root, 256 << 20, 256 << 20)).expect("store")
 }
 
-/// Whether every buffer of `batch` lies within the file mapping that backs `object`.
+/// Whether every buffer of `batch` lies in this process's mapping of the file at `path`.
 fn buffers_in_file(batch: &RecordBatch, path: &Path) -> bool {
-    let target = std::fs::canonicalize(path).expect("path");
-    let ranges: Vec<(usize, usize)> = std::fs::read_to_string("/proc/self/maps")
-        .expect("maps")
-        .lines()
-        .filter(|l| l.ends_with(target.to_string_lossy().as_ref()))
-        .filter_map(|l| {
-            let (s, e) = l.split_whitespace().next()?.split_once('-')?;
-            Some((
-                usize::from_str_radix(s, 16).ok()?,
-                usize::from_str_radix(e, 16).ok()?,
-            ))
-        })
-        .collect();
-    fn check(data: &arrow::array::ArrayData, ranges: &[(usize, usize)]) -> bool {
-        data.buffers().iter().all(|b| {
-            let p = b.as_ptr() as usize;
-            b.is_empty() || ranges.iter().any(|(s, e)| p >= *s && p + b.len() <= *e)
-        }) && data.child_data().iter().all(|c| check(c, ranges))
-    }
-    !ranges.is_empty() && batch.columns().iter().all(|c| check(&c.to_data(), &ranges))
+    all_buffers_in(batch, &mappings_of(path))
 }
 
 #[test]

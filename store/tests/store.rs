@@ -6,43 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use streamrun_store::{LocalStore, ObjectId, StoreConfig, StoreError, StoreReader};
 
 mod common;
-use common::many_types;
+use common::{all_buffers_in, many_types, mappings_of};
 
 fn store(root: &Path, memory: u64, disk: u64) -> LocalStore {
     LocalStore::open("test-node", StoreConfig::in_dir(root, memory, disk)).expect("store")
-}
-
-/// The address ranges this process maps from `path`.
-fn mappings_of(path: &Path) -> Vec<(usize, usize)> {
-    let target = std::fs::canonicalize(path).expect("path");
-    std::fs::read_to_string("/proc/self/maps")
-        .expect("maps")
-        .lines()
-        .filter(|l| l.ends_with(target.to_string_lossy().as_ref()))
-        .filter_map(|l| {
-            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
-            Some((
-                usize::from_str_radix(start, 16).ok()?,
-                usize::from_str_radix(end, 16).ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// Whether every buffer of every column (children and dictionaries included) lies in one of
-/// `ranges`.
-fn all_buffers_in(batch: &RecordBatch, ranges: &[(usize, usize)]) -> bool {
-    fn check(data: &arrow::array::ArrayData, ranges: &[(usize, usize)]) -> bool {
-        data.buffers().iter().all(|b| {
-            let p = b.as_ptr() as usize;
-            b.is_empty() || ranges.iter().any(|(s, e)| p >= *s && p + b.len() <= *e)
-        }) && data.child_data().iter().all(|c| check(c, ranges))
-    }
-    batch.columns().iter().all(|c| check(&c.to_data(), ranges))
 }
 
 #[test]

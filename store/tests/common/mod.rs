@@ -1,6 +1,7 @@
 //! Test data shared by the store's tests.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -102,4 +103,33 @@ pub fn many_types(rows: usize) -> RecordBatch {
         ("struct", Arc::new(strukt)),
     ];
     RecordBatch::try_from_iter(columns).expect("batch")
+}
+
+/// The address ranges this process maps from `path`.
+pub fn mappings_of(path: &Path) -> Vec<(usize, usize)> {
+    let target = std::fs::canonicalize(path).expect("path");
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("maps")
+        .lines()
+        .filter(|l| l.ends_with(target.to_string_lossy().as_ref()))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(start, 16).ok()?,
+                usize::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Whether every buffer of every column (children and dictionaries included) lies in one of
+/// `ranges`, and there is a range.
+pub fn all_buffers_in(batch: &RecordBatch, ranges: &[(usize, usize)]) -> bool {
+    fn check(data: &arrow::array::ArrayData, ranges: &[(usize, usize)]) -> bool {
+        data.buffers().iter().all(|b| {
+            let p = b.as_ptr() as usize;
+            b.is_empty() || ranges.iter().any(|(s, e)| p >= *s && p + b.len() <= *e)
+        }) && data.child_data().iter().all(|c| check(c, ranges))
+    }
+    !ranges.is_empty() && batch.columns().iter().all(|c| check(&c.to_data(), ranges))
 }
