@@ -259,7 +259,11 @@ fn remote() {
     let channel = client
         .block_on(streamrun_store::flight::connect(&address))
         .expect("connect");
-    for (name, size) in [("1 MiB", 1usize << 20), ("256 MiB", 256 << 20)] {
+    for (name, size) in [
+        ("1 KiB", 1usize << 10),
+        ("1 MiB", 1 << 20),
+        ("256 MiB", 256 << 20),
+    ] {
         let object = store.put_batch("bench", &batch(size)).expect("put");
         let runs = if size > 1 << 20 { 3 } else { common::runs() };
         let fetch = common::median_time(runs, || {

@@ -447,6 +447,67 @@ pub async fn pull(
     action(object, local, token, channel, PULL, body).await
 }
 
+/// Where a fetched object's bytes land. A large one lands in memory mapped for it alone and
+/// advised for huge pages, where the system allows them: new memory costs a fault per page,
+/// and a 2 MiB page takes one fault where 4 KiB pages take 512.
+enum Landing {
+    Heap(Vec<u8>, usize),
+    Mapped(memmap2::MmapMut, usize, usize),
+}
+
+/// From this size, a fetched object lands in its own mapping.
+const MAPPED_LANDING: usize = 4 << 20;
+
+impl Landing {
+    fn new(len: usize) -> Landing {
+        if (MAPPED_LANDING..=MAX_PRESIZE).contains(&len)
+            && let Ok(map) = memmap2::MmapMut::map_anon(len)
+        {
+            // Only advice: without huge pages the mapping still works.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            return Landing::Mapped(map, 0, len);
+        }
+        Landing::Heap(Vec::with_capacity(len.min(MAX_PRESIZE)), len)
+    }
+
+    fn filled(&self) -> (usize, usize) {
+        match self {
+            Landing::Heap(v, len) => (v.len(), *len),
+            Landing::Mapped(_, filled, len) => (*filled, *len),
+        }
+    }
+
+    /// Adds the next chunk; more than announced is an error.
+    fn append(&mut self, chunk: &[u8]) -> std::result::Result<(), String> {
+        let (filled, len) = self.filled();
+        if filled + chunk.len() > len {
+            return Err(format!(
+                "the node sent more than the {len} bytes it announced"
+            ));
+        }
+        match self {
+            Landing::Heap(v, _) => v.extend_from_slice(chunk),
+            Landing::Mapped(map, filled, _) => {
+                map[*filled..*filled + chunk.len()].copy_from_slice(chunk);
+                *filled += chunk.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes, once all announced have come.
+    fn finish(self) -> std::result::Result<Buffer, String> {
+        let (filled, len) = self.filled();
+        if filled != len {
+            return Err(format!("the transfer ended after {filled} of {len} bytes"));
+        }
+        Ok(match self {
+            Landing::Heap(v, _) => Buffer::from_vec(v),
+            Landing::Mapped(map, _, _) => Buffer::from(bytes::Bytes::from_owner(map)),
+        })
+    }
+}
+
 /// Fetches object `object` from the node serving it at `address` (`host:port`), carrying
 /// `token`. An unreachable node, a refused token or a missing object is an error naming the
 /// object, the node and the address. A bytes object comes as a one-row batch of one binary
@@ -464,7 +525,7 @@ pub async fn fetch_over(
 ) -> Result<RecordBatch> {
     let (kind, stored) = fetch_stored(object, address, token, channel).await?;
     match kind {
-        Kind::Batch => checked_batch(object, Buffer::from_vec(stored)),
+        Kind::Batch => checked_batch(object, stored),
         Kind::Bytes => {
             bytes_batch(&stored).map_err(crate::arrow(format!("wrapping object {}", object.id)))
         }
@@ -487,7 +548,7 @@ pub async fn fetch_stored(
     address: &str,
     token: &str,
     channel: Option<Channel>,
-) -> Result<(Kind, Vec<u8>)> {
+) -> Result<(Kind, Buffer)> {
     let remote = |reason: String| StoreError::Remote {
         id: object.id,
         node: object.node.clone(),
@@ -520,23 +581,12 @@ pub async fn fetch_stored(
         return Err(remote(format!("unexpected first chunk header '{header}'")));
     };
     // The announced size is only believed up to what has arrived.
-    let mut stored = Vec::with_capacity(len.min(MAX_PRESIZE));
-    stored.extend_from_slice(&first.data_body);
+    let mut landing = Landing::new(len);
+    landing.append(&first.data_body).map_err(remote)?;
     while let Some(chunk) = stream.message().await.map_err(status)? {
-        if stored.len() + chunk.data_body.len() > len {
-            return Err(remote(format!(
-                "the node sent more than the {len} bytes it announced"
-            )));
-        }
-        stored.extend_from_slice(&chunk.data_body);
+        landing.append(&chunk.data_body).map_err(remote)?;
     }
-    if stored.len() != len {
-        return Err(remote(format!(
-            "the transfer ended after {} of {len} bytes",
-            stored.len()
-        )));
-    }
-    Ok((kind, stored))
+    Ok((kind, landing.finish().map_err(remote)?))
 }
 
 impl LocalStore {
@@ -561,7 +611,6 @@ impl LocalStore {
             });
         }
         // Checked once here; the cached file is then trusted, as the store's own are.
-        let stored = Buffer::from_vec(stored);
         let batch = checked_batch(object, stored.clone())?;
         // Caching is best-effort: without room, the fetched batch is still the answer.
         match self.put_cached(&object.owner, object.id, Kind::Batch, stored.as_slice()) {
