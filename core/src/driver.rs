@@ -1,0 +1,1326 @@
+//! The driver: the object table, the task queue, the workers and their leases, and the gRPC
+//! service worker processes attach to.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use streamrun_store::{Kind, LocalStore, ObjectId, StoreConfig};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec::{ArgSpec, BATCH, Encoded, SERDE};
+use crate::proto::driver_server::{Driver, DriverServer};
+use crate::proto::{self, FromWorker, ToWorker};
+use crate::{ActorOptions, Error, RawRef, RefInner, Result, Runtime, TaskOptions};
+
+/// The variable that makes a process a worker: `address|slot|memory dir|spill dir`.
+pub const WORKER_ENV: &str = "STREAMRUN_CORE_WORKER";
+/// Values up to this size ride in messages; larger ones go through the store (Ray's limit
+/// for objects returned directly).
+pub(crate) const INLINE_MAX: usize = 100 << 10;
+/// Tasks a worker is given ahead of finishing them: enough to keep it busy between messages.
+const PIPELINE: usize = 64;
+/// Tasks waiting to run at most: past it, a submission is refused.
+const MAX_PENDING: usize = 1_000_000;
+
+/// Options for [`Runtime::builder`].
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilder {
+    workers: Option<usize>,
+    memory: u64,
+    resources: Vec<(String, f64)>,
+    worker_args: Option<Vec<String>>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            workers: None,
+            memory: 2 << 30,
+            resources: Vec::new(),
+            worker_args: None,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Worker processes in the pool (one per core by default); also the cluster's CPUs.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n.max(1));
+        self
+    }
+    /// The object store's memory cap (2 GiB by default).
+    pub fn object_store_memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes;
+        self
+    }
+    /// A custom resource the embedded node has (`"GPU"` for GPUs).
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.push((name.to_owned(), amount));
+        self
+    }
+    /// The arguments worker processes (this binary again) start with; by default this
+    /// process's own. A test binary passes the test's name, so that the worker runs the same
+    /// test, whose `Runtime::init` turns it into a worker.
+    pub fn worker_args(mut self, args: &[&str]) -> Self {
+        self.worker_args = Some(args.iter().map(|a| (*a).to_owned()).collect());
+        self
+    }
+
+    /// Starts the runtime (see [`Runtime::init`]).
+    pub fn init(self) -> Result<Runtime> {
+        if let Ok(spec) = std::env::var(WORKER_ENV) {
+            crate::worker::serve(&spec);
+        }
+        if let Ok(address) = std::env::var("STREAMRUN_ADDRESS") {
+            return Err(Error::Runtime(format!(
+                "STREAMRUN_ADDRESS={address}: connecting to a cluster is not built yet; unset it to run embedded"
+            )));
+        }
+        Inner::start(self).map(Runtime::new)
+    }
+}
+
+/// A stored value: in the table, or in the store.
+#[derive(Debug, Clone)]
+enum Stored {
+    Inline(u32, Bytes),
+    Store(u32, ObjectId),
+}
+
+#[derive(Debug)]
+struct Obj {
+    value: Option<std::result::Result<Stored, String>>,
+    /// References held: `ObjectRef`s and the tasks that will read it.
+    refs: usize,
+}
+
+/// A task's argument, as the driver keeps it.
+#[derive(Debug, Clone)]
+enum TaskArg {
+    Inline(u32, Bytes),
+    Ref(ObjectId),
+}
+
+/// The resources one task (or actor) holds: milli-units by name.
+type Shape = Vec<(String, u64)>;
+
+fn shape(cpus: f64, gpus: f64, custom: &[(String, f64)]) -> Shape {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut add = |name: &str, amount: f64| {
+        let milli = (amount * 1000.0).round().max(0.0) as u64;
+        if milli > 0 {
+            out.push((name.to_owned(), milli));
+        }
+    };
+    add("CPU", cpus);
+    add("GPU", gpus);
+    for (name, amount) in custom {
+        add(name, *amount);
+    }
+    out.sort();
+    out
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    id: u64,
+    function: String,
+    args: Vec<TaskArg>,
+    returns: Vec<ObjectId>,
+    shape: Shape,
+    retries_left: u32,
+    retry_exceptions: bool,
+    actor: Option<u64>,
+    create: bool,
+}
+
+struct Worker {
+    tx: Option<mpsc::UnboundedSender<std::result::Result<ToWorker, Status>>>,
+    pid: Option<u32>,
+    child: Option<std::process::Child>,
+    in_flight: usize,
+    lease: Option<Shape>,
+    actor: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ActorStatus {
+    Alive,
+    Dead(String),
+}
+
+struct ActorState {
+    slot: u64,
+    status: ActorStatus,
+    restarts_left: u32,
+    task_retries: u32,
+    constructor: Spec,
+    type_name: String,
+    shape: Shape,
+}
+
+#[derive(Default)]
+struct State {
+    objects: HashMap<ObjectId, Obj>,
+    pending: VecDeque<Spec>,
+    in_flight: HashMap<u64, (Spec, u64)>,
+    workers: HashMap<u64, Worker>,
+    actors: HashMap<u64, ActorState>,
+    names: HashMap<String, u64>,
+    total: HashMap<String, u64>,
+    available: HashMap<String, u64>,
+    next_slot: u64,
+    next_task: u64,
+    next_actor: u64,
+    closed: bool,
+}
+
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    changed: Condvar,
+    store: Arc<LocalStore>,
+    owner: String,
+    address: String,
+    program: PathBuf,
+    args: Vec<String>,
+    memory_dir: PathBuf,
+    spill_dir: PathBuf,
+    tokio: Mutex<Option<tokio::runtime::Runtime>>,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    me: std::sync::Weak<Inner>,
+}
+
+fn fits(available: &HashMap<String, u64>, shape: &Shape) -> bool {
+    shape
+        .iter()
+        .all(|(name, milli)| available.get(name).copied().unwrap_or(0) >= *milli)
+}
+
+fn take(available: &mut HashMap<String, u64>, shape: &Shape) {
+    for (name, milli) in shape {
+        if let Some(have) = available.get_mut(name) {
+            *have -= (*have).min(*milli);
+        }
+    }
+}
+
+fn give(available: &mut HashMap<String, u64>, shape: &Shape) {
+    for (name, milli) in shape {
+        *available.entry(name.clone()).or_default() += milli;
+    }
+}
+
+fn describe(shape: &Shape) -> String {
+    shape
+        .iter()
+        .map(|(n, m)| format!("{n}={}", *m as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Inner {
+    fn start(builder: RuntimeBuilder) -> Result<Arc<Inner>> {
+        let workers = builder
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let node = format!("core-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let spill = std::env::temp_dir().join(format!("streamrun-{node}"));
+        let store = LocalStore::open(
+            &node,
+            StoreConfig::for_node(&node, &spill, builder.memory, builder.memory * 4),
+        )?;
+        let (memory_dir, spill_dir) = (
+            store.config().memory_dir.clone(),
+            store.config().spill_dir.clone(),
+        );
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Runtime(format!("starting the driver's I/O thread: {e}")))?;
+        let listener = tokio
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(|e| Error::Runtime(format!("binding the driver's port: {e}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::Runtime(format!("reading the driver's address: {e}")))?
+            .to_string();
+        let program = std::env::current_exe()
+            .map_err(|e| Error::Runtime(format!("finding this program to start workers: {e}")))?;
+        let args = builder
+            .worker_args
+            .unwrap_or_else(|| std::env::args().skip(1).collect());
+        let mut total: HashMap<String, u64> = HashMap::new();
+        total.insert("CPU".into(), workers as u64 * 1000);
+        for (name, amount) in shape(0.0, 0.0, &builder.resources) {
+            *total.entry(name).or_default() += amount;
+        }
+        let state = State {
+            available: total.clone(),
+            total,
+            next_task: 1,
+            next_actor: 1,
+            ..State::default()
+        };
+        let inner = Arc::new_cyclic(|me| Inner {
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            store: Arc::new(store),
+            owner: format!("driver-{}", std::process::id()),
+            address,
+            program,
+            args,
+            memory_dir,
+            spill_dir,
+            tokio: Mutex::new(None),
+            stop: Mutex::new(None),
+            me: me.clone(),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = DriverServer::new(Service(Arc::clone(&inner)))
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio.spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                }),
+        );
+        *inner.lock_tokio() = Some(tokio);
+        *inner.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
+        {
+            let mut st = inner.lock();
+            for _ in 0..workers {
+                inner.spawn_worker(&mut st, None)?;
+            }
+        }
+        // Every pool worker attached, or a clear error.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut st = inner.lock();
+        while st.workers.values().filter(|w| w.tx.is_some()).count() < workers {
+            let now = Instant::now();
+            if now >= deadline {
+                drop(st);
+                inner.shutdown();
+                return Err(Error::Runtime(format!(
+                    "{workers} worker processes did not attach within 60 s; a worker runs this program again ({}), whose Runtime::init must be reached",
+                    inner.program.display()
+                )));
+            }
+            st = inner
+                .changed
+                .wait_timeout(st, deadline - now)
+                .map(|(s, _)| s)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(st);
+        tracing::info!(workers, address = %inner.address, "embedded runtime started");
+        Ok(inner)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_tokio(&self) -> MutexGuard<'_, Option<tokio::runtime::Runtime>> {
+        self.tokio.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn raw(&self, id: ObjectId) -> RawRef {
+        Arc::new(RefInner {
+            id,
+            rt: self.me.clone(),
+        })
+    }
+
+    /// Starts a worker process for a new slot (for `actor`, or the pool).
+    fn spawn_worker(&self, st: &mut State, actor: Option<u64>) -> Result<u64> {
+        let slot = st.next_slot;
+        st.next_slot += 1;
+        let spec = format!(
+            "{}|{slot}|{}|{}",
+            self.address,
+            self.memory_dir.display(),
+            self.spill_dir.display()
+        );
+        let child = std::process::Command::new(&self.program)
+            .args(&self.args)
+            .env(WORKER_ENV, spec)
+            .env_remove("STREAMRUN_ADDRESS")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "starting a worker process ({}): {e}",
+                    self.program.display()
+                ))
+            })?;
+        st.workers.insert(
+            slot,
+            Worker {
+                tx: None,
+                pid: Some(child.id()),
+                child: Some(child),
+                in_flight: 0,
+                lease: None,
+                actor,
+            },
+        );
+        Ok(slot)
+    }
+
+    /// Records a value and returns its first reference.
+    pub(crate) fn put(&self, encoded: Encoded) -> Result<RawRef> {
+        let id = ObjectId::random();
+        let stored = self.store_value(encoded)?;
+        self.lock().objects.insert(
+            id,
+            Obj {
+                value: Some(Ok(stored)),
+                refs: 1,
+            },
+        );
+        Ok(self.raw(id))
+    }
+
+    /// A value kept inline when small, else put in the store.
+    fn store_value(&self, encoded: Encoded) -> Result<Stored> {
+        match encoded {
+            Encoded::Serde(bytes) if bytes.len() <= INLINE_MAX => Ok(Stored::Inline(SERDE, bytes)),
+            Encoded::Serde(bytes) => {
+                let object = self.store.put_bytes(&self.owner, &bytes)?;
+                Ok(Stored::Store(SERDE, object.id))
+            }
+            Encoded::Batch(batch) => {
+                if batch.get_array_memory_size() <= INLINE_MAX {
+                    let bytes = Encoded::Batch(batch.clone())
+                        .to_bytes()
+                        .map_err(|e| Error::Encode(e.to_string()))?;
+                    if bytes.len() <= INLINE_MAX {
+                        return Ok(Stored::Inline(BATCH, bytes));
+                    }
+                }
+                // Stored as a batch, which every process reads in place.
+                let object = self.store.put_batch(&self.owner, &batch)?;
+                Ok(Stored::Store(BATCH, object.id))
+            }
+        }
+    }
+
+    /// Drops one reference to `id`; the object goes with the last.
+    pub(crate) fn release(&self, id: &ObjectId) {
+        let mut st = self.lock();
+        self.decref(&mut st, id);
+    }
+
+    fn decref(&self, st: &mut State, id: &ObjectId) {
+        let gone = match st.objects.get_mut(id) {
+            Some(obj) => {
+                obj.refs = obj.refs.saturating_sub(1);
+                obj.refs == 0
+            }
+            None => false,
+        };
+        if gone
+            && let Some(Obj {
+                value: Some(Ok(Stored::Store(_, stored))),
+                ..
+            }) = st.objects.remove(id)
+        {
+            let _ = self.store.delete(&stored);
+        } else if gone {
+            st.objects.remove(id);
+        }
+    }
+
+    /// Waits for object `id` and returns what is stored.
+    fn wait_one(&self, id: &ObjectId) -> Result<Stored> {
+        let mut st = self.lock();
+        loop {
+            match st.objects.get(id) {
+                None => {
+                    return Err(Error::Runtime(format!(
+                        "object {id} is not known here (released, or from another runtime)"
+                    )));
+                }
+                Some(Obj {
+                    value: Some(value), ..
+                }) => {
+                    return value.clone().map_err(|e| {
+                        if e == CANCELLED {
+                            Error::Cancelled
+                        } else {
+                            Error::Task(e)
+                        }
+                    });
+                }
+                Some(_) => {
+                    if st.closed {
+                        return Err(Error::Runtime("the runtime has shut down".into()));
+                    }
+                    st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+
+    pub(crate) fn get_serde<T: DeserializeOwned>(&self, id: &ObjectId) -> Result<T> {
+        let decode = |bytes: &[u8]| {
+            bincode::deserialize(bytes).map_err(|e| {
+                Error::Encode(format!(
+                    "object {id} is not a {}: {e}",
+                    std::any::type_name::<T>()
+                ))
+            })
+        };
+        match self.wait_one(id)? {
+            Stored::Inline(SERDE, bytes) => decode(&bytes),
+            Stored::Store(SERDE, stored) => decode(&self.store.get_bytes(&stored)?),
+            _ => Err(Error::Encode(format!(
+                "object {id} is a record batch: read it with get_batch"
+            ))),
+        }
+    }
+
+    pub(crate) fn get_batch(&self, id: &ObjectId) -> Result<RecordBatch> {
+        match self.wait_one(id)? {
+            Stored::Inline(BATCH, bytes) => Ok(streamrun_store::decode_buffer(
+                arrow::buffer::Buffer::from(bytes),
+                false,
+                &|| format!("object {id}"),
+            )?),
+            Stored::Store(BATCH, stored) => Ok(self.store.get_batch(&stored)?),
+            _ => Err(Error::Encode(format!(
+                "object {id} is a serde value: read it with get"
+            ))),
+        }
+    }
+
+    /// Which of `ids` are there, once `num` are or `timeout` passes.
+    pub(crate) fn wait(
+        &self,
+        ids: &[ObjectId],
+        num: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<bool>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.lock();
+        loop {
+            let ready: Vec<bool> = ids
+                .iter()
+                .map(|id| st.objects.get(id).is_none_or(|o| o.value.is_some()))
+                .collect();
+            let count = ready.iter().filter(|r| **r).count();
+            let expired = deadline.is_some_and(|d| Instant::now() >= d);
+            if count >= num || expired || st.closed {
+                return Ok(ready);
+            }
+            st = match deadline {
+                Some(d) => {
+                    self.changed
+                        .wait_timeout(st, d.saturating_duration_since(Instant::now()))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    /// Turns a caller's arguments into a task's, putting large values in the store. Each
+    /// reference argument holds a reference until the task is done.
+    fn task_args(&self, st: &mut State, args: Vec<ArgSpec>) -> Result<Vec<TaskArg>> {
+        let mut out = Vec::with_capacity(args.len());
+        for arg in args {
+            match arg {
+                ArgSpec::Ref(id) => {
+                    let obj = st.objects.get_mut(&id).ok_or_else(|| {
+                        Error::Runtime(format!("argument object {id} is not known here"))
+                    })?;
+                    obj.refs += 1;
+                    out.push(TaskArg::Ref(id));
+                }
+                ArgSpec::Value(encoded) => match self.store_value(encoded)? {
+                    Stored::Inline(encoding, bytes) => out.push(TaskArg::Inline(encoding, bytes)),
+                    // A large argument is put once, and read in place by the worker.
+                    stored => {
+                        let id = ObjectId::random();
+                        st.objects.insert(
+                            id,
+                            Obj {
+                                value: Some(Ok(stored)),
+                                refs: 1,
+                            },
+                        );
+                        out.push(TaskArg::Ref(id));
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// Result objects for a new task, each with one reference (the caller's).
+    fn new_returns(&self, st: &mut State, n: usize) -> (Vec<ObjectId>, Vec<RawRef>) {
+        let ids: Vec<ObjectId> = (0..n.max(1)).map(|_| ObjectId::random()).collect();
+        for id in &ids {
+            st.objects.insert(
+                *id,
+                Obj {
+                    value: None,
+                    refs: 1,
+                },
+            );
+        }
+        let refs = ids.iter().map(|id| self.raw(*id)).collect();
+        (ids, refs)
+    }
+
+    pub(crate) fn submit_task(
+        &self,
+        name: &str,
+        args: Vec<ArgSpec>,
+        num_returns: usize,
+        options: TaskOptions,
+    ) -> Result<Vec<RawRef>> {
+        let shape = shape(options.num_cpus, options.num_gpus, &options.resources);
+        let mut st = self.lock();
+        if st.closed {
+            return Err(Error::Runtime("the runtime has shut down".into()));
+        }
+        if !fits(&st.total, &shape) {
+            return Err(Error::Unschedulable(format!(
+                "task {name} asks for {}, and this cluster has {}",
+                describe(&shape),
+                describe(&st.total.clone().into_iter().collect())
+            )));
+        }
+        if st.pending.len() >= MAX_PENDING {
+            return Err(Error::Runtime(format!(
+                "{MAX_PENDING} tasks are already waiting to run; get or wait on some first"
+            )));
+        }
+        let args = self.task_args(&mut st, args)?;
+        let (returns, refs) = self.new_returns(&mut st, num_returns);
+        let id = st.next_task;
+        st.next_task += 1;
+        st.pending.push_back(Spec {
+            id,
+            function: name.to_owned(),
+            args,
+            returns,
+            shape,
+            retries_left: options.max_retries,
+            retry_exceptions: options.retry_exceptions,
+            actor: None,
+            create: false,
+        });
+        self.dispatch(&mut st);
+        Ok(refs)
+    }
+
+    pub(crate) fn create_actor(
+        &self,
+        type_name: &str,
+        constructor: &str,
+        args: Vec<ArgSpec>,
+        options: ActorOptions,
+    ) -> Result<u64> {
+        let shape = shape(0.0, 0.0, &options.resources);
+        let mut st = self.lock();
+        if !fits(&st.total, &shape) {
+            return Err(Error::Unschedulable(format!(
+                "actor {type_name} asks for {}, and this cluster has {}",
+                describe(&shape),
+                describe(&st.total.clone().into_iter().collect())
+            )));
+        }
+        if !fits(&st.available, &shape) {
+            return Err(Error::Unschedulable(format!(
+                "actor {type_name} asks for {}, and only {} is free while other actors hold the rest",
+                describe(&shape),
+                describe(&st.available.clone().into_iter().collect())
+            )));
+        }
+        if let Some(name) = &options.name
+            && st.names.contains_key(name)
+        {
+            return Err(Error::Runtime(format!(
+                "an actor is already named '{name}'"
+            )));
+        }
+        let args = self.task_args(&mut st, args)?;
+        let id = st.next_actor;
+        st.next_actor += 1;
+        let task = st.next_task;
+        st.next_task += 1;
+        let slot = self.spawn_worker(&mut st, Some(id))?;
+        take(&mut st.available, &shape);
+        let constructor = Spec {
+            id: task,
+            function: constructor.to_owned(),
+            args,
+            returns: Vec::new(),
+            shape: Vec::new(),
+            retries_left: 0,
+            retry_exceptions: false,
+            actor: Some(id),
+            create: true,
+        };
+        if let Some(name) = &options.name {
+            st.names.insert(name.clone(), id);
+        }
+        st.actors.insert(
+            id,
+            ActorState {
+                slot,
+                status: ActorStatus::Alive,
+                restarts_left: options.max_restarts,
+                task_retries: options.max_task_retries,
+                constructor: constructor.clone(),
+                type_name: type_name.to_owned(),
+                shape,
+            },
+        );
+        st.pending.push_back(constructor);
+        self.dispatch(&mut st);
+        Ok(id)
+    }
+
+    pub(crate) fn submit_actor_call(
+        &self,
+        actor: u64,
+        method: &str,
+        args: Vec<ArgSpec>,
+    ) -> Result<Vec<RawRef>> {
+        let mut st = self.lock();
+        let (status, retries) = match st.actors.get(&actor) {
+            Some(a) => (a.status.clone(), a.task_retries),
+            None => {
+                return Err(Error::ActorDead {
+                    id: actor,
+                    reason: "no such actor".into(),
+                });
+            }
+        };
+        if let ActorStatus::Dead(reason) = status {
+            return Err(Error::ActorDead { id: actor, reason });
+        }
+        let args = self.task_args(&mut st, args)?;
+        let (returns, refs) = self.new_returns(&mut st, 1);
+        let id = st.next_task;
+        st.next_task += 1;
+        st.pending.push_back(Spec {
+            id,
+            function: method.to_owned(),
+            args,
+            returns,
+            shape: Vec::new(),
+            retries_left: retries,
+            retry_exceptions: false,
+            actor: Some(actor),
+            create: false,
+        });
+        self.dispatch(&mut st);
+        Ok(refs)
+    }
+
+    pub(crate) fn named_actor(&self, name: &str, type_name: &str) -> Result<u64> {
+        let st = self.lock();
+        let id = *st
+            .names
+            .get(name)
+            .ok_or_else(|| Error::NoSuchActor(name.to_owned()))?;
+        match st.actors.get(&id) {
+            Some(a) if a.type_name == type_name => Ok(id),
+            Some(a) => Err(Error::Runtime(format!(
+                "actor '{name}' is a {}, not a {type_name}",
+                a.type_name
+            ))),
+            None => Err(Error::NoSuchActor(name.to_owned())),
+        }
+    }
+
+    pub(crate) fn kill_actor(&self, actor: u64) -> Result<()> {
+        let mut st = self.lock();
+        let Some(state) = st.actors.get_mut(&actor) else {
+            return Err(Error::ActorDead {
+                id: actor,
+                reason: "no such actor".into(),
+            });
+        };
+        state.status = ActorStatus::Dead("killed".into());
+        state.restarts_left = 0;
+        let slot = state.slot;
+        if let Some(child) = st.workers.get_mut(&slot).and_then(|w| w.child.as_mut()) {
+            let _ = child.kill();
+        }
+        self.fail_actor_pending(&mut st, actor, "killed");
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    pub(crate) fn cancel(&self, id: &ObjectId) -> Result<bool> {
+        let mut st = self.lock();
+        let Some(at) = st.pending.iter().position(|s| s.returns.contains(id)) else {
+            return Ok(false);
+        };
+        let Some(spec) = st.pending.remove(at) else {
+            return Ok(false);
+        };
+        self.finish_failed(&mut st, &spec, CANCELLED.into());
+        Ok(true)
+    }
+
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.lock()
+            .workers
+            .values()
+            .filter(|w| w.tx.is_some())
+            .filter_map(|w| w.pid)
+            .collect()
+    }
+
+    pub(crate) fn actor_pid(&self, actor: u64) -> Option<u32> {
+        let st = self.lock();
+        let slot = st.actors.get(&actor)?.slot;
+        st.workers.get(&slot).filter(|w| w.tx.is_some())?.pid
+    }
+
+    /// Sends every task that can run now: its arguments are there, and a worker can take it
+    /// (the actor's own worker, a worker leased for its shape with room in its pipeline, or
+    /// an idle worker whose lease the free resources allow).
+    fn dispatch(&self, st: &mut State) {
+        let mut batches: HashMap<u64, Vec<proto::Task>> = HashMap::new();
+        // An actor whose next call waits keeps its later calls waiting too (calls run in the
+        // order they were made).
+        let mut held: HashSet<u64> = HashSet::new();
+        let mut pool_full = false;
+        let mut i = 0;
+        while i < st.pending.len() {
+            let spec = &st.pending[i];
+            if spec.actor.is_some_and(|a| held.contains(&a)) || (spec.actor.is_none() && pool_full)
+            {
+                i += 1;
+                continue;
+            }
+            match self.arguments_state(st, spec) {
+                Err(reason) => {
+                    if let Some(spec) = st.pending.remove(i) {
+                        self.finish_failed(st, &spec, reason);
+                    }
+                    continue;
+                }
+                Ok(false) => {
+                    if let Some(actor) = spec.actor {
+                        held.insert(actor);
+                    }
+                    i += 1;
+                    continue;
+                }
+                Ok(true) => {}
+            }
+            let slot = match spec.actor {
+                Some(actor) => match st.actors.get(&actor) {
+                    Some(a) if a.status != ActorStatus::Alive => {
+                        let reason = match &a.status {
+                            ActorStatus::Dead(r) => r.clone(),
+                            ActorStatus::Alive => String::new(),
+                        };
+                        if let Some(spec) = st.pending.remove(i) {
+                            self.finish_failed(
+                                st,
+                                &spec,
+                                format!("actor {actor} is dead: {reason}"),
+                            );
+                        }
+                        continue;
+                    }
+                    Some(a) if st.workers.get(&a.slot).is_some_and(|w| w.tx.is_some()) => a.slot,
+                    _ => {
+                        held.insert(actor);
+                        i += 1;
+                        continue;
+                    }
+                },
+                None => match self.pool_worker(st, &spec.shape.clone()) {
+                    Some(slot) => slot,
+                    None => {
+                        pool_full = true;
+                        i += 1;
+                        continue;
+                    }
+                },
+            };
+            let Some(spec) = st.pending.remove(i) else {
+                break;
+            };
+            let task = self.wire_task(st, &spec);
+            if let Some(worker) = st.workers.get_mut(&slot) {
+                worker.in_flight += 1;
+            }
+            st.in_flight.insert(spec.id, (spec, slot));
+            batches.entry(slot).or_default().push(task);
+        }
+        for (slot, tasks) in batches {
+            let sent = st
+                .workers
+                .get(&slot)
+                .and_then(|w| w.tx.as_ref())
+                .is_some_and(|tx| tx.send(Ok(ToWorker { tasks })).is_ok());
+            if !sent {
+                tracing::debug!(slot, "a worker went away while being sent tasks");
+            }
+        }
+    }
+
+    /// A pool worker for a task of `shape`: one leased for it with room, else an idle one
+    /// that the free resources let lease it.
+    fn pool_worker(&self, st: &mut State, shape: &Shape) -> Option<u64> {
+        let leased = st
+            .workers
+            .iter()
+            .filter(|(_, w)| w.actor.is_none() && w.tx.is_some())
+            .filter(|(_, w)| w.lease.as_ref() == Some(shape) && w.in_flight < PIPELINE)
+            .min_by_key(|(_, w)| w.in_flight)
+            .map(|(slot, _)| *slot);
+        if leased.is_some() {
+            return leased;
+        }
+        if !fits(&st.available, shape) {
+            return None;
+        }
+        let idle = st
+            .workers
+            .iter()
+            .find(|(_, w)| w.actor.is_none() && w.tx.is_some() && w.in_flight == 0)
+            .map(|(slot, _)| *slot)?;
+        take(&mut st.available, shape);
+        if let Some(worker) = st.workers.get_mut(&idle) {
+            worker.lease = Some(shape.clone());
+        }
+        Some(idle)
+    }
+
+    /// Whether a task's arguments are all there (`Ok(true)`), still coming (`Ok(false)`), or
+    /// one failed (`Err`, its reason).
+    fn arguments_state(&self, st: &State, spec: &Spec) -> std::result::Result<bool, String> {
+        for arg in &spec.args {
+            if let TaskArg::Ref(id) = arg {
+                match st.objects.get(id).and_then(|o| o.value.as_ref()) {
+                    None => return Ok(false),
+                    Some(Err(e)) => return Err(format!("an argument's task failed: {e}")),
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The task as a worker receives it.
+    fn wire_task(&self, st: &State, spec: &Spec) -> proto::Task {
+        let args = spec
+            .args
+            .iter()
+            .map(|arg| {
+                let stored = match arg {
+                    TaskArg::Inline(encoding, bytes) => Stored::Inline(*encoding, bytes.clone()),
+                    TaskArg::Ref(id) => match st.objects.get(id).and_then(|o| o.value.clone()) {
+                        Some(Ok(stored)) => stored,
+                        // Checked by `arguments_state` just before.
+                        _ => Stored::Inline(SERDE, Bytes::new()),
+                    },
+                };
+                wire_value(stored)
+            })
+            .collect();
+        proto::Task {
+            id: spec.id,
+            function: spec.function.clone(),
+            args,
+            actor: spec.actor.unwrap_or(0),
+            create: spec.create,
+        }
+    }
+
+    /// Fails a task's results with `reason` and drops its argument references.
+    fn finish_failed(&self, st: &mut State, spec: &Spec, reason: String) {
+        for id in &spec.returns {
+            if let Some(obj) = st.objects.get_mut(id) {
+                obj.value = Some(Err(reason.clone()));
+            }
+        }
+        self.drop_args(st, spec);
+        self.changed.notify_all();
+    }
+
+    fn drop_args(&self, st: &mut State, spec: &Spec) {
+        for arg in &spec.args {
+            if let TaskArg::Ref(id) = arg {
+                self.decref(st, id);
+            }
+        }
+    }
+
+    /// A worker's results.
+    fn done(&self, slot: u64, done: Vec<proto::Done>) {
+        let mut st = self.lock();
+        for result in done {
+            let Some((spec, _)) = st.in_flight.remove(&result.id) else {
+                continue;
+            };
+            self.free_worker_slot(&mut st, slot);
+            if result.error.is_empty() {
+                let mut stored = Vec::with_capacity(result.returns.len());
+                let mut failure = None;
+                for value in result.returns {
+                    match self.adopt_value(value) {
+                        Ok(s) => stored.push(s),
+                        Err(e) => failure = Some(e.to_string()),
+                    }
+                }
+                if let Some(reason) = failure {
+                    self.finish_failed(&mut st, &spec, reason);
+                    continue;
+                }
+                for (id, value) in spec.returns.iter().zip(stored) {
+                    match st.objects.get_mut(id) {
+                        Some(obj) => obj.value = Some(Ok(value)),
+                        // Nobody holds the result any more.
+                        None => {
+                            if let Stored::Store(_, stored) = value {
+                                let _ = self.store.delete(&stored);
+                            }
+                        }
+                    }
+                }
+                self.drop_args(&mut st, &spec);
+            } else if spec.retry_exceptions && spec.retries_left > 0 {
+                let mut again = spec;
+                again.retries_left -= 1;
+                st.pending.push_front(again);
+            } else {
+                if spec.create
+                    && let Some(actor) = spec.actor
+                {
+                    self.actor_died(
+                        &mut st,
+                        actor,
+                        format!("its constructor failed: {}", result.error),
+                    );
+                }
+                self.finish_failed(&mut st, &spec, result.error);
+            }
+        }
+        self.changed.notify_all();
+        self.dispatch(&mut st);
+    }
+
+    /// One task fewer on a worker; its lease goes back with its last.
+    fn free_worker_slot(&self, st: &mut State, slot: u64) {
+        let mut freed = None;
+        if let Some(worker) = st.workers.get_mut(&slot) {
+            worker.in_flight = worker.in_flight.saturating_sub(1);
+            if worker.in_flight == 0 {
+                freed = worker.lease.take();
+            }
+        }
+        if let Some(shape) = freed {
+            give(&mut st.available, &shape);
+        }
+    }
+
+    /// A result as the driver keeps it; one the worker staged in the store is adopted.
+    fn adopt_value(&self, value: proto::Value) -> Result<Stored> {
+        let encoding = value.encoding;
+        match value.kind {
+            Some(proto::value::Kind::Inline(bytes)) => Ok(Stored::Inline(encoding, bytes)),
+            Some(proto::value::Kind::Stored(id)) => {
+                let id: ObjectId = id.parse()?;
+                let kind = if encoding == BATCH {
+                    Kind::Batch
+                } else {
+                    Kind::Bytes
+                };
+                self.store.adopt(&self.owner, id, kind, 1)?;
+                Ok(Stored::Store(encoding, id))
+            }
+            None => Err(Error::Runtime(
+                "a worker sent a result without a value".into(),
+            )),
+        }
+    }
+
+    /// Marks an actor dead for good, or starts it again when it has restarts left.
+    fn actor_died(&self, st: &mut State, actor: u64, reason: String) {
+        let Some(state) = st.actors.get_mut(&actor) else {
+            return;
+        };
+        if matches!(state.status, ActorStatus::Dead(_)) {
+            return;
+        }
+        if state.restarts_left > 0 {
+            state.restarts_left -= 1;
+            let constructor = state.constructor.clone();
+            tracing::info!(actor, %reason, "restarting an actor");
+            match self.spawn_worker(st, Some(actor)) {
+                Ok(slot) => {
+                    if let Some(state) = st.actors.get_mut(&actor) {
+                        state.slot = slot;
+                    }
+                    // Its constructor runs first, before every call still waiting.
+                    for arg in &constructor.args {
+                        if let TaskArg::Ref(id) = arg
+                            && let Some(obj) = st.objects.get_mut(id)
+                        {
+                            obj.refs += 1;
+                        }
+                    }
+                    st.pending.push_front(constructor);
+                    return;
+                }
+                Err(e) => {
+                    if let Some(state) = st.actors.get_mut(&actor) {
+                        state.status =
+                            ActorStatus::Dead(format!("{reason}; restarting failed: {e}"));
+                    }
+                }
+            }
+        } else {
+            state.status = ActorStatus::Dead(reason.clone());
+        }
+        let shape = st
+            .actors
+            .get(&actor)
+            .filter(|a| matches!(a.status, ActorStatus::Dead(_)))
+            .map(|a| a.shape.clone());
+        if let Some(shape) = shape {
+            give(&mut st.available, &shape);
+            self.fail_actor_pending(st, actor, &reason);
+        }
+    }
+
+    fn fail_actor_pending(&self, st: &mut State, actor: u64, reason: &str) {
+        let (mine, rest): (VecDeque<Spec>, VecDeque<Spec>) = std::mem::take(&mut st.pending)
+            .into_iter()
+            .partition(|s| s.actor == Some(actor));
+        st.pending = rest;
+        for spec in mine {
+            self.finish_failed(st, &spec, format!("actor {actor} is dead: {reason}"));
+        }
+    }
+
+    /// A worker process attached.
+    fn attached(
+        &self,
+        slot: u64,
+        pid: u32,
+        tx: mpsc::UnboundedSender<std::result::Result<ToWorker, Status>>,
+    ) -> std::result::Result<(), Status> {
+        let mut st = self.lock();
+        let Some(worker) = st.workers.get_mut(&slot) else {
+            return Err(Status::failed_precondition(format!(
+                "no worker slot {slot}"
+            )));
+        };
+        worker.tx = Some(tx);
+        worker.pid = Some(pid);
+        tracing::debug!(slot, pid, "worker attached");
+        self.changed.notify_all();
+        self.dispatch(&mut st);
+        Ok(())
+    }
+
+    /// A worker process's stream ended: it died, or the runtime is closing.
+    fn detached(&self, slot: u64) {
+        let mut st = self.lock();
+        let Some(mut worker) = st.workers.remove(&slot) else {
+            return;
+        };
+        if let Some(shape) = worker.lease.take() {
+            give(&mut st.available, &shape);
+        }
+        if let Some(mut child) = worker.child.take() {
+            // Reaped off this thread: the process may still be exiting.
+            std::thread::spawn(move || {
+                let _ = child.kill();
+                let _ = child.wait();
+            });
+        }
+        if st.closed {
+            self.changed.notify_all();
+            return;
+        }
+        let pid = worker.pid.unwrap_or(0);
+        tracing::warn!(slot, pid, "a worker process died");
+        let lost: Vec<u64> = st
+            .in_flight
+            .iter()
+            .filter(|(_, (_, s))| *s == slot)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut lost_specs: Vec<Spec> = lost
+            .iter()
+            .filter_map(|id| st.in_flight.remove(id).map(|(spec, _)| spec))
+            .collect();
+        lost_specs.sort_by_key(|s| s.id);
+        let reason = format!("its worker process ({pid}) died");
+        match worker.actor {
+            Some(actor) => {
+                self.actor_died(&mut st, actor, reason.clone());
+                let alive = st
+                    .actors
+                    .get(&actor)
+                    .is_some_and(|a| a.status == ActorStatus::Alive);
+                // Calls that were running: again after the restart when they may, else failed.
+                let mut again = Vec::new();
+                for spec in lost_specs {
+                    if spec.create {
+                        self.drop_args(&mut st, &spec);
+                    } else if alive && spec.retries_left > 0 {
+                        let mut spec = spec;
+                        spec.retries_left -= 1;
+                        again.push(spec);
+                    } else {
+                        self.finish_failed(&mut st, &spec, format!("actor {actor}: {reason}"));
+                    }
+                }
+                // After the constructor, which `actor_died` put first.
+                let at = usize::from(alive);
+                for (k, spec) in again.into_iter().enumerate() {
+                    st.pending.insert(at + k, spec);
+                }
+            }
+            None => {
+                for spec in lost_specs.into_iter().rev() {
+                    if spec.retries_left > 0 {
+                        let mut spec = spec;
+                        spec.retries_left -= 1;
+                        st.pending.push_front(spec);
+                    } else {
+                        self.finish_failed(
+                            &mut st,
+                            &spec,
+                            format!("{reason}, and it has no retries left"),
+                        );
+                    }
+                }
+                if let Err(e) = self.spawn_worker(&mut st, None) {
+                    tracing::error!(error = %e, "could not replace a dead worker");
+                }
+            }
+        }
+        self.changed.notify_all();
+        self.dispatch(&mut st);
+    }
+
+    pub(crate) fn shutdown(&self) {
+        let children: Vec<std::process::Child> = {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            st.closed = true;
+            for worker in st.workers.values_mut() {
+                worker.tx = None;
+            }
+            st.workers
+                .values_mut()
+                .filter_map(|w| w.child.take())
+                .collect()
+        };
+        self.changed.notify_all();
+        // Workers end when their stream closes; any that lingers is killed.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for mut child in children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        if let Some(tokio) = self.lock_tokio().take() {
+            tokio.shutdown_timeout(Duration::from_secs(1));
+        }
+        let _ = std::fs::remove_dir_all(self.spill_dir.parent().unwrap_or(&self.spill_dir));
+    }
+}
+
+/// The reason a cancelled task's results carry.
+const CANCELLED: &str = "cancelled";
+
+fn wire_value(stored: Stored) -> proto::Value {
+    match stored {
+        Stored::Inline(encoding, bytes) => proto::Value {
+            kind: Some(proto::value::Kind::Inline(bytes)),
+            encoding,
+        },
+        Stored::Store(encoding, id) => proto::Value {
+            kind: Some(proto::value::Kind::Stored(id.to_string())),
+            encoding,
+        },
+    }
+}
+
+struct Service(Arc<Inner>);
+
+type OutStream =
+    Pin<Box<dyn futures::Stream<Item = std::result::Result<ToWorker, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Driver for Service {
+    type AttachStream = OutStream;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<FromWorker>>,
+    ) -> std::result::Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = inbound
+            .message()
+            .await?
+            .and_then(|m| m.hello)
+            .ok_or_else(|| Status::invalid_argument("a worker's first message says hello"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::clone(&self.0);
+        let slot = hello.slot;
+        inner.attached(slot, hello.pid, tx)?;
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let inner = Arc::clone(&inner);
+                // The table's lock is a blocking one: off the I/O thread.
+                let handled =
+                    tokio::task::spawn_blocking(move || inner.done(slot, message.done)).await;
+                if handled.is_err() {
+                    break;
+                }
+            }
+            let inner = Arc::clone(&inner);
+            let _ = tokio::task::spawn_blocking(move || inner.detached(slot)).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+}

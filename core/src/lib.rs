@@ -1,0 +1,475 @@
+//! # streamrun-core
+//!
+//! Streamrun's dynamic API, in the manner of Ray Core: remote functions, actors, and objects
+//! passed by reference, run by worker processes.
+//!
+//! - **[`Runtime::init`]** starts an embedded cluster: a driver (this process) that holds the
+//!   object table and schedules, a node-local object store, and one worker process per core,
+//!   which are this same binary started again. A worker process's `Runtime::init` never
+//!   returns: it serves tasks until the driver goes.
+//! - **`#[remote]`** registers a function by a stable name; `name::remote(&rt, args…)`
+//!   submits it and returns an [`ObjectRef`] at once. Arguments are values or references;
+//!   a task waits for the references it is given.
+//! - **Objects**: [`Runtime::put`], [`Runtime::get`], [`Runtime::get_all`],
+//!   [`Runtime::wait`]. Serde values travel as bincode, Arrow record batches as Arrow data.
+//!   Values up to 100 KiB ride in messages; larger ones go through the object store, read in
+//!   place by the workers.
+//! - **`#[actor]`** on an `impl` block makes the type an actor: `Type::remote(&rt, args…)`
+//!   starts it in a worker process of its own, and its handle's methods run there in the
+//!   order they are called.
+//! - **Scheduling**: each task asks for logical resources (CPUs, GPUs, custom). A worker runs
+//!   tasks of one resource shape under a *lease*: the shape's resources are taken when the
+//!   worker gets its first task of that shape, and given back when it has none left, so a
+//!   stream of like tasks keeps its workers without asking again. A request larger than the
+//!   cluster is refused at once, naming what is missing.
+//! - **Failures**: a task whose worker process dies runs again, up to `max_retries` (3); one
+//!   that fails or panics runs again only with `retry_exceptions`. An actor whose process
+//!   dies starts again, its constructor run anew, up to `max_restarts`.
+//!
+//! ```no_run
+//! use streamrun_core::{Runtime, remote};
+//!
+//! #[remote]
+//! fn calculate_square(x: i64) -> i64 {
+//!     x * x
+//! }
+//!
+//! let rt = Runtime::init()?;
+//! let square = calculate_square::remote(&rt, 5)?;
+//! assert_eq!(rt.get(&square)?, 25);
+//! # Ok::<(), streamrun_core::Error>(())
+//! ```
+//!
+//! (`no_run`: a doc test cannot start its own binary again as workers.)
+
+pub mod codec;
+mod driver;
+pub mod registry;
+mod worker;
+
+/// The driver–worker protocol (generated from `proto/core.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("streamrun.core.v1");
+}
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use streamrun_store::ObjectId;
+
+pub use driver::{RuntimeBuilder, WORKER_ENV};
+#[doc(hidden)]
+pub use inventory;
+pub use streamrun_macros::{actor, remote};
+
+use driver::Inner;
+
+/// What can go wrong in the dynamic API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A task (or an actor's constructor or method) failed: its error, or its panic.
+    #[error("task failed: {0}")]
+    Task(String),
+    /// The task was cancelled before it ran.
+    #[error("task cancelled before it ran")]
+    Cancelled,
+    /// The actor is dead: killed, or out of restarts.
+    #[error("actor {id} is dead: {reason}")]
+    ActorDead {
+        /// The actor.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// No actor has this name.
+    #[error("no actor is named '{0}'")]
+    NoSuchActor(String),
+    /// The request can never be met here.
+    #[error("cannot schedule: {0}")]
+    Unschedulable(String),
+    /// A value could not be encoded or decoded.
+    #[error("encoding: {0}")]
+    Encode(String),
+    /// The runtime could not start, or has shut down.
+    #[error("runtime: {0}")]
+    Runtime(String),
+    /// The object store failed.
+    #[error(transparent)]
+    Store(#[from] streamrun_store::StoreError),
+    /// A wait ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// The dynamic API's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a task reports when it fails.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TaskError {
+    /// Its error, or a panic's message.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One reference to an object, shared by the clones of an [`ObjectRef`]; the object goes
+/// when the last reference does.
+#[derive(Debug)]
+pub struct RefInner {
+    id: ObjectId,
+    rt: Weak<Inner>,
+}
+
+impl Drop for RefInner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.upgrade() {
+            rt.release(&self.id);
+        }
+    }
+}
+
+/// An untyped reference, as a submission returns it.
+pub type RawRef = Arc<RefInner>;
+
+/// A reference to an object of type `T`: a value put, or a task's result to come.
+#[derive(Debug)]
+pub struct ObjectRef<T> {
+    inner: RawRef,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef {
+            inner: Arc::clone(&self.inner),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> ObjectRef<T> {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.inner.id
+    }
+
+    pub(crate) fn from_raw(inner: RawRef) -> Self {
+        ObjectRef {
+            inner,
+            _type: PhantomData,
+        }
+    }
+}
+
+/// An argument: a value, or a reference to one (the task waits for it).
+pub enum Arg<T> {
+    /// A value.
+    Value(T),
+    /// A reference.
+    Ref(ObjectRef<T>),
+}
+
+impl<T> From<T> for Arg<T> {
+    fn from(value: T) -> Self {
+        Arg::Value(value)
+    }
+}
+
+impl<T> From<ObjectRef<T>> for Arg<T> {
+    fn from(r: ObjectRef<T>) -> Self {
+        Arg::Ref(r)
+    }
+}
+
+impl<T> From<&ObjectRef<T>> for Arg<T> {
+    fn from(r: &ObjectRef<T>) -> Self {
+        Arg::Ref(r.clone())
+    }
+}
+
+/// How a task runs: the resources it needs and how often it may run again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOptions {
+    /// Logical CPUs (1 by default).
+    pub num_cpus: f64,
+    /// Logical GPUs (none by default).
+    pub num_gpus: f64,
+    /// Custom resources, by name.
+    pub resources: Vec<(String, f64)>,
+    /// Runs after its worker process dies (3 by default, as in Ray).
+    pub max_retries: u32,
+    /// Whether an error or a panic also runs it again (up to `max_retries`).
+    pub retry_exceptions: bool,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            num_cpus: 1.0,
+            num_gpus: 0.0,
+            resources: Vec::new(),
+            max_retries: 3,
+            retry_exceptions: false,
+        }
+    }
+}
+
+impl TaskOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Logical CPUs.
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = n;
+        self
+    }
+    /// Logical GPUs.
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.num_gpus = n;
+        self
+    }
+    /// A custom resource.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.push((name.to_owned(), amount));
+        self
+    }
+    /// Runs after worker death.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+    /// Whether errors and panics run it again too.
+    pub fn retry_exceptions(mut self, yes: bool) -> Self {
+        self.retry_exceptions = yes;
+        self
+    }
+}
+
+/// How an actor runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActorOptions {
+    /// A name, to find it with [`Runtime::get_actor`].
+    pub name: Option<String>,
+    /// Restarts after its process dies (none by default); the constructor runs again.
+    pub max_restarts: u32,
+    /// Runs of a method call again after the actor restarts (none by default: the call
+    /// fails).
+    pub max_task_retries: u32,
+    /// Resources the actor holds while it lives (none by default).
+    pub resources: Vec<(String, f64)>,
+}
+
+impl ActorOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A name.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+    /// Restarts.
+    pub fn max_restarts(mut self, n: u32) -> Self {
+        self.max_restarts = n;
+        self
+    }
+    /// Method call retries across restarts.
+    pub fn max_task_retries(mut self, n: u32) -> Self {
+        self.max_task_retries = n;
+        self
+    }
+    /// A resource the actor holds (`"CPU"`, `"GPU"` or custom).
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.push((name.to_owned(), amount));
+        self
+    }
+}
+
+/// A type made an actor by `#[actor]`.
+pub trait Actor: 'static {
+    /// Its typed handle.
+    type Handle;
+    /// Its registered type name.
+    const TYPE: &'static str;
+    /// The typed handle over an untyped one.
+    fn handle(inner: ActorHandle) -> Self::Handle;
+}
+
+/// An actor, untyped: what typed handles wrap.
+#[derive(Clone)]
+pub struct ActorHandle {
+    id: u64,
+    rt: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ActorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle({})", self.id)
+    }
+}
+
+impl ActorHandle {
+    /// The actor's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Calls method `method` (its registered name); used by the typed handles.
+    pub fn call(&self, method: &str, args: Vec<codec::ArgSpec>) -> Result<Vec<RawRef>> {
+        self.rt.submit_actor_call(self.id, method, args)
+    }
+}
+
+/// What [`Runtime::wait`] gives: the ready references, then the others.
+pub type Waited<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
+/// A running embedded cluster, seen from its driver.
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// Starts the embedded cluster with one worker process per core. In a worker process
+    /// (started by a driver), serves tasks and never returns. `STREAMRUN_ADDRESS` (a cluster
+    /// to connect to) is refused for now with a clear error.
+    pub fn init() -> Result<Runtime> {
+        RuntimeBuilder::default().init()
+    }
+
+    /// Options for starting: worker count, store size, how workers are started.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    pub(crate) fn new(inner: Arc<Inner>) -> Runtime {
+        Runtime { inner }
+    }
+
+    /// Puts a serde value; the reference names it from any process.
+    pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
+        let encoded = codec::encode_serde(value).map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(ObjectRef::from_raw(self.inner.put(encoded)?))
+    }
+
+    /// Puts a record batch, stored as Arrow data.
+    pub fn put_batch(&self, batch: RecordBatch) -> Result<ObjectRef<RecordBatch>> {
+        Ok(ObjectRef::from_raw(
+            self.inner.put(codec::Encoded::Batch(batch))?,
+        ))
+    }
+
+    /// The value `object` names, once it is there.
+    pub fn get<T: DeserializeOwned>(&self, object: &ObjectRef<T>) -> Result<T> {
+        self.inner.get_serde(&object.id())
+    }
+
+    /// The values `objects` name, in order.
+    pub fn get_all<T: DeserializeOwned>(&self, objects: &[ObjectRef<T>]) -> Result<Vec<T>> {
+        objects.iter().map(|o| self.get(o)).collect()
+    }
+
+    /// The record batch `object` names, once it is there; from the store, read in place.
+    pub fn get_batch(&self, object: &ObjectRef<RecordBatch>) -> Result<RecordBatch> {
+        self.inner.get_batch(&object.id())
+    }
+
+    /// Waits until `num_returns` of `objects` are there, or `timeout` passes: the ready
+    /// ones (at most `num_returns`, in the given order), then the others.
+    pub fn wait<T>(
+        &self,
+        objects: &[ObjectRef<T>],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Waited<T>> {
+        let ids: Vec<ObjectId> = objects.iter().map(ObjectRef::id).collect();
+        let ready = self.inner.wait(&ids, num_returns.min(ids.len()), timeout)?;
+        let (mut done, mut rest) = (Vec::new(), Vec::new());
+        for (object, is_ready) in objects.iter().zip(ready) {
+            if is_ready && done.len() < num_returns {
+                done.push(object.clone());
+            } else {
+                rest.push(object.clone());
+            }
+        }
+        Ok((done, rest))
+    }
+
+    /// Cancels the task that makes `object` if it has not started: its results become
+    /// [`Error::Cancelled`]. Returns whether it was cancelled (a running or finished task is
+    /// not).
+    pub fn cancel<T>(&self, object: &ObjectRef<T>) -> Result<bool> {
+        self.inner.cancel(&object.id())
+    }
+
+    /// Submits function `name` (what `#[remote]` calls).
+    #[doc(hidden)]
+    pub fn submit(
+        &self,
+        name: &str,
+        args: Vec<codec::ArgSpec>,
+        num_returns: usize,
+        options: TaskOptions,
+    ) -> Result<Vec<RawRef>> {
+        self.inner.submit_task(name, args, num_returns, options)
+    }
+
+    /// Creates an actor (what `#[actor]` calls).
+    #[doc(hidden)]
+    pub fn create_actor(
+        &self,
+        type_name: &str,
+        constructor: &str,
+        args: Vec<codec::ArgSpec>,
+        options: ActorOptions,
+    ) -> Result<ActorHandle> {
+        let id = self
+            .inner
+            .create_actor(type_name, constructor, args, options)?;
+        Ok(ActorHandle {
+            id,
+            rt: Arc::clone(&self.inner),
+        })
+    }
+
+    /// The actor named `name`, of type `A`.
+    pub fn get_actor<A: Actor>(&self, name: &str) -> Result<A::Handle> {
+        let id = self.inner.named_actor(name, A::TYPE)?;
+        Ok(A::handle(ActorHandle {
+            id,
+            rt: Arc::clone(&self.inner),
+        }))
+    }
+
+    /// Kills an actor's process; it does not restart, and its pending calls fail.
+    pub fn kill(&self, actor: &ActorHandle) -> Result<()> {
+        self.inner.kill_actor(actor.id)
+    }
+
+    /// The process ids of the worker processes now attached (pool workers and actors).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.inner.worker_pids()
+    }
+
+    /// The process id of an actor's worker, once it is running.
+    pub fn actor_pid(&self, actor: &ActorHandle) -> Option<u32> {
+        self.inner.actor_pid(actor.id)
+    }
+
+    /// Stops the worker processes and removes the store. Also what dropping does.
+    pub fn shutdown(self) {
+        self.inner.shutdown();
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
+}
