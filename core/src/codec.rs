@@ -151,8 +151,9 @@ pub fn encode_batch(batch: RecordBatch) -> Encoded {
 pub enum ArgSpec {
     /// A value.
     Value(Encoded),
-    /// An object: the task waits for it.
-    Ref(ObjectId),
+    /// An object: the task waits for it. The reference keeps it until the task holds its
+    /// own.
+    Ref(crate::RawRef),
 }
 
 /// A caller's serde argument, ready for a task.
@@ -161,7 +162,7 @@ pub fn serde_arg<T: Serialize>(arg: Arg<T>) -> Result<ArgSpec> {
         Arg::Value(v) => encode_serde(&v)
             .map(ArgSpec::Value)
             .map_err(|e| Error::Encode(e.to_string())),
-        Arg::Ref(r) => Ok(ArgSpec::Ref(r.id())),
+        Arg::Ref(r) => Ok(ArgSpec::Ref(r.inner)),
     }
 }
 
@@ -169,7 +170,7 @@ pub fn serde_arg<T: Serialize>(arg: Arg<T>) -> Result<ArgSpec> {
 pub fn batch_arg(arg: Arg<RecordBatch>) -> Result<ArgSpec> {
     Ok(match arg {
         Arg::Value(b) => ArgSpec::Value(Encoded::Batch(b)),
-        Arg::Ref(r) => ArgSpec::Ref(r.id()),
+        Arg::Ref(r) => ArgSpec::Ref(r.inner),
     })
 }
 

@@ -539,18 +539,21 @@ impl Inner {
 
     /// Turns a caller's arguments into a task's, putting large values in the store. Each
     /// reference argument holds a reference until the task is done.
-    fn task_args(&self, st: &mut State, args: Vec<ArgSpec>) -> Result<Vec<TaskArg>> {
+    /// The caller keeps `args` (and so their references) until it has let the lock go: the
+    /// last reference's drop takes the lock.
+    fn task_args(&self, st: &mut State, args: &[ArgSpec]) -> Result<Vec<TaskArg>> {
         let mut out = Vec::with_capacity(args.len());
         for arg in args {
             match arg {
-                ArgSpec::Ref(id) => {
+                ArgSpec::Ref(r) => {
+                    let id = r.id;
                     let obj = st.objects.get_mut(&id).ok_or_else(|| {
                         Error::Runtime(format!("argument object {id} is not known here"))
                     })?;
                     obj.refs += 1;
                     out.push(TaskArg::Ref(id));
                 }
-                ArgSpec::Value(encoded) => match self.store_value(encoded)? {
+                ArgSpec::Value(encoded) => match self.store_value(encoded.clone())? {
                     Stored::Inline(encoding, bytes) => out.push(TaskArg::Inline(encoding, bytes)),
                     // A large argument is put once, and read in place by the worker.
                     stored => {
@@ -610,7 +613,7 @@ impl Inner {
                 "{MAX_PENDING} tasks are already waiting to run; get or wait on some first"
             )));
         }
-        let args = self.task_args(&mut st, args)?;
+        let args = self.task_args(&mut st, &args)?;
         let (returns, refs) = self.new_returns(&mut st, num_returns);
         let id = st.next_task;
         st.next_task += 1;
@@ -659,7 +662,7 @@ impl Inner {
                 "an actor is already named '{name}'"
             )));
         }
-        let args = self.task_args(&mut st, args)?;
+        let args = self.task_args(&mut st, &args)?;
         let id = st.next_actor;
         st.next_actor += 1;
         let task = st.next_task;
@@ -716,7 +719,7 @@ impl Inner {
         if let ActorStatus::Dead(reason) = status {
             return Err(Error::ActorDead { id: actor, reason });
         }
-        let args = self.task_args(&mut st, args)?;
+        let args = self.task_args(&mut st, &args)?;
         let (returns, refs) = self.new_returns(&mut st, 1);
         let id = st.next_task;
         st.next_task += 1;
@@ -1308,13 +1311,9 @@ impl Driver for Service {
         inner.attached(slot, hello.pid, tx)?;
         tokio::spawn(async move {
             while let Ok(Some(message)) = inbound.message().await {
-                let inner = Arc::clone(&inner);
-                // The table's lock is a blocking one: off the I/O thread.
-                let handled =
-                    tokio::task::spawn_blocking(move || inner.done(slot, message.done)).await;
-                if handled.is_err() {
-                    break;
-                }
+                // The table's lock is a blocking one, held briefly: in place, telling the
+                // runtime so.
+                tokio::task::block_in_place(|| inner.done(slot, message.done));
             }
             let inner = Arc::clone(&inner);
             let _ = tokio::task::spawn_blocking(move || inner.detached(slot)).await;

@@ -1,0 +1,129 @@
+//! The dynamic API's microbenchmark, with the metric names `ray microbenchmark` prints for
+//! the ones Streamrun supports, on the embedded runtime with one worker process per core
+//! (separate processes, as Ray's workers are).
+//!
+//! `cargo bench --bench core_micro` (`STREAMRUN_BENCH_RUNS`, default 5: each figure is the
+//! mean ± standard deviation of that many windows of about half a second).
+//!
+//! Left out: "n:n actor calls async", which needs actors that call other actors (tasks and
+//! methods cannot submit work yet).
+#![allow(clippy::print_stdout)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use streamrun_core::{Runtime, actor, remote};
+
+#[remote]
+fn noop() -> u8 {
+    0
+}
+
+/// An actor whose method does nothing.
+pub struct Sink;
+
+#[actor]
+impl Sink {
+    /// The actor.
+    pub fn new() -> Sink {
+        Sink
+    }
+
+    /// Nothing.
+    pub fn noop(&self) -> u8 {
+        0
+    }
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Sink
+    }
+}
+
+/// Runs `round` (which does `per_round` operations) for about `window` at a time, `runs`
+/// times, and prints the rate's mean and standard deviation, as Ray does.
+fn timeit(name: &str, per_round: f64, mut round: impl FnMut()) {
+    round();
+    let window = Duration::from_millis(500);
+    let rates: Vec<f64> = (0..common::runs())
+        .map(|_| {
+            let started = Instant::now();
+            let mut rounds = 0u64;
+            while started.elapsed() < window {
+                round();
+                rounds += 1;
+            }
+            rounds as f64 * per_round / started.elapsed().as_secs_f64()
+        })
+        .collect();
+    let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+    let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+    println!("{name} per second {mean:.2} +- {:.2}", var.sqrt());
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = Runtime::init()?;
+    println!(
+        "core microbenchmark: embedded runtime, {} worker processes, {} windows of 0.5 s",
+        rt.worker_pids().len(),
+        common::runs()
+    );
+    timeit("single client get calls (Plasma Store)", 1000.0, {
+        let object = rt.put(&0u64)?;
+        let rt = &rt;
+        move || {
+            for _ in 0..1000 {
+                std::hint::black_box(rt.get(&object).expect("get"));
+            }
+        }
+    });
+    timeit("single client put calls (Plasma Store)", 1000.0, || {
+        for _ in 0..1000 {
+            std::hint::black_box(rt.put(&0u64).expect("put"));
+        }
+    });
+    let rows = (1usize << 30) / 8;
+    let gigabyte = RecordBatch::try_from_iter([(
+        "v",
+        Arc::new(Int64Array::from_iter_values(0..rows as i64)) as ArrayRef,
+    )])?;
+    timeit("single client put gigabytes", 1.0, || {
+        std::hint::black_box(rt.put_batch(gigabyte.clone()).expect("put"));
+    });
+    drop(gigabyte);
+    timeit("single client tasks and get batch", 1.0, || {
+        let refs: Vec<_> = (0..1000)
+            .map(|_| noop::remote(&rt).expect("submit"))
+            .collect();
+        std::hint::black_box(rt.get_all(&refs).expect("get"));
+    });
+    timeit("single client tasks sync", 1.0, || {
+        rt.get(&noop::remote(&rt).expect("submit")).expect("get");
+    });
+    timeit("single client tasks async", 1000.0, || {
+        let refs: Vec<_> = (0..1000)
+            .map(|_| noop::remote(&rt).expect("submit"))
+            .collect();
+        rt.get_all(&refs).expect("get");
+    });
+    timeit("single client wait 1k refs", 1.0, || {
+        let refs: Vec<_> = (0..1000)
+            .map(|_| noop::remote(&rt).expect("submit"))
+            .collect();
+        rt.wait(&refs, refs.len(), None).expect("wait");
+    });
+    let actor = Sink::remote(&rt)?;
+    timeit("1:1 actor calls sync", 1.0, || {
+        rt.get(&actor.noop().expect("call")).expect("get");
+    });
+    timeit("1:1 actor calls async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| actor.noop().expect("call")).collect();
+        rt.get_all(&refs).expect("get");
+    });
+    rt.shutdown();
+    Ok(())
+}
