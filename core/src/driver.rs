@@ -287,10 +287,17 @@ impl Inner {
         let service = DriverServer::new(Service(Arc::clone(&inner)))
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small messages go out at once, not held back for acknowledgements.
+        let incoming = futures::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |stream| {
+                stream.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            },
+        );
         tokio.spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
@@ -1311,9 +1318,18 @@ impl Driver for Service {
         inner.attached(slot, hello.pid, tx)?;
         tokio::spawn(async move {
             while let Ok(Some(message)) = inbound.message().await {
-                // The table's lock is a blocking one, held briefly: in place, telling the
-                // runtime so.
-                tokio::task::block_in_place(|| inner.done(slot, message.done));
+                // The table's lock is held briefly: results are handled in place. Adopting
+                // results staged in the store touches files, so the runtime is told first.
+                let stored = message
+                    .done
+                    .iter()
+                    .flat_map(|d| &d.returns)
+                    .any(|v| matches!(v.kind, Some(proto::value::Kind::Stored(_))));
+                if stored {
+                    tokio::task::block_in_place(|| inner.done(slot, message.done));
+                } else {
+                    inner.done(slot, message.done);
+                }
             }
             let inner = Arc::clone(&inner);
             let _ = tokio::task::spawn_blocking(move || inner.detached(slot)).await;
