@@ -34,10 +34,12 @@
 //!     x * x
 //! }
 //!
-//! let rt = Runtime::init()?;
-//! let square = calculate_square::remote(&rt, 5)?;
-//! assert_eq!(rt.get(&square)?, 25);
-//! # Ok::<(), streamrun_core::Error>(())
+//! fn main() -> Result<(), streamrun_core::Error> {
+//!     let rt = Runtime::init()?;
+//!     let square = calculate_square::remote(&rt, 5)?;
+//!     assert_eq!(rt.get(&square)?, 25);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! (`no_run`: a doc test cannot start its own binary again as workers.)

@@ -12,6 +12,9 @@
 //!   returning `ObjectRef`s. `Type::remote(&rt, args…)` creates the actor with the first
 //!   constructor.
 //!
+//! Both go on items at module level (not inside a function's body): the module they add
+//! refers to the function through `super`.
+//!
 //! Parameters and results of type `RecordBatch` travel as Arrow data; every other type
 //! travels with serde. A result of type `Result<T, E>` with `E: Display` turns `Err` into a
 //! task error. The macros expand to code that names `::streamrun_core`, so a crate that uses
