@@ -67,6 +67,10 @@ pub struct SubmitRequest {
     pub workers: u32,
     /// What it runs.
     pub entrypoint: Entrypoint,
+    /// Variables its processes get beside the cluster's own (`STREAMRUN_*` names that the
+    /// cluster sets are refused).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// The head's answer to a submission.
@@ -180,6 +184,21 @@ impl Head {
 
     /// Places and records a job; its processes start at their nodes' next heartbeats.
     pub fn submit(&self, request: SubmitRequest) -> Result<JobRecord> {
+        const SET_BY_THE_CLUSTER: [&str; 4] = [
+            "STREAMRUN_PROCESS",
+            "STREAMRUN_PEERS",
+            "STREAMRUN_WORKERS",
+            "STREAMRUN_JOB_ID",
+        ];
+        if let Some(name) = request
+            .env
+            .keys()
+            .find(|k| SET_BY_THE_CLUSTER.contains(&k.as_str()))
+        {
+            return Err(Error::Refused(format!(
+                "the variable {name} is set by the cluster for each process; a job cannot set it"
+            )));
+        }
         let mut cluster = self.lock();
         let free: Vec<(String, u32)> = cluster
             .nodes
@@ -237,6 +256,7 @@ impl Head {
             name,
             entrypoint: request.entrypoint,
             workers: request.workers,
+            env: request.env,
             state: JobState::Pending,
             reason: None,
             placements,
@@ -648,12 +668,17 @@ fn launch_for(job: &JobRecord, p: &Placement) -> proto::Launch {
         process: p.process,
         program,
         args,
-        env: HashMap::from([
-            ("STREAMRUN_PROCESS".to_owned(), p.process.to_string()),
-            ("STREAMRUN_PEERS".to_owned(), peers),
-            ("STREAMRUN_WORKERS".to_owned(), p.threads.to_string()),
-            ("STREAMRUN_JOB_ID".to_owned(), job.id.clone()),
-        ]),
+        env: job
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain([
+                ("STREAMRUN_PROCESS".to_owned(), p.process.to_string()),
+                ("STREAMRUN_PEERS".to_owned(), peers),
+                ("STREAMRUN_WORKERS".to_owned(), p.threads.to_string()),
+                ("STREAMRUN_JOB_ID".to_owned(), job.id.clone()),
+            ])
+            .collect(),
         working_dir: String::new(),
     }
 }

@@ -134,6 +134,9 @@ pub struct JobRecord {
     pub entrypoint: Entrypoint,
     /// Worker threads over all its processes.
     pub workers: u32,
+    /// Variables its processes get beside the cluster's own.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
     /// Its state.
     pub state: JobState,
     /// Why it failed or stopped.
@@ -253,6 +256,7 @@ mod tests {
                 path: "/jobs/wc.toml".into(),
             },
             workers: 2,
+            env: Default::default(),
             state: JobState::Running,
             reason: None,
             placements: Vec::new(),

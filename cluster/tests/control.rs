@@ -83,6 +83,7 @@ fn true_job(workers: u32, name: Option<&str>) -> head::SubmitRequest {
             program: "true".into(),
             args: vec![],
         },
+        env: Default::default(),
     }
 }
 
@@ -242,6 +243,7 @@ async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
             name: None,
             workers: 2,
             entrypoint: binary(),
+            env: Default::default(),
         })
         .await
         .expect("x");
@@ -251,6 +253,7 @@ async fn a_job_failing_on_several_processes_at_once_frees_its_cpus_once() {
             name: None,
             workers: 5,
             entrypoint: binary(),
+            env: Default::default(),
         })
         .await
         .expect("y");

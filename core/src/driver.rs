@@ -36,6 +36,8 @@ pub struct RuntimeBuilder {
     memory: u64,
     resources: Vec<(String, f64)>,
     worker_args: Option<Vec<String>>,
+    address: Option<String>,
+    token: Option<String>,
 }
 
 impl Default for RuntimeBuilder {
@@ -45,6 +47,10 @@ impl Default for RuntimeBuilder {
             memory: 2 << 30,
             resources: Vec::new(),
             worker_args: None,
+            address: std::env::var("STREAMRUN_ADDRESS")
+                .ok()
+                .filter(|a| !a.is_empty()),
+            token: None,
         }
     }
 }
@@ -73,15 +79,23 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The cluster to run on: its head's REST address (`STREAMRUN_ADDRESS` by default).
+    /// Without one, the runtime is embedded.
+    pub fn address(mut self, address: &str) -> Self {
+        self.address = Some(address.to_owned());
+        self
+    }
+    /// The cluster's token (by default `STREAMRUN_TOKEN`, else the token file of this
+    /// machine's head, as `stream-run` finds it).
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
     /// Starts the runtime (see [`Runtime::init`]).
     pub fn init(self) -> Result<Runtime> {
         if let Ok(spec) = std::env::var(WORKER_ENV) {
             crate::worker::serve(&spec);
-        }
-        if let Ok(address) = std::env::var("STREAMRUN_ADDRESS") {
-            return Err(Error::Runtime(format!(
-                "STREAMRUN_ADDRESS={address}: connecting to a cluster is not built yet; unset it to run embedded"
-            )));
         }
         Inner::start(self).map(Runtime::new)
     }
@@ -92,6 +106,8 @@ impl RuntimeBuilder {
 enum Stored {
     Inline(u32, Bytes),
     Store(u32, ObjectId),
+    /// In the store of another node, served at the address.
+    Remote(u32, ObjectId, String),
 }
 
 #[derive(Debug)]
@@ -150,6 +166,20 @@ struct Worker {
     actor: Option<u64>,
 }
 
+impl Worker {
+    /// A slot whose process a cluster's agent starts.
+    fn remote(actor: Option<u64>) -> Worker {
+        Worker {
+            tx: None,
+            pid: None,
+            child: None,
+            in_flight: 0,
+            lease: None,
+            actor,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum ActorStatus {
     Alive,
@@ -180,6 +210,8 @@ struct State {
     next_task: u64,
     next_actor: u64,
     closed: bool,
+    /// Actor slots whose process the cluster is still to be asked for.
+    to_launch: Vec<u64>,
 }
 
 pub(crate) struct Inner {
@@ -195,6 +227,17 @@ pub(crate) struct Inner {
     tokio: Mutex<Option<tokio::runtime::Runtime>>,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     me: std::sync::Weak<Inner>,
+    /// Set when the runtime runs on a cluster.
+    cluster: Option<ClusterLink>,
+}
+
+/// A driver's link to a cluster: its head, the jobs that run its workers, and where its own
+/// store serves objects to them.
+struct ClusterLink {
+    client: streamrun_cluster::client::Client,
+    token: String,
+    store_address: String,
+    jobs: Mutex<Vec<String>>,
 }
 
 fn fits(available: &HashMap<String, u64>, shape: &Shape) -> bool {
@@ -227,15 +270,12 @@ fn describe(shape: &Shape) -> String {
 
 impl Inner {
     fn start(builder: RuntimeBuilder) -> Result<Arc<Inner>> {
-        let workers = builder
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let node = format!("core-{}-{:08x}", std::process::id(), rand::random::<u32>());
         let spill = std::env::temp_dir().join(format!("streamrun-{node}"));
-        let store = LocalStore::open(
+        let store = Arc::new(LocalStore::open(
             &node,
             StoreConfig::for_node(&node, &spill, builder.memory, builder.memory * 4),
-        )?;
+        )?);
         let (memory_dir, spill_dir) = (
             store.config().memory_dir.clone(),
             store.config().spill_dir.clone(),
@@ -245,13 +285,28 @@ impl Inner {
             .enable_all()
             .build()
             .map_err(|e| Error::Runtime(format!("starting the driver's I/O thread: {e}")))?;
+        // On a cluster: the head, the host its workers reach this driver at, and its store
+        // served to them.
+        let (cluster, bind, host, cluster_cpus) = match &builder.address {
+            None => (None, "127.0.0.1", "127.0.0.1".to_owned(), None),
+            Some(address) => {
+                let (link, host, cpus) =
+                    tokio.block_on(connect_cluster(address, builder.token.clone(), &store))?;
+                (Some(link), "0.0.0.0", host, Some(cpus))
+            }
+        };
         let listener = tokio
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind((bind, 0)))
             .map_err(|e| Error::Runtime(format!("binding the driver's port: {e}")))?;
-        let address = listener
+        let port = listener
             .local_addr()
             .map_err(|e| Error::Runtime(format!("reading the driver's address: {e}")))?
-            .to_string();
+            .port();
+        let address = format!("{host}:{port}");
+        let workers = builder
+            .workers
+            .or(cluster_cpus)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let program = std::env::current_exe()
             .map_err(|e| Error::Runtime(format!("finding this program to start workers: {e}")))?;
         let args = builder
@@ -272,7 +327,7 @@ impl Inner {
         let inner = Arc::new_cyclic(|me| Inner {
             state: Mutex::new(state),
             changed: Condvar::new(),
-            store: Arc::new(store),
+            store,
             owner: format!("driver-{}", std::process::id()),
             address,
             program,
@@ -282,6 +337,7 @@ impl Inner {
             tokio: Mutex::new(None),
             stop: Mutex::new(None),
             me: me.clone(),
+            cluster,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = DriverServer::new(Service(Arc::clone(&inner)))
@@ -305,11 +361,15 @@ impl Inner {
         );
         *inner.lock_tokio() = Some(tokio);
         *inner.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
-        {
+        let started = if inner.cluster.is_some() {
+            inner.start_cluster_pool(workers)
+        } else {
             let mut st = inner.lock();
-            for _ in 0..workers {
-                inner.spawn_worker(&mut st, None)?;
-            }
+            (0..workers).try_for_each(|_| inner.spawn_worker(&mut st, None).map(|_| ()))
+        };
+        if let Err(e) = started {
+            inner.shutdown();
+            return Err(e);
         }
         // Every pool worker attached, or a clear error.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -318,10 +378,11 @@ impl Inner {
             let now = Instant::now();
             if now >= deadline {
                 drop(st);
+                let logs = inner.worker_logs();
                 inner.shutdown();
                 return Err(Error::Runtime(format!(
-                    "{workers} worker processes did not attach within 60 s; a worker runs this program again ({}), whose Runtime::init must be reached",
-                    inner.program.display()
+                    "{workers} worker processes did not attach within 60 s; a worker runs this program again ({}), whose Runtime::init must be reached{logs}",
+                    inner.program.display(),
                 )));
             }
             st = inner
@@ -331,8 +392,86 @@ impl Inner {
                 .unwrap_or_else(|p| p.into_inner().0);
         }
         drop(st);
-        tracing::info!(workers, address = %inner.address, "embedded runtime started");
+        tracing::info!(workers, address = %inner.address, cluster = inner.cluster.is_some(), "runtime started");
         Ok(inner)
+    }
+
+    /// On a cluster, the end of the worker jobs' output, for an error.
+    fn worker_logs(&self) -> String {
+        let (Some(link), Some(tokio)) = (
+            &self.cluster,
+            self.lock_tokio().as_ref().map(|t| t.handle().clone()),
+        ) else {
+            return String::new();
+        };
+        let jobs = link.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = String::new();
+        for job in jobs {
+            let logs = tokio.block_on(link.client.logs(&job)).unwrap_or_default();
+            let tail: String = logs
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            out.push_str(&format!("\njob {job}'s output ends with:\n{tail}"));
+        }
+        out
+    }
+
+    /// Asks the head for `workers` worker processes, each a one-worker job of its own (so
+    /// that one dying ends only its own job, and frees its CPU for a replacement); each
+    /// attaches to its slot here.
+    fn start_cluster_pool(&self, workers: usize) -> Result<()> {
+        let Some(link) = &self.cluster else {
+            return Err(Error::Runtime("not on a cluster".into()));
+        };
+        let slots: Vec<u64> = {
+            let mut st = self.lock();
+            (0..workers)
+                .map(|_| {
+                    let slot = st.next_slot;
+                    st.next_slot += 1;
+                    st.workers.insert(slot, Worker::remote(None));
+                    slot
+                })
+                .collect()
+        };
+        let tokio = self.lock_tokio();
+        let Some(tokio) = tokio.as_ref() else {
+            return Err(Error::Runtime("the runtime has shut down".into()));
+        };
+        for slot in slots {
+            let job = tokio
+                .block_on(link.client.submit(&self.worker_job(slot)))
+                .map_err(|e| {
+                    Error::Runtime(format!("starting worker processes on the cluster: {e}"))
+                })?;
+            link.jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(job);
+        }
+        Ok(())
+    }
+
+    /// The job that runs the worker process of `slot` on the cluster.
+    fn worker_job(&self, slot: u64) -> streamrun_cluster::head::SubmitRequest {
+        streamrun_cluster::head::SubmitRequest {
+            name: Some(format!("{}-worker-{slot}", self.owner)),
+            workers: 1,
+            entrypoint: streamrun_cluster::store::Entrypoint::Binary {
+                program: self.program.to_string_lossy().into_owned(),
+                args: self.args.clone(),
+            },
+            env: [(
+                WORKER_ENV.to_owned(),
+                format!("{}|cluster:{slot}", self.address),
+            )]
+            .into(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -352,6 +491,30 @@ impl Inner {
 
     /// Starts a worker process for a new slot (for `actor`, or the pool).
     fn spawn_worker(&self, st: &mut State, actor: Option<u64>) -> Result<u64> {
+        if self.cluster.is_some() {
+            // On a cluster, an actor takes over an idle pool worker when there is one (the
+            // cluster's CPUs all went to the pool). Otherwise a process is a job of its own,
+            // asked for once the lock is let go (`launch_pending`).
+            if let Some(actor) = actor {
+                let idle = st
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| w.actor.is_none() && w.tx.is_some())
+                    .min_by_key(|(_, w)| w.in_flight)
+                    .map(|(slot, _)| *slot);
+                if let Some(slot) = idle
+                    && let Some(worker) = st.workers.get_mut(&slot)
+                {
+                    worker.actor = Some(actor);
+                    return Ok(slot);
+                }
+            }
+            let slot = st.next_slot;
+            st.next_slot += 1;
+            st.workers.insert(slot, Worker::remote(actor));
+            st.to_launch.push(slot);
+            return Ok(slot);
+        }
         let slot = st.next_slot;
         st.next_slot += 1;
         let spec = format!(
@@ -384,6 +547,59 @@ impl Inner {
             },
         );
         Ok(slot)
+    }
+
+    /// Asks the cluster for the actor processes recorded by `spawn_worker`, without
+    /// waiting: each is a one-worker job that attaches to its slot.
+    fn launch_pending(&self) {
+        let slots = std::mem::take(&mut self.lock().to_launch);
+        let (Some(link), Some(me)) = (&self.cluster, self.me.upgrade()) else {
+            return;
+        };
+        let handle = match self.lock_tokio().as_ref() {
+            Some(tokio) => tokio.handle().clone(),
+            None => return,
+        };
+        for slot in slots {
+            let request = self.worker_job(slot);
+            let client = link.client.clone();
+            let me = Arc::clone(&me);
+            handle.spawn(async move {
+                match client.submit(&request).await {
+                    Ok(job) => {
+                        if let Some(link) = &me.cluster {
+                            link.jobs
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(job);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(slot, error = %e, "could not start a worker process");
+                        tokio::task::block_in_place(|| me.launch_failed(slot, &e.to_string()));
+                    }
+                }
+            });
+        }
+    }
+
+    /// The cluster would not start the process of `slot`: an actor's ends (its pending
+    /// calls fail, naming why); a pool slot is given up.
+    fn launch_failed(&self, slot: u64, reason: &str) {
+        let mut st = self.lock();
+        let actor = st.workers.remove(&slot).and_then(|w| w.actor);
+        if let Some(actor) = actor {
+            if let Some(state) = st.actors.get_mut(&actor) {
+                state.restarts_left = 0;
+            }
+            self.actor_died(
+                &mut st,
+                actor,
+                format!("the cluster could not start its process: {reason}"),
+            );
+        }
+        self.changed.notify_all();
+        self.dispatch(&mut st);
     }
 
     /// Records a value and returns its first reference.
@@ -438,15 +654,19 @@ impl Inner {
             }
             None => false,
         };
-        if gone
-            && let Some(Obj {
-                value: Some(Ok(Stored::Store(_, stored))),
-                ..
-            }) = st.objects.remove(id)
-        {
-            let _ = self.store.delete(&stored);
-        } else if gone {
-            st.objects.remove(id);
+        if gone && let Some(Ok(stored)) = st.objects.remove(id).and_then(|o| o.value) {
+            self.discard(stored);
+        }
+    }
+
+    /// Lets a stored value go: from this store, or from the node that keeps it.
+    fn discard(&self, stored: Stored) {
+        match stored {
+            Stored::Store(_, id) => {
+                let _ = self.store.delete(&id);
+            }
+            Stored::Remote(_, id, address) => self.release_remote(id, address),
+            Stored::Inline(..) => {}
         }
     }
 
@@ -493,6 +713,9 @@ impl Inner {
         match self.wait_one(id)? {
             Stored::Inline(SERDE, bytes) => decode(&bytes),
             Stored::Store(SERDE, stored) => decode(&self.store.get_bytes(&stored)?),
+            Stored::Remote(SERDE, stored, address) => {
+                decode(self.fetch_remote(stored, &address)?.as_slice())
+            }
             _ => Err(Error::Encode(format!(
                 "object {id} is a record batch: read it with get_batch"
             ))),
@@ -507,6 +730,11 @@ impl Inner {
                 &|| format!("object {id}"),
             )?),
             Stored::Store(BATCH, stored) => Ok(self.store.get_batch(&stored)?),
+            Stored::Remote(BATCH, stored, address) => Ok(streamrun_store::decode_buffer(
+                self.fetch_remote(stored, &address)?,
+                true,
+                &|| format!("object {id}"),
+            )?),
             _ => Err(Error::Encode(format!(
                 "object {id} is a serde value: read it with get"
             ))),
@@ -704,6 +932,8 @@ impl Inner {
         );
         st.pending.push_back(constructor);
         self.dispatch(&mut st);
+        drop(st);
+        self.launch_pending();
         Ok(id)
     }
 
@@ -951,7 +1181,7 @@ impl Inner {
                         _ => Stored::Inline(SERDE, Bytes::new()),
                     },
                 };
-                wire_value(stored)
+                self.wire_value(stored)
             })
             .collect();
         proto::Task {
@@ -1007,11 +1237,7 @@ impl Inner {
                     match st.objects.get_mut(id) {
                         Some(obj) => obj.value = Some(Ok(value)),
                         // Nobody holds the result any more.
-                        None => {
-                            if let Stored::Store(_, stored) = value {
-                                let _ = self.store.delete(&stored);
-                            }
-                        }
+                        None => self.discard(value),
                     }
                 }
                 self.drop_args(&mut st, &spec);
@@ -1034,6 +1260,8 @@ impl Inner {
         }
         self.changed.notify_all();
         self.dispatch(&mut st);
+        drop(st);
+        self.launch_pending();
     }
 
     /// One task fewer on a worker; its lease goes back with its last.
@@ -1055,6 +1283,10 @@ impl Inner {
         let encoding = value.encoding;
         match value.kind {
             Some(proto::value::Kind::Inline(bytes)) => Ok(Stored::Inline(encoding, bytes)),
+            // Kept by the store of the worker's node (on a cluster).
+            Some(proto::value::Kind::Stored(id)) if !value.address.is_empty() => {
+                Ok(Stored::Remote(encoding, id.parse()?, value.address))
+            }
             Some(proto::value::Kind::Stored(id)) => {
                 let id: ObjectId = id.parse()?;
                 let kind = if encoding == BATCH {
@@ -1232,6 +1464,8 @@ impl Inner {
         }
         self.changed.notify_all();
         self.dispatch(&mut st);
+        drop(st);
+        self.launch_pending();
     }
 
     pub(crate) fn shutdown(&self) {
@@ -1267,6 +1501,19 @@ impl Inner {
                 }
             }
         }
+        // On a cluster, the jobs that ran the workers end too (those whose processes have
+        // already gone have ended by themselves).
+        if let (Some(link), Some(tokio)) = (&self.cluster, self.lock_tokio().as_ref()) {
+            let jobs = std::mem::take(&mut *link.jobs.lock().unwrap_or_else(|p| p.into_inner()));
+            for job in jobs {
+                let stopping = tokio.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(5), link.client.stop(&job)).await
+                });
+                if let Ok(Err(e)) = stopping {
+                    tracing::debug!(%job, error = %e, "stopping a worker job");
+                }
+            }
+        }
         if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = stop.send(());
         }
@@ -1277,19 +1524,150 @@ impl Inner {
     }
 }
 
+/// Connects to the cluster whose head's REST address is `address`: a client carrying the
+/// token, the host this machine is reached at from there (`STREAMRUN_DRIVER_HOST`, else the
+/// address it uses to reach the head), the driver's store served over Flight, and the free
+/// CPUs of the alive nodes.
+async fn connect_cluster(
+    address: &str,
+    token: Option<String>,
+    store: &Arc<LocalStore>,
+) -> Result<(ClusterLink, String, usize)> {
+    use streamrun_cluster::{local, token as tokens};
+    let token = match token {
+        Some(t) => t,
+        None => tokens::for_client(&tokens::token_path(&local::head_dir(&local::home())))
+            .map_err(|e| Error::Runtime(format!("the cluster's token: {e}")))?,
+    };
+    let client = streamrun_cluster::client::Client::new(address, token.clone())
+        .map_err(|e| Error::Runtime(format!("the cluster at {address}: {e}")))?;
+    let nodes = client
+        .nodes()
+        .await
+        .map_err(|e| Error::Runtime(format!("the cluster at {address}: {e}")))?;
+    let cpus: u32 = nodes
+        .iter()
+        .filter(|n| n.state == streamrun_cluster::store::NodeState::Alive)
+        .map(|n| n.resources.cpus.saturating_sub(n.used_cpus))
+        .sum();
+    if cpus == 0 {
+        return Err(Error::Unschedulable(format!(
+            "the cluster at {address} has no free CPU on an alive node"
+        )));
+    }
+    let host = match std::env::var("STREAMRUN_DRIVER_HOST") {
+        Ok(h) if !h.is_empty() => h,
+        _ => {
+            let head = address
+                .trim_start_matches("http://")
+                .trim_start_matches("https://");
+            std::net::UdpSocket::bind("0.0.0.0:0")
+                .and_then(|s| s.connect(head).and_then(|()| s.local_addr()))
+                .map(|a| a.ip().to_string())
+                .map_err(|e| {
+                    Error::Runtime(format!(
+                        "finding this machine's address towards {head}: {e}; set STREAMRUN_DRIVER_HOST"
+                    ))
+                })?
+        }
+    };
+    let listener =
+        tonic::transport::server::TcpIncoming::bind(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+            .map_err(|e| Error::Runtime(format!("binding the driver's store port: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::Runtime(format!("reading the driver's store address: {e}")))?
+        .port();
+    let server = streamrun_store::flight::ObjectServer::new(Arc::clone(store), token.clone());
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    Ok((
+        ClusterLink {
+            client,
+            token,
+            store_address: format!("{host}:{port}"),
+            jobs: Mutex::new(Vec::new()),
+        },
+        host,
+        cpus as usize,
+    ))
+}
+
 /// The reason a cancelled task's results carry.
 const CANCELLED: &str = "cancelled";
 
-fn wire_value(stored: Stored) -> proto::Value {
-    match stored {
-        Stored::Inline(encoding, bytes) => proto::Value {
-            kind: Some(proto::value::Kind::Inline(bytes)),
-            encoding,
-        },
-        Stored::Store(encoding, id) => proto::Value {
-            kind: Some(proto::value::Kind::Stored(id.to_string())),
-            encoding,
-        },
+impl Inner {
+    /// A value as a worker receives it: inline, or where it is stored (this driver's store
+    /// is served at its Flight address on a cluster; on one machine, workers read it).
+    fn wire_value(&self, stored: Stored) -> proto::Value {
+        match stored {
+            Stored::Inline(encoding, bytes) => proto::Value {
+                kind: Some(proto::value::Kind::Inline(bytes)),
+                encoding,
+                address: String::new(),
+            },
+            Stored::Store(encoding, id) => proto::Value {
+                kind: Some(proto::value::Kind::Stored(id.to_string())),
+                encoding,
+                address: self
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.store_address.clone())
+                    .unwrap_or_default(),
+            },
+            Stored::Remote(encoding, id, address) => proto::Value {
+                kind: Some(proto::value::Kind::Stored(id.to_string())),
+                encoding,
+                address,
+            },
+        }
+    }
+
+    /// The stored bytes of object `id`, kept by the store at `address`.
+    fn fetch_remote(&self, id: ObjectId, address: &str) -> Result<arrow::buffer::Buffer> {
+        let Some(link) = &self.cluster else {
+            return Err(Error::Runtime(format!(
+                "object {id} is on another node, and this runtime is not on a cluster"
+            )));
+        };
+        let object = streamrun_store::ObjectRef {
+            id,
+            owner: self.owner.clone(),
+            node: address.to_owned(),
+        };
+        let handle = match self.lock_tokio().as_ref() {
+            Some(tokio) => tokio.handle().clone(),
+            None => return Err(Error::Runtime("the runtime has shut down".into())),
+        };
+        let fetched = handle.block_on(streamrun_store::flight::fetch_stored(
+            &object,
+            address,
+            &link.token,
+            None,
+        ))?;
+        Ok(fetched.1)
+    }
+
+    /// Releases object `id` in the store at `address`, without waiting.
+    fn release_remote(&self, id: ObjectId, address: String) {
+        let (Some(link), Some(tokio)) = (
+            &self.cluster,
+            self.lock_tokio().as_ref().map(|t| t.handle().clone()),
+        ) else {
+            return;
+        };
+        let token = link.token.clone();
+        let owner = self.owner.clone();
+        tokio.spawn(async move {
+            let object = streamrun_store::ObjectRef {
+                id,
+                owner,
+                node: address.clone(),
+            };
+            if let Err(e) = streamrun_store::flight::release(&object, &address, &token, None).await
+            {
+                tracing::debug!(object = %id, error = %e, "releasing a remote object");
+            }
+        });
     }
 }
 

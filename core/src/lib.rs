@@ -71,6 +71,16 @@ pub use streamrun_macros::{actor, remote};
 
 use driver::Inner;
 
+/// In a worker process (started by a driver), serves tasks and never returns; elsewhere,
+/// returns at once. [`Runtime::init`] does this first; a program that does other work
+/// before it (a test that starts a cluster, say) calls this at its very start, so that its
+/// workers do not do that work too.
+pub fn serve_if_worker() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        worker::serve(&spec);
+    }
+}
+
 /// What can go wrong in the dynamic API.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

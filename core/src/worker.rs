@@ -23,9 +23,22 @@ struct Context {
     reader: StoreReader,
     memory_dir: PathBuf,
     actors: HashMap<u64, Box<dyn Any + Send>>,
+    /// On a cluster: this node's store (its Flight address), the cluster's token, and the
+    /// job the worker belongs to.
+    node: Option<NodeStore>,
 }
 
-/// Serves the driver named by `spec` (`address|slot|memory dir|spill dir`) and exits.
+#[derive(Clone)]
+struct NodeStore {
+    address: String,
+    token: String,
+    owner: String,
+    node: String,
+}
+
+/// Serves the driver named by `spec` and exits. `spec` is `address|slot|memory dir|spill
+/// dir` for a worker the driver started itself; on a cluster, `address|cluster:slot`, with
+/// the node's store from the agent's variables.
 pub(crate) fn serve(spec: &str) -> ! {
     let code = match run(spec) {
         Ok(()) => 0,
@@ -37,22 +50,55 @@ pub(crate) fn serve(spec: &str) -> ! {
     std::process::exit(code)
 }
 
+fn env(name: &str) -> Result<String, String> {
+    std::env::var(name)
+        .map_err(|_| format!("{name} is not set: a cluster worker runs under a node agent"))
+}
+
 fn run(spec: &str) -> Result<(), String> {
-    let parts: Vec<&str> = spec.split('|').collect();
-    let [address, slot, memory_dir, spill_dir] = parts[..] else {
-        return Err(format!(
-            "{}='{spec}' is not 'address|slot|memory dir|spill dir'",
+    let bad = || {
+        format!(
+            "{}='{spec}' is not 'address|slot|memory dir|spill dir' or 'address|cluster:slot'",
             crate::WORKER_ENV
-        ));
+        )
     };
-    let slot: u64 = slot
-        .parse()
-        .map_err(|_| format!("'{slot}' is not a worker slot"))?;
-    let mut context = Context {
-        reader: StoreReader::new(memory_dir.into(), spill_dir.into()),
-        memory_dir: memory_dir.into(),
+    let (address, rest) = spec.split_once('|').ok_or_else(bad)?;
+    let (slot, memory_dir, spill_dir, node) = if let Some(slot) = rest.strip_prefix("cluster:") {
+        let slot: u64 = slot.parse().map_err(|_| bad())?;
+        let tiers = env("STREAMRUN_STORE")?;
+        let (memory, spill) = tiers
+            .split_once('|')
+            .ok_or_else(|| format!("STREAMRUN_STORE='{tiers}'"))?;
+        let node = NodeStore {
+            address: env("STREAMRUN_STORE_ADDRESS")?,
+            token: env("STREAMRUN_TOKEN")?,
+            owner: env("STREAMRUN_JOB_ID")?,
+            node: env("STREAMRUN_NODE")?,
+        };
+        (
+            slot,
+            PathBuf::from(memory),
+            PathBuf::from(spill),
+            Some(node),
+        )
+    } else {
+        let parts: Vec<&str> = rest.split('|').collect();
+        let [slot, memory, spill] = parts[..] else {
+            return Err(bad());
+        };
+        let slot: u64 = slot.parse().map_err(|_| bad())?;
+        (slot, PathBuf::from(memory), PathBuf::from(spill), None)
+    };
+    let context = Context {
+        reader: StoreReader::new(memory_dir.clone(), spill_dir),
+        memory_dir,
         actors: HashMap::new(),
+        node,
     };
+    attach(address, slot, context)
+}
+/// Attaches to the driver at `address` as `slot` and runs what it sends until it closes.
+fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,7 +127,12 @@ fn run(spec: &str) -> Result<(), String> {
             let mut done = Vec::new();
             let mut first_done: Option<Instant> = None;
             for task in message.tasks {
-                done.push(execute(&mut context, task));
+                let id = task.id;
+                let outcome = match fetch_remote_args(&context, task).await {
+                    Ok(task) => execute(&mut context, task),
+                    Err(e) => Err(e),
+                };
+                done.push(publish(&context, id, outcome).await);
                 let since = *first_done.get_or_insert_with(Instant::now);
                 if since.elapsed() >= FLUSH_AFTER {
                     let batch = std::mem::take(&mut done);
@@ -102,46 +153,86 @@ fn run(spec: &str) -> Result<(), String> {
     })
 }
 
-/// Runs one task, catching a panic as its error.
-fn execute(context: &mut Context, task: proto::Task) -> proto::Done {
-    let id = task.id;
-    let outcome =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(context, task)))
-            .unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                Err(format!("panicked: {message}"))
-            });
-    match outcome {
-        Ok(returns) => proto::Done {
-            id,
-            returns,
-            error: String::new(),
-        },
-        Err(error) => proto::Done {
-            id,
-            returns: Vec::new(),
-            error,
-        },
+/// Brings the arguments kept by other nodes' stores (on a cluster) into the task, inline.
+async fn fetch_remote_args(
+    context: &Context,
+    mut task: proto::Task,
+) -> Result<proto::Task, String> {
+    let Some(node) = &context.node else {
+        return Ok(task);
+    };
+    for value in &mut task.args {
+        let Some(proto::value::Kind::Stored(id)) = &value.kind else {
+            continue;
+        };
+        if value.address.is_empty() || value.address == node.address {
+            continue;
+        }
+        let object = streamrun_store::ObjectRef {
+            id: id.parse().map_err(|e| format!("an argument: {e}"))?,
+            owner: node.owner.clone(),
+            node: value.address.clone(),
+        };
+        let (_, buffer) =
+            streamrun_store::flight::fetch_stored(&object, &value.address, &node.token, None)
+                .await
+                .map_err(|e| format!("fetching an argument: {e}"))?;
+        value.kind = Some(proto::value::Kind::Inline(Bytes::from_owner(buffer)));
+        value.address.clear();
     }
+    Ok(task)
 }
 
-fn run_task(context: &mut Context, task: proto::Task) -> Result<Vec<proto::Value>, String> {
+/// Runs one task, catching a panic as its error.
+fn execute(context: &mut Context, task: proto::Task) -> Result<Vec<Encoded>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(context, task)))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(format!("panicked: {message}"))
+        })
+}
+
+/// A task's outcome as the driver receives it: small results inline, larger ones staged in
+/// the node's store (on a cluster, taken in by the node's store, whose address goes with
+/// them).
+async fn publish(context: &Context, id: u64, outcome: Result<Vec<Encoded>, String>) -> proto::Done {
+    let mut returns = Vec::new();
+    let mut error = String::new();
+    match outcome {
+        Ok(results) => {
+            for result in results {
+                match result_value(context, result).await {
+                    Ok(value) => returns.push(value),
+                    Err(e) => {
+                        error = e;
+                        returns.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        Err(e) => error = e,
+    }
+    proto::Done { id, returns, error }
+}
+
+fn run_task(context: &mut Context, task: proto::Task) -> Result<Vec<Encoded>, String> {
     let args: Vec<ArgValue> = task
         .args
         .into_iter()
         .map(|value| arg_value(&context.reader, value))
         .collect::<Result<_, _>>()?;
     let name = task.function.as_str();
-    let results = if task.create {
+    if task.create {
         let construct = registry::constructor(name)
             .ok_or_else(|| format!("no actor constructor is registered as {name}"))?;
         let instance = construct(&args).map_err(|e| format!("{name}: {e}"))?;
         context.actors.insert(task.actor, instance);
-        return Ok(Vec::new());
+        Ok(Vec::new())
     } else if task.actor != 0 {
         let method = registry::method(name)
             .ok_or_else(|| format!("no actor method is registered as {name}"))?;
@@ -149,16 +240,12 @@ fn run_task(context: &mut Context, task: proto::Task) -> Result<Vec<proto::Value
             .actors
             .get_mut(&task.actor)
             .ok_or_else(|| format!("actor {} does not live in this worker", task.actor))?;
-        method(instance.as_mut(), &args).map_err(|e| format!("{name}: {e}"))?
+        method(instance.as_mut(), &args).map_err(|e| format!("{name}: {e}"))
     } else {
         let call = registry::function(name)
             .ok_or_else(|| format!("no remote function is registered as {name} in this program"))?;
-        call(&args).map_err(|e| format!("{name}: {e}"))?
-    };
-    results
-        .into_iter()
-        .map(|r| result_value(&context.memory_dir, r))
-        .collect()
+        call(&args).map_err(|e| format!("{name}: {e}"))
+    }
 }
 
 fn arg_value(reader: &StoreReader, value: proto::Value) -> Result<ArgValue, String> {
@@ -176,23 +263,48 @@ fn arg_value(reader: &StoreReader, value: proto::Value) -> Result<ArgValue, Stri
     }
 }
 
-/// A result as it travels: inline when small, else staged in the store for the driver to
-/// adopt.
-fn result_value(memory_dir: &std::path::Path, result: Encoded) -> Result<proto::Value, String> {
+/// A result as it travels: inline when small, else staged in the node's store.
+async fn result_value(context: &Context, result: Encoded) -> Result<proto::Value, String> {
     let encoding = result.encoding();
     let bytes: Bytes = result.to_bytes().map_err(|e| e.to_string())?;
     if bytes.len() <= INLINE_MAX {
         return Ok(proto::Value {
             kind: Some(proto::value::Kind::Inline(bytes)),
             encoding,
+            address: String::new(),
         });
     }
     let id = ObjectId::random();
-    let staged = staging_path(memory_dir, &id);
+    let staged = staging_path(&context.memory_dir, &id);
     std::fs::write(&staged, &bytes)
         .map_err(|e| format!("staging a result in {}: {e}", staged.display()))?;
+    let Some(node) = &context.node else {
+        // The driver's own store takes it in.
+        return Ok(proto::Value {
+            kind: Some(proto::value::Kind::Stored(id.to_string())),
+            encoding,
+            address: String::new(),
+        });
+    };
+    let object = streamrun_store::ObjectRef {
+        id,
+        owner: node.owner.clone(),
+        node: node.node.clone(),
+    };
+    let kind = if encoding == crate::codec::BATCH {
+        streamrun_store::Kind::Batch
+    } else {
+        streamrun_store::Kind::Bytes
+    };
+    if let Err(e) =
+        streamrun_store::flight::adopt(&object, kind, 1, &node.address, &node.token, None).await
+    {
+        let _ = std::fs::remove_file(&staged);
+        return Err(format!("the node's store did not take a result: {e}"));
+    }
     Ok(proto::Value {
         kind: Some(proto::value::Kind::Stored(id.to_string())),
         encoding,
+        address: node.address.clone(),
     })
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod common;
+mod core_cluster;
 mod edges;
 mod groupby;
 mod incremental;

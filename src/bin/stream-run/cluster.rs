@@ -391,6 +391,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         name: args.name.clone(),
         workers: args.workers,
         entrypoint,
+        env: Default::default(),
     }))?;
     println!("{id}");
     if !args.wait {

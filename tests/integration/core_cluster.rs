@@ -1,0 +1,170 @@
+//! The dynamic API on a cluster of real processes: a head and two agents on loopback, whose
+//! agents start the worker processes (this test binary again, running the same test).
+
+use std::time::Duration;
+
+use streamrun_core::{ActorOptions, Error, Runtime, TaskOptions, actor, remote};
+
+use crate::local_cluster::LocalCluster;
+
+fn runtime(cluster: &LocalCluster, test: &str) -> Runtime {
+    let token = std::fs::read_to_string(cluster.home.path().join("head/token")).expect("token");
+    Runtime::builder()
+        .address(&cluster.rest)
+        .token(token.trim())
+        .worker_args(&["--exact", test, "--nocapture", "--test-threads=1"])
+        .init()
+        .expect("runtime on the cluster")
+}
+
+/// The square of `x`, and the node that computed it.
+#[remote(num_returns = 2)]
+fn square_where(x: i64) -> (i64, String) {
+    (x * x, std::env::var("STREAMRUN_NODE").unwrap_or_default())
+}
+
+#[remote]
+fn sum_bytes(data: Vec<u8>) -> u64 {
+    data.iter().map(|b| u64::from(*b)).sum()
+}
+
+#[remote]
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 253) as u8).collect()
+}
+
+#[remote]
+fn die_once_here(marker: String) -> String {
+    if std::fs::metadata(&marker).is_err() {
+        let _ = std::fs::write(&marker, b"died");
+        std::process::abort();
+    }
+    std::env::var("STREAMRUN_NODE").unwrap_or_default()
+}
+
+/// A tally, as an actor.
+pub struct Tally {
+    count: i64,
+}
+
+#[actor]
+impl Tally {
+    /// Starts at `start`.
+    pub fn new(start: i64) -> Tally {
+        Tally { count: start }
+    }
+
+    /// Adds one, returning the count.
+    pub fn bump(&mut self) -> i64 {
+        self.count += 1;
+        self.count
+    }
+
+    /// Its process.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+#[test]
+fn tasks_objects_and_actors_run_on_the_agents_workers() {
+    // In a worker process, this is where it serves.
+    streamrun_core::serve_if_worker();
+    let cluster = LocalCluster::start(&[2, 2]);
+    let rt = runtime(
+        &cluster,
+        "core_cluster::tasks_objects_and_actors_run_on_the_agents_workers",
+    );
+    assert_eq!(rt.worker_pids().len(), 4, "one worker per free CPU");
+
+    // Tasks spread over both nodes; the results equal a plain recomputation.
+    let submitted: Vec<_> = (0..400i64)
+        .map(|i| square_where::remote(&rt, i).expect("submit"))
+        .collect();
+    let mut nodes = std::collections::BTreeSet::new();
+    let mut total = 0i64;
+    for (square, node) in &submitted {
+        total += rt.get(square).expect("square");
+        nodes.insert(rt.get(node).expect("node"));
+    }
+    assert_eq!(total, (0..400i64).map(|i| i * i).sum::<i64>());
+    assert_eq!(nodes.len(), 2, "both agents' workers ran tasks: {nodes:?}");
+
+    // A large object put by the driver, read by workers on both nodes over Flight.
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 11) as u8).collect();
+    let expected: u64 = data.iter().map(|b| u64::from(*b)).sum();
+    let stored = rt.put(&data).expect("put");
+    let sums: Vec<_> = (0..8)
+        .map(|_| sum_bytes::remote(&rt, &stored).expect("submit"))
+        .collect();
+    assert!(
+        rt.get_all(&sums)
+            .expect("sums")
+            .iter()
+            .all(|s| *s == expected)
+    );
+    // Large results, kept by the workers' nodes and fetched from there.
+    let made: Vec<_> = (0..4)
+        .map(|_| pattern::remote(&rt, 1_500_000usize).expect("submit"))
+        .collect();
+    for result in rt.get_all(&made).expect("results") {
+        assert_eq!(result.len(), 1_500_000);
+        assert!(
+            result
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i % 253) as u8)
+        );
+    }
+    // One result passed on to another task, wherever it runs.
+    let chained = sum_bytes::remote(&rt, &made[0]).expect("submit");
+    let pattern_sum: u64 = (0..1_500_000usize).map(|i| (i % 253) as u64).sum();
+    assert_eq!(rt.get(&chained).expect("chained"), pattern_sum);
+
+    // An actor in a process of its own on the cluster, its calls in order, restarted once
+    // its process is killed.
+    let tally = Tally::with(ActorOptions::new().name("tally").max_restarts(1))
+        .remote(&rt, 0)
+        .expect("actor");
+    let bumps: Vec<_> = (0..50).map(|_| tally.bump().expect("call")).collect();
+    assert_eq!(
+        rt.get_all(&bumps).expect("bumps"),
+        (1..=50).collect::<Vec<i64>>()
+    );
+    let pid = rt.get(&tally.pid().expect("call")).expect("pid");
+    assert!(!rt.worker_pids().is_empty());
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let mut restarted = None;
+    for _ in 0..200 {
+        match rt.get(&tally.bump().expect("call")) {
+            Ok(v) => {
+                restarted = Some(v);
+                break;
+            }
+            Err(Error::Task(_)) => std::thread::sleep(Duration::from_millis(25)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        restarted,
+        Some(1),
+        "the constructor ran again, in a new process"
+    );
+    assert!(rt.get_actor::<Tally>("tally").is_ok());
+
+    // A task whose worker dies runs again on another worker.
+    let dir = tempfile::tempdir().expect("dir");
+    let marker = dir.path().join("marker").to_string_lossy().into_owned();
+    let survived = die_once_here::with(TaskOptions::new().max_retries(2))
+        .remote(&rt, marker)
+        .expect("submit");
+    assert!(rt.get(&survived).expect("retried").starts_with("node-"));
+
+    // What the cluster cannot give is refused at once.
+    let refused = square_where::with(TaskOptions::new().num_gpus(1.0)).remote(&rt, 1);
+    assert!(matches!(refused, Err(Error::Unschedulable(_))));
+    rt.shutdown();
+}
