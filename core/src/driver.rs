@@ -212,6 +212,11 @@ struct State {
     closed: bool,
     /// Actor slots whose process the cluster is still to be asked for.
     to_launch: Vec<u64>,
+    /// Tasks whose results other nodes keep, by task id, with how many of those results are
+    /// still referenced: what runs again if a node is lost. They hold their arguments.
+    lineage: HashMap<u64, (Spec, usize)>,
+    /// The task that made each such result.
+    made_by: HashMap<ObjectId, u64>,
 }
 
 pub(crate) struct Inner {
@@ -229,6 +234,8 @@ pub(crate) struct Inner {
     me: std::sync::Weak<Inner>,
     /// Set when the runtime runs on a cluster.
     cluster: Option<ClusterLink>,
+    /// Objects made again after their node was lost.
+    pub(crate) rebuilt: std::sync::atomic::AtomicU64,
 }
 
 /// A driver's link to a cluster: its head, the jobs that run its workers, and where its own
@@ -338,6 +345,7 @@ impl Inner {
             stop: Mutex::new(None),
             me: me.clone(),
             cluster,
+            rebuilt: std::sync::atomic::AtomicU64::new(0),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = DriverServer::new(Service(Arc::clone(&inner)))
@@ -565,22 +573,51 @@ impl Inner {
             let client = link.client.clone();
             let me = Arc::clone(&me);
             handle.spawn(async move {
-                match client.submit(&request).await {
-                    Ok(job) => {
-                        if let Some(link) = &me.cluster {
-                            link.jobs
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(job);
+                // A job placed on a node that dies before it starts ends without attaching:
+                // it is asked for again, a few times, while the slot still waits.
+                let mut last_error = String::new();
+                for _ in 0..4 {
+                    let job = match client.submit(&request).await {
+                        Ok(job) => job,
+                        Err(e) => {
+                            last_error = e.to_string();
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    };
+                    if let Some(link) = &me.cluster {
+                        link.jobs
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(job.clone());
+                    }
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        if me.slot_settled(slot) {
+                            return;
+                        }
+                        match client.job(&job).await {
+                            Ok(record) if record.state.is_terminal() => {
+                                last_error = format!(
+                                    "its job {job} ended before it attached: {}",
+                                    record.reason.unwrap_or_default()
+                                );
+                                break;
+                            }
+                            _ => {}
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(slot, error = %e, "could not start a worker process");
-                        tokio::task::block_in_place(|| me.launch_failed(slot, &e.to_string()));
-                    }
                 }
+                tracing::error!(slot, error = %last_error, "could not start a worker process");
+                tokio::task::block_in_place(|| me.launch_failed(slot, &last_error));
             });
         }
+    }
+
+    /// Whether the process of `slot` has attached, or the slot is no longer wanted.
+    fn slot_settled(&self, slot: u64) -> bool {
+        let st = self.lock();
+        st.closed || st.workers.get(&slot).is_none_or(|w| w.tx.is_some())
     }
 
     /// The cluster would not start the process of `slot`: an actor's ends (its pending
@@ -654,8 +691,24 @@ impl Inner {
             }
             None => false,
         };
-        if gone && let Some(Ok(stored)) = st.objects.remove(id).and_then(|o| o.value) {
+        if !gone {
+            return;
+        }
+        if let Some(Ok(stored)) = st.objects.remove(id).and_then(|o| o.value) {
             self.discard(stored);
+        }
+        // The last result of a remembered task gone: the task, and its arguments, go too.
+        if let Some(task) = st.made_by.remove(id) {
+            let done = st.lineage.get_mut(&task).is_some_and(|(_, live)| {
+                *live = live.saturating_sub(1);
+                *live == 0
+            });
+            if done && let Some((spec, _)) = st.lineage.remove(&task) {
+                for result in &spec.returns {
+                    st.made_by.remove(result);
+                }
+                self.drop_args(st, &spec);
+            }
         }
     }
 
@@ -710,7 +763,7 @@ impl Inner {
                 ))
             })
         };
-        match self.wait_one(id)? {
+        self.read_stored(id, |stored| match stored {
             Stored::Inline(SERDE, bytes) => decode(&bytes),
             Stored::Store(SERDE, stored) => decode(&self.store.get_bytes(&stored)?),
             Stored::Remote(SERDE, stored, address) => {
@@ -719,11 +772,11 @@ impl Inner {
             _ => Err(Error::Encode(format!(
                 "object {id} is a record batch: read it with get_batch"
             ))),
-        }
+        })
     }
 
     pub(crate) fn get_batch(&self, id: &ObjectId) -> Result<RecordBatch> {
-        match self.wait_one(id)? {
+        self.read_stored(id, |stored| match stored {
             Stored::Inline(BATCH, bytes) => Ok(streamrun_store::decode_buffer(
                 arrow::buffer::Buffer::from(bytes),
                 false,
@@ -738,7 +791,7 @@ impl Inner {
             _ => Err(Error::Encode(format!(
                 "object {id} is a serde value: read it with get"
             ))),
-        }
+        })
     }
 
     /// Which of `ids` are there, once `num` are or `timeout` passes.
@@ -1200,8 +1253,70 @@ impl Inner {
                 obj.value = Some(Err(reason.clone()));
             }
         }
+        // A task run again to rebuild a result holds its arguments once, through its
+        // lineage.
+        self.forget_lineage(st, spec.id);
         self.drop_args(st, spec);
         self.changed.notify_all();
+    }
+
+    /// Forgets task `task`'s lineage (not its arguments, which the caller drops).
+    fn forget_lineage(&self, st: &mut State, task: u64) {
+        if let Some((spec, _)) = st.lineage.remove(&task) {
+            for id in &spec.returns {
+                st.made_by.remove(id);
+            }
+        }
+    }
+
+    /// Makes object `id` again, lost with the node that kept it, by running the task that
+    /// made it once more. Objects put by the driver, and actors' results, cannot be.
+    fn rebuild(&self, id: &ObjectId, lost: &Error) -> Result<()> {
+        let mut st = self.lock();
+        let Some(spec) = st
+            .made_by
+            .get(id)
+            .and_then(|task| st.lineage.get(task))
+            .map(|(spec, _)| spec.clone())
+        else {
+            return Err(Error::Runtime(format!(
+                "object {id} was lost with the node that kept it ({lost}), and cannot be rebuilt: only results of remote functions can be"
+            )));
+        };
+        tracing::warn!(object = %id, task = spec.id, "rebuilding a lost object");
+        self.rebuilt
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for result in &spec.returns {
+            if let Some(obj) = st.objects.get_mut(result) {
+                obj.value = None;
+            }
+        }
+        let mut again = spec;
+        again.retries_left = again.retries_left.max(1);
+        st.pending.push_front(again);
+        self.dispatch(&mut st);
+        drop(st);
+        self.launch_pending();
+        Ok(())
+    }
+
+    /// `read` on what object `id` holds; an object lost with its node is rebuilt from its
+    /// lineage (a few times at most) and read again.
+    fn read_stored<T>(&self, id: &ObjectId, read: impl Fn(Stored) -> Result<T>) -> Result<T> {
+        let mut attempts = 0;
+        loop {
+            let stored = self.wait_one(id)?;
+            let remote = matches!(stored, Stored::Remote(..));
+            match read(stored) {
+                Err(e @ Error::Store(streamrun_store::StoreError::Remote { .. }))
+                    if remote && attempts < 3 =>
+                {
+                    attempts += 1;
+                    self.rebuild(id, &e)?;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn drop_args(&self, st: &mut State, spec: &Spec) {
@@ -1233,14 +1348,32 @@ impl Inner {
                     self.finish_failed(&mut st, &spec, reason);
                     continue;
                 }
+                // Results another node keeps can be made again: the task is remembered,
+                // with its arguments, while they are referenced (not an actor's: its state
+                // has moved on).
+                let remote =
+                    spec.actor.is_none() && stored.iter().any(|s| matches!(s, Stored::Remote(..)));
+                let mut live = 0;
                 for (id, value) in spec.returns.iter().zip(stored) {
                     match st.objects.get_mut(id) {
-                        Some(obj) => obj.value = Some(Ok(value)),
+                        Some(obj) => {
+                            obj.value = Some(Ok(value));
+                            live += 1;
+                        }
                         // Nobody holds the result any more.
                         None => self.discard(value),
                     }
                 }
-                self.drop_args(&mut st, &spec);
+                let known = st.lineage.contains_key(&spec.id);
+                if remote && live > 0 && !known {
+                    for id in &spec.returns {
+                        st.made_by.insert(*id, spec.id);
+                    }
+                    st.lineage.insert(spec.id, (spec, live));
+                } else if !remote || live == 0 {
+                    self.forget_lineage(&mut st, spec.id);
+                    self.drop_args(&mut st, &spec);
+                }
             } else if spec.retry_exceptions && spec.retries_left > 0 {
                 let mut again = spec;
                 again.retries_left -= 1;

@@ -469,6 +469,14 @@ impl Runtime {
         self.inner.worker_pids()
     }
 
+    /// How many objects were made again, by running their task once more, after the node
+    /// that kept them was lost.
+    pub fn objects_rebuilt(&self) -> u64 {
+        self.inner
+            .rebuilt
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The process id of an actor's worker, once it is running.
     pub fn actor_pid(&self, actor: &ActorHandle) -> Option<u32> {
         self.inner.actor_pid(actor.id)

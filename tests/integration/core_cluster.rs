@@ -33,6 +33,15 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 253) as u8).collect()
 }
 
+/// A large result, and the pid of the agent whose node keeps it (the worker's parent).
+#[remote(num_returns = 2)]
+fn pattern_where(n: usize) -> (Vec<u8>, u32) {
+    (
+        (0..n).map(|i| (i % 253) as u8).collect(),
+        std::os::unix::process::parent_id(),
+    )
+}
+
 #[remote]
 fn die_once_here(marker: String) -> String {
     if std::fs::metadata(&marker).is_err() {
@@ -70,12 +79,12 @@ impl Tally {
 fn tasks_objects_and_actors_run_on_the_agents_workers() {
     // In a worker process, this is where it serves.
     streamrun_core::serve_if_worker();
-    let cluster = LocalCluster::start(&[2, 2]);
+    let cluster = LocalCluster::start(&[3, 3]);
     let rt = runtime(
         &cluster,
         "core_cluster::tasks_objects_and_actors_run_on_the_agents_workers",
     );
-    assert_eq!(rt.worker_pids().len(), 4, "one worker per free CPU");
+    assert_eq!(rt.worker_pids().len(), 6, "one worker per free CPU");
 
     // Tasks spread over both nodes; the results equal a plain recomputation.
     let submitted: Vec<_> = (0..400i64)
@@ -166,5 +175,23 @@ fn tasks_objects_and_actors_run_on_the_agents_workers() {
     // What the cluster cannot give is refused at once.
     let refused = square_where::with(TaskOptions::new().num_gpus(1.0)).remote(&rt, 1);
     assert!(matches!(refused, Err(Error::Unschedulable(_))));
+
+    // A result lost with its node is made again by running its task once more.
+    let (kept, agent) = pattern_where::remote(&rt, 1_500_000usize).expect("submit");
+    let agent = rt.get(&agent).expect("agent pid");
+    rt.wait(std::slice::from_ref(&kept), 1, None).expect("wait");
+    std::process::Command::new("kill")
+        .args(["-9", &agent.to_string()])
+        .status()
+        .expect("kill the agent");
+    let rebuilt = rt.get(&kept).expect("rebuilt from its lineage");
+    assert_eq!(rt.objects_rebuilt(), 1, "the object was made again");
+    assert_eq!(rebuilt.len(), 1_500_000);
+    assert!(
+        rebuilt
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 253) as u8)
+    );
     rt.shutdown();
 }
