@@ -153,6 +153,7 @@ struct Spec {
     shape: Shape,
     retries_left: u32,
     retry_exceptions: bool,
+    spread: bool,
     actor: Option<u64>,
     create: bool,
 }
@@ -164,6 +165,8 @@ struct Worker {
     in_flight: usize,
     lease: Option<Shape>,
     actor: Option<u64>,
+    /// Where its node serves its store (on a cluster).
+    node: String,
 }
 
 impl Worker {
@@ -176,6 +179,7 @@ impl Worker {
             in_flight: 0,
             lease: None,
             actor,
+            node: String::new(),
         }
     }
 }
@@ -552,6 +556,7 @@ impl Inner {
                 in_flight: 0,
                 lease: None,
                 actor,
+                node: String::new(),
             },
         );
         Ok(slot)
@@ -913,6 +918,7 @@ impl Inner {
             shape,
             retries_left: options.max_retries,
             retry_exceptions: options.retry_exceptions,
+            spread: options.spread,
             actor: None,
             create: false,
         });
@@ -965,6 +971,7 @@ impl Inner {
             shape: Vec::new(),
             retries_left: 0,
             retry_exceptions: false,
+            spread: false,
             actor: Some(id),
             create: true,
         };
@@ -1021,6 +1028,7 @@ impl Inner {
             shape: Vec::new(),
             retries_left: retries,
             retry_exceptions: false,
+            spread: false,
             actor: Some(actor),
             create: false,
         });
@@ -1146,7 +1154,12 @@ impl Inner {
                         continue;
                     }
                 },
-                None => match self.pool_worker(st, &spec.shape.clone()) {
+                None => match self.pool_worker(
+                    st,
+                    &spec.shape.clone(),
+                    self.preferred_node(st, spec),
+                    spec.spread,
+                ) {
                     Some(slot) => slot,
                     None => {
                         pool_full = true;
@@ -1177,32 +1190,65 @@ impl Inner {
         }
     }
 
-    /// A pool worker for a task of `shape`: one leased for it with room, else an idle one
-    /// that the free resources let lease it.
-    fn pool_worker(&self, st: &mut State, shape: &Shape) -> Option<u64> {
-        let leased = st
+    /// The node that keeps a task's large arguments (the first kept by another node), where
+    /// it had best run.
+    fn preferred_node(&self, st: &State, spec: &Spec) -> Option<String> {
+        spec.args.iter().find_map(|arg| match arg {
+            TaskArg::Ref(id) => match st.objects.get(id).and_then(|o| o.value.as_ref()) {
+                Some(Ok(Stored::Remote(_, _, address))) => Some(address.clone()),
+                _ => None,
+            },
+            TaskArg::Inline(..) => None,
+        })
+    }
+
+    /// A pool worker for a task of `shape`: an idle one that the free resources let lease
+    /// it, else one leased for the shape with room in its pipeline (the least busy). First on
+    /// the `preferred` node; among idle workers, on the busiest node (packing), or with
+    /// `spread` on the least busy.
+    fn pool_worker(
+        &self,
+        st: &mut State,
+        shape: &Shape,
+        preferred: Option<String>,
+        spread: bool,
+    ) -> Option<u64> {
+        let can_lease = fits(&st.available, shape);
+        let mut load: HashMap<&str, usize> = HashMap::new();
+        for worker in st.workers.values() {
+            *load.entry(worker.node.as_str()).or_default() += worker.in_flight;
+        }
+        let chosen = st
             .workers
             .iter()
             .filter(|(_, w)| w.actor.is_none() && w.tx.is_some())
-            .filter(|(_, w)| w.lease.as_ref() == Some(shape) && w.in_flight < PIPELINE)
-            .min_by_key(|(_, w)| w.in_flight)
-            .map(|(slot, _)| *slot);
-        if leased.is_some() {
-            return leased;
+            .filter(|(_, w)| {
+                let leased = w.lease.as_ref() == Some(shape) && w.in_flight < PIPELINE;
+                let idle = w.in_flight == 0 && can_lease;
+                leased || idle
+            })
+            .min_by_key(|(slot, w)| {
+                let elsewhere = preferred.as_deref().is_some_and(|p| w.node != p);
+                let busy = w.in_flight > 0;
+                let node_load = load.get(w.node.as_str()).copied().unwrap_or(0);
+                // Spread: the least busy node first. Otherwise pack: the busiest node that
+                // still has an idle worker, as Ray's default policy fills a node first.
+                let node_order = if spread {
+                    node_load
+                } else {
+                    usize::MAX - node_load
+                };
+                (elsewhere, busy, node_order, w.in_flight, **slot)
+            })
+            .map(|(slot, w)| (*slot, w.in_flight == 0 && w.lease.as_ref() != Some(shape)))?;
+        let (slot, new_lease) = chosen;
+        if new_lease {
+            take(&mut st.available, shape);
+            if let Some(worker) = st.workers.get_mut(&slot) {
+                worker.lease = Some(shape.clone());
+            }
         }
-        if !fits(&st.available, shape) {
-            return None;
-        }
-        let idle = st
-            .workers
-            .iter()
-            .find(|(_, w)| w.actor.is_none() && w.tx.is_some() && w.in_flight == 0)
-            .map(|(slot, _)| *slot)?;
-        take(&mut st.available, shape);
-        if let Some(worker) = st.workers.get_mut(&idle) {
-            worker.lease = Some(shape.clone());
-        }
-        Some(idle)
+        Some(slot)
     }
 
     /// Whether a task's arguments are all there (`Ok(true)`), still coming (`Ok(false)`), or
@@ -1500,6 +1546,7 @@ impl Inner {
         &self,
         slot: u64,
         pid: u32,
+        node: String,
         tx: mpsc::UnboundedSender<std::result::Result<ToWorker, Status>>,
     ) -> std::result::Result<(), Status> {
         let mut st = self.lock();
@@ -1510,6 +1557,7 @@ impl Inner {
         };
         worker.tx = Some(tx);
         worker.pid = Some(pid);
+        worker.node = node;
         tracing::debug!(slot, pid, "worker attached");
         self.changed.notify_all();
         self.dispatch(&mut st);
@@ -1826,7 +1874,7 @@ impl Driver for Service {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::clone(&self.0);
         let slot = hello.slot;
-        inner.attached(slot, hello.pid, tx)?;
+        inner.attached(slot, hello.pid, hello.node, tx)?;
         tokio::spawn(async move {
             while let Ok(Some(message)) = inbound.message().await {
                 // The table's lock is held briefly: results are handled in place. Adopting

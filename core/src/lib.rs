@@ -217,6 +217,9 @@ pub struct TaskOptions {
     pub max_retries: u32,
     /// Whether an error or a panic also runs it again (up to `max_retries`).
     pub retry_exceptions: bool,
+    /// Ray's SPREAD strategy: run on the node with the least work, rather than where a
+    /// worker is free soonest.
+    pub spread: bool,
 }
 
 impl Default for TaskOptions {
@@ -227,6 +230,7 @@ impl Default for TaskOptions {
             resources: Vec::new(),
             max_retries: 3,
             retry_exceptions: false,
+            spread: false,
         }
     }
 }
@@ -259,6 +263,11 @@ impl TaskOptions {
     /// Whether errors and panics run it again too.
     pub fn retry_exceptions(mut self, yes: bool) -> Self {
         self.retry_exceptions = yes;
+        self
+    }
+    /// Spreads tasks over nodes (Ray's SPREAD strategy).
+    pub fn spread(mut self) -> Self {
+        self.spread = true;
         self
     }
 }

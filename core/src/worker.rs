@@ -114,6 +114,11 @@ fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> 
             hello: Some(proto::Hello {
                 pid: std::process::id(),
                 slot,
+                node: context
+                    .node
+                    .as_ref()
+                    .map(|n| n.address.clone())
+                    .unwrap_or_default(),
             }),
             done: Vec::new(),
         };

@@ -33,6 +33,29 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 253) as u8).collect()
 }
 
+/// A large result, and where its node serves its store.
+#[remote(num_returns = 2)]
+fn blob_here(n: usize) -> (Vec<u8>, String) {
+    (
+        vec![7u8; n],
+        std::env::var("STREAMRUN_STORE_ADDRESS").unwrap_or_default(),
+    )
+}
+
+/// Where the task that reads `data` runs (its node's store).
+#[remote]
+fn read_where(data: Vec<u8>) -> String {
+    assert!(data.iter().all(|b| *b == 7));
+    std::env::var("STREAMRUN_STORE_ADDRESS").unwrap_or_default()
+}
+
+/// Waits, then says which node it ran on.
+#[remote]
+fn busy_where(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::env::var("STREAMRUN_NODE").unwrap_or_default()
+}
+
 /// A large result, and the pid of the agent whose node keeps it (the worker's parent).
 #[remote(num_returns = 2)]
 fn pattern_where(n: usize) -> (Vec<u8>, u32) {
@@ -175,6 +198,27 @@ fn tasks_objects_and_actors_run_on_the_agents_workers() {
     // What the cluster cannot give is refused at once.
     let refused = square_where::with(TaskOptions::new().num_gpus(1.0)).remote(&rt, 1);
     assert!(matches!(refused, Err(Error::Unschedulable(_))));
+
+    // A task runs where its large argument is kept.
+    for _ in 0..4 {
+        let (blob, kept_at) = blob_here::remote(&rt, 1_000_000usize).expect("submit");
+        let ran_at = read_where::remote(&rt, &blob).expect("submit");
+        assert_eq!(
+            rt.get(&ran_at).expect("ran"),
+            rt.get(&kept_at).expect("kept")
+        );
+    }
+    // SPREAD: two long tasks in a row go to the two nodes.
+    let spread: Vec<_> = (0..2)
+        .map(|_| {
+            busy_where::with(TaskOptions::new().spread())
+                .remote(&rt, 300u64)
+                .expect("submit")
+        })
+        .collect();
+    let places: std::collections::BTreeSet<String> =
+        rt.get_all(&spread).expect("spread").into_iter().collect();
+    assert_eq!(places.len(), 2, "{places:?}");
 
     // A result lost with its node is made again by running its task once more.
     let (kept, agent) = pattern_where::remote(&rt, 1_500_000usize).expect("submit");
