@@ -512,8 +512,9 @@ impl Inner {
                     .workers
                     .iter()
                     .filter(|(_, w)| w.actor.is_none() && w.tx.is_some())
-                    .min_by_key(|(_, w)| w.in_flight)
-                    .map(|(slot, _)| *slot);
+                    .filter(|(_, w)| w.in_flight == 0 && w.lease.is_none())
+                    .map(|(slot, _)| *slot)
+                    .min();
                 if let Some(slot) = idle
                     && let Some(worker) = st.workers.get_mut(&slot)
                 {
@@ -806,7 +807,8 @@ impl Inner {
         num: usize,
         timeout: Option<Duration>,
     ) -> Result<Vec<bool>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to add is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = self.lock();
         loop {
             let ready: Vec<bool> = ids
@@ -978,6 +980,14 @@ impl Inner {
         if let Some(name) = &options.name {
             st.names.insert(name.clone(), id);
         }
+        // The actor keeps its constructor's arguments, to run it again on a restart.
+        for arg in &constructor.args {
+            if let TaskArg::Ref(object) = arg
+                && let Some(obj) = st.objects.get_mut(object)
+            {
+                obj.refs += 1;
+            }
+        }
         st.actors.insert(
             id,
             ActorState {
@@ -1060,13 +1070,17 @@ impl Inner {
                 reason: "no such actor".into(),
             });
         };
-        state.status = ActorStatus::Dead("killed".into());
         state.restarts_left = 0;
         let slot = state.slot;
-        if let Some(child) = st.workers.get_mut(&slot).and_then(|w| w.child.as_mut()) {
-            let _ = child.kill();
+        // Its process goes: killed here, and its stream closed (which ends a cluster's).
+        if let Some(worker) = st.workers.get_mut(&slot) {
+            worker.tx = None;
+            if let Some(child) = worker.child.as_mut() {
+                let _ = child.kill();
+            }
         }
-        self.fail_actor_pending(&mut st, actor, "killed");
+        // Dead for good: its resources come back, its waiting calls fail.
+        self.actor_died(&mut st, actor, "killed".into());
         self.changed.notify_all();
         Ok(())
     }
@@ -1329,6 +1343,16 @@ impl Inner {
                 "object {id} was lost with the node that kept it ({lost}), and cannot be rebuilt: only results of remote functions can be"
             )));
         };
+        // Already being rebuilt (another reader met the loss first).
+        let underway = spec
+            .returns
+            .iter()
+            .any(|r| st.objects.get(r).is_some_and(|o| o.value.is_none()))
+            || st.in_flight.contains_key(&spec.id)
+            || st.pending.iter().any(|p| p.id == spec.id);
+        if underway {
+            return Ok(());
+        }
         tracing::warn!(object = %id, task = spec.id, "rebuilding a lost object");
         self.rebuilt
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1428,6 +1452,17 @@ impl Inner {
                 if spec.create
                     && let Some(actor) = spec.actor
                 {
+                    // A constructor that fails fails again: the actor ends, as in Ray, and
+                    // its process with it.
+                    if let Some(state) = st.actors.get_mut(&actor) {
+                        state.restarts_left = 0;
+                    }
+                    if let Some(worker) = st.workers.get_mut(&slot) {
+                        worker.tx = None;
+                        if let Some(child) = worker.child.as_mut() {
+                            let _ = child.kill();
+                        }
+                    }
                     self.actor_died(
                         &mut st,
                         actor,
@@ -1520,13 +1555,15 @@ impl Inner {
         } else {
             state.status = ActorStatus::Dead(reason.clone());
         }
-        let shape = st
+        let ended = st
             .actors
             .get(&actor)
             .filter(|a| matches!(a.status, ActorStatus::Dead(_)))
-            .map(|a| a.shape.clone());
-        if let Some(shape) = shape {
+            .map(|a| (a.shape.clone(), a.constructor.clone()));
+        if let Some((shape, constructor)) = ended {
             give(&mut st.available, &shape);
+            // The arguments kept for restarts go.
+            self.drop_args(st, &constructor);
             self.fail_actor_pending(st, actor, &reason);
         }
     }
@@ -1598,7 +1635,12 @@ impl Inner {
             .collect();
         lost_specs.sort_by_key(|s| s.id);
         let reason = format!("its worker process ({pid}) died");
-        match worker.actor {
+        // A process the actor no longer runs in (replaced after its constructor failed) ends
+        // without consequence for the actor.
+        let current = worker
+            .actor
+            .filter(|a| st.actors.get(a).is_some_and(|state| state.slot == slot));
+        match current {
             Some(actor) => {
                 self.actor_died(&mut st, actor, reason.clone());
                 let alive = st
@@ -1684,7 +1726,8 @@ impl Inner {
         }
         // On a cluster, the jobs that ran the workers end too (those whose processes have
         // already gone have ended by themselves).
-        if let (Some(link), Some(tokio)) = (&self.cluster, self.lock_tokio().as_ref()) {
+        let handle = self.lock_tokio().as_ref().map(|t| t.handle().clone());
+        if let (Some(link), Some(tokio)) = (&self.cluster, handle) {
             let jobs = std::mem::take(&mut *link.jobs.lock().unwrap_or_else(|p| p.into_inner()));
             for job in jobs {
                 let stopping = tokio.block_on(async {
@@ -1698,7 +1741,8 @@ impl Inner {
         if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = stop.send(());
         }
-        if let Some(tokio) = self.lock_tokio().take() {
+        let tokio = self.lock_tokio().take();
+        if let Some(tokio) = tokio {
             tokio.shutdown_timeout(Duration::from_secs(1));
         }
         let _ = std::fs::remove_dir_all(self.spill_dir.parent().unwrap_or(&self.spill_dir));

@@ -252,8 +252,10 @@ fn actors_keep_call_order_restart_and_die() {
     assert_ne!(pid, std::process::id());
 
     // Named, and found again by name.
+    // Its start given by reference, dropped at once: the actor keeps it for restarts.
+    let start = rt.put(&100i64).expect("put");
     let named = Counter::with(ActorOptions::new().name("hits").max_restarts(1))
-        .remote(&rt, 100)
+        .remote(&rt, start)
         .expect("actor");
     rt.get(&named.increment(5).expect("call")).expect("get");
     let found = rt.get_actor::<Counter>("hits").expect("lookup");
