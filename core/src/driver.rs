@@ -117,6 +117,12 @@ struct Obj {
     refs: usize,
 }
 
+/// An argument made ready for a task, before the table is locked.
+enum Prepared {
+    Value(Stored),
+    Ref(ObjectId),
+}
+
 /// A task's argument, as the driver keeps it.
 #[derive(Debug, Clone)]
 enum TaskArg {
@@ -836,19 +842,32 @@ impl Inner {
     /// reference argument holds a reference until the task is done.
     /// The caller keeps `args` (and so their references) until it has let the lock go: the
     /// last reference's drop takes the lock.
-    fn task_args(&self, st: &mut State, args: &[ArgSpec]) -> Result<Vec<TaskArg>> {
+    fn task_args(&self, st: &mut State, args: Vec<Prepared>) -> Result<Vec<TaskArg>> {
+        // Every reference is checked before any is taken: an error leaves nothing behind.
+        if let Some(Prepared::Ref(id)) = args
+            .iter()
+            .find(|a| matches!(a, Prepared::Ref(id) if !st.objects.contains_key(id)))
+        {
+            let id = *id;
+            for arg in args {
+                if let Prepared::Value(stored) = arg {
+                    self.discard(stored);
+                }
+            }
+            return Err(Error::Runtime(format!(
+                "argument object {id} is not known here"
+            )));
+        }
         let mut out = Vec::with_capacity(args.len());
         for arg in args {
             match arg {
-                ArgSpec::Ref(r) => {
-                    let id = r.id;
-                    let obj = st.objects.get_mut(&id).ok_or_else(|| {
-                        Error::Runtime(format!("argument object {id} is not known here"))
-                    })?;
-                    obj.refs += 1;
+                Prepared::Ref(id) => {
+                    if let Some(obj) = st.objects.get_mut(&id) {
+                        obj.refs += 1;
+                    }
                     out.push(TaskArg::Ref(id));
                 }
-                ArgSpec::Value(encoded) => match self.store_value(encoded.clone())? {
+                Prepared::Value(stored) => match stored {
                     Stored::Inline(encoding, bytes) => out.push(TaskArg::Inline(encoding, bytes)),
                     // A large argument is put once, and read in place by the worker.
                     stored => {
@@ -863,6 +882,30 @@ impl Inner {
                         out.push(TaskArg::Ref(id));
                     }
                 },
+            }
+        }
+        Ok(out)
+    }
+
+    /// A caller's arguments made ready before the table is locked: large values go into the
+    /// store here, where a full store may make the put wait.
+    fn prepare(&self, args: &[ArgSpec]) -> Result<Vec<Prepared>> {
+        let mut out = Vec::with_capacity(args.len());
+        for arg in args {
+            let prepared = match arg {
+                ArgSpec::Ref(r) => Ok(Prepared::Ref(r.id)),
+                ArgSpec::Value(encoded) => self.store_value(encoded.clone()).map(Prepared::Value),
+            };
+            match prepared {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    for done in out {
+                        if let Prepared::Value(stored) = done {
+                            self.discard(stored);
+                        }
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(out)
@@ -892,7 +935,7 @@ impl Inner {
         options: TaskOptions,
     ) -> Result<Vec<RawRef>> {
         let shape = shape(options.num_cpus, options.num_gpus, &options.resources);
-        let mut st = self.lock();
+        let st = self.lock();
         if st.closed {
             return Err(Error::Runtime("the runtime has shut down".into()));
         }
@@ -908,7 +951,11 @@ impl Inner {
                 "{MAX_PENDING} tasks are already waiting to run; get or wait on some first"
             )));
         }
-        let args = self.task_args(&mut st, &args)?;
+        // Large values go into the store without the table locked.
+        drop(st);
+        let prepared = self.prepare(&args)?;
+        let mut st = self.lock();
+        let args = self.task_args(&mut st, prepared)?;
         let (returns, refs) = self.new_returns(&mut st, num_returns);
         let id = st.next_task;
         st.next_task += 1;
@@ -936,7 +983,7 @@ impl Inner {
         options: ActorOptions,
     ) -> Result<u64> {
         let shape = shape(0.0, 0.0, &options.resources);
-        let mut st = self.lock();
+        let st = self.lock();
         if !fits(&st.total, &shape) {
             return Err(Error::Unschedulable(format!(
                 "actor {type_name} asks for {}, and this cluster has {}",
@@ -958,7 +1005,11 @@ impl Inner {
                 "an actor is already named '{name}'"
             )));
         }
-        let args = self.task_args(&mut st, &args)?;
+        // Large values go into the store without the table locked.
+        drop(st);
+        let prepared = self.prepare(&args)?;
+        let mut st = self.lock();
+        let args = self.task_args(&mut st, prepared)?;
         let id = st.next_actor;
         st.next_actor += 1;
         let task = st.next_task;
@@ -1013,7 +1064,7 @@ impl Inner {
         method: &str,
         args: Vec<ArgSpec>,
     ) -> Result<Vec<RawRef>> {
-        let mut st = self.lock();
+        let st = self.lock();
         let (status, retries) = match st.actors.get(&actor) {
             Some(a) => (a.status.clone(), a.task_retries),
             None => {
@@ -1026,7 +1077,11 @@ impl Inner {
         if let ActorStatus::Dead(reason) = status {
             return Err(Error::ActorDead { id: actor, reason });
         }
-        let args = self.task_args(&mut st, &args)?;
+        // Large values go into the store without the table locked.
+        drop(st);
+        let prepared = self.prepare(&args)?;
+        let mut st = self.lock();
+        let args = self.task_args(&mut st, prepared)?;
         let (returns, refs) = self.new_returns(&mut st, 1);
         let id = st.next_task;
         st.next_task += 1;
@@ -1399,22 +1454,37 @@ impl Inner {
 
     /// A worker's results.
     fn done(&self, slot: u64, done: Vec<proto::Done>) {
+        // Results staged in the store are taken in before the table is locked.
+        let adopted: Vec<(proto::Done, Vec<Stored>, Option<String>)> = done
+            .into_iter()
+            .map(|mut result| {
+                let mut stored = Vec::with_capacity(result.returns.len());
+                let mut failure = None;
+                if result.error.is_empty() {
+                    for value in std::mem::take(&mut result.returns) {
+                        match self.adopt_value(value) {
+                            Ok(s) => stored.push(s),
+                            Err(e) => failure = Some(e.to_string()),
+                        }
+                    }
+                }
+                (result, stored, failure)
+            })
+            .collect();
         let mut st = self.lock();
-        for result in done {
+        for (result, stored, failure) in adopted {
             let Some((spec, _)) = st.in_flight.remove(&result.id) else {
+                for value in stored {
+                    self.discard(value);
+                }
                 continue;
             };
             self.free_worker_slot(&mut st, slot);
             if result.error.is_empty() {
-                let mut stored = Vec::with_capacity(result.returns.len());
-                let mut failure = None;
-                for value in result.returns {
-                    match self.adopt_value(value) {
-                        Ok(s) => stored.push(s),
-                        Err(e) => failure = Some(e.to_string()),
-                    }
-                }
                 if let Some(reason) = failure {
+                    for value in stored {
+                        self.discard(value);
+                    }
                     self.finish_failed(&mut st, &spec, reason);
                     continue;
                 }
