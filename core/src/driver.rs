@@ -665,6 +665,28 @@ impl Inner {
         Ok(self.raw(id))
     }
 
+    /// Starts building a batch in the store's memory.
+    pub(crate) fn batch_builder(
+        &self,
+        schema: arrow::datatypes::SchemaRef,
+        capacity: usize,
+    ) -> Result<streamrun_store::BatchBuilder<'_>> {
+        Ok(self.store.batch_builder(&self.owner, schema, capacity)?)
+    }
+
+    /// Records a batch already in the store (built there) and returns its first reference.
+    pub(crate) fn put_stored_batch(&self, stored: ObjectId) -> RawRef {
+        let id = ObjectId::random();
+        self.lock().objects.insert(
+            id,
+            Obj {
+                value: Some(Ok(Stored::Store(BATCH, stored))),
+                refs: 1,
+            },
+        );
+        self.raw(id)
+    }
+
     /// A value kept inline when small, else put in the store.
     fn store_value(&self, encoded: Encoded) -> Result<Stored> {
         match encoded {

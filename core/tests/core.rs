@@ -144,7 +144,7 @@ fn tasks_objects_and_wait_on_worker_processes() {
     )])
     .expect("batch");
     let doubled = rt
-        .get_batch(&double_column::remote(&rt, batch).expect("submit"))
+        .get_batch(&double_column::remote(&rt, batch.clone()).expect("submit"))
         .expect("get");
     let column = doubled
         .column(0)
@@ -157,6 +157,21 @@ fn tasks_objects_and_wait_on_worker_processes() {
             .enumerate()
             .all(|(i, v)| v == Some(2 * i as i64))
     );
+
+    // A batch built in store memory, put without a copy, read by a task in place.
+    let schema = batch.schema();
+    let mut builder = rt.batch_builder(schema, 100_000 * 8).expect("builder");
+    let mut values = builder.alloc(100_000 * 8).expect("alloc");
+    for (i, v) in values.typed_mut::<i64>().iter_mut().enumerate() {
+        *v = i as i64;
+    }
+    let column: ArrayRef = Arc::new(Int64Array::new(values.freeze().into(), None));
+    let built = rt.put_built(builder, &[column]).expect("put built");
+    assert_eq!(rt.get_batch(&built).expect("get"), batch);
+    let doubled_again = rt
+        .get_batch(&double_column::remote(&rt, &built).expect("submit"))
+        .expect("get");
+    assert_eq!(doubled_again, doubled);
 
     // A fan-out of 1,000 tasks gathered with wait, against a plain recomputation.
     let refs: Vec<_> = (0..1_000i64)
