@@ -97,11 +97,9 @@ fn main() -> anyhow::Result<()> {
     drop(gigabyte);
     // Not one of Ray's metrics: the same gigabyte built in store memory, then put. Only the
     // put (metadata, no copy) is timed.
-    let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
-        "v",
-        arrow::datatypes::DataType::Int64,
-        false,
-    )]));
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+    ]));
     let mut puts = Vec::new();
     for _ in 0..common::runs() {
         let mut builder = rt.batch_builder(schema.clone(), rows * 8)?;

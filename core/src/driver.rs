@@ -277,6 +277,18 @@ fn give(available: &mut HashMap<String, u64>, shape: &Shape) {
     }
 }
 
+/// Refuses what the whole cluster could never give `what`.
+fn check_fits(st: &State, what: &str, shape: &Shape) -> Result<()> {
+    if fits(&st.total, shape) {
+        return Ok(());
+    }
+    Err(Error::Unschedulable(format!(
+        "{what} asks for {}, and this cluster has {}",
+        describe(shape),
+        describe(&st.total.clone().into_iter().collect())
+    )))
+}
+
 fn describe(shape: &Shape) -> String {
     shape
         .iter()
@@ -909,6 +921,20 @@ impl Inner {
         Ok(out)
     }
 
+    /// Lets the table's lock go while large values go into the store (a full store makes a
+    /// put wait), then takes it again and turns the arguments into a task's.
+    fn args_for_task<'s>(
+        &'s self,
+        st: MutexGuard<'s, State>,
+        args: &[ArgSpec],
+    ) -> Result<(MutexGuard<'s, State>, Vec<TaskArg>)> {
+        drop(st);
+        let prepared = self.prepare(args)?;
+        let mut st = self.lock();
+        let args = self.task_args(&mut st, prepared)?;
+        Ok((st, args))
+    }
+
     /// A caller's arguments made ready before the table is locked: large values go into the
     /// store here, where a full store may make the put wait.
     fn prepare(&self, args: &[ArgSpec]) -> Result<Vec<Prepared>> {
@@ -961,23 +987,13 @@ impl Inner {
         if st.closed {
             return Err(Error::Runtime("the runtime has shut down".into()));
         }
-        if !fits(&st.total, &shape) {
-            return Err(Error::Unschedulable(format!(
-                "task {name} asks for {}, and this cluster has {}",
-                describe(&shape),
-                describe(&st.total.clone().into_iter().collect())
-            )));
-        }
+        check_fits(&st, &format!("task {name}"), &shape)?;
         if st.pending.len() >= MAX_PENDING {
             return Err(Error::Runtime(format!(
                 "{MAX_PENDING} tasks are already waiting to run; get or wait on some first"
             )));
         }
-        // Large values go into the store without the table locked.
-        drop(st);
-        let prepared = self.prepare(&args)?;
-        let mut st = self.lock();
-        let args = self.task_args(&mut st, prepared)?;
+        let (mut st, args) = self.args_for_task(st, &args)?;
         let (returns, refs) = self.new_returns(&mut st, num_returns);
         let id = st.next_task;
         st.next_task += 1;
@@ -1006,13 +1022,7 @@ impl Inner {
     ) -> Result<u64> {
         let shape = shape(0.0, 0.0, &options.resources);
         let st = self.lock();
-        if !fits(&st.total, &shape) {
-            return Err(Error::Unschedulable(format!(
-                "actor {type_name} asks for {}, and this cluster has {}",
-                describe(&shape),
-                describe(&st.total.clone().into_iter().collect())
-            )));
-        }
+        check_fits(&st, &format!("actor {type_name}"), &shape)?;
         if !fits(&st.available, &shape) {
             return Err(Error::Unschedulable(format!(
                 "actor {type_name} asks for {}, and only {} is free while other actors hold the rest",
@@ -1027,11 +1037,7 @@ impl Inner {
                 "an actor is already named '{name}'"
             )));
         }
-        // Large values go into the store without the table locked.
-        drop(st);
-        let prepared = self.prepare(&args)?;
-        let mut st = self.lock();
-        let args = self.task_args(&mut st, prepared)?;
+        let (mut st, args) = self.args_for_task(st, &args)?;
         let id = st.next_actor;
         st.next_actor += 1;
         let task = st.next_task;
@@ -1099,11 +1105,7 @@ impl Inner {
         if let ActorStatus::Dead(reason) = status {
             return Err(Error::ActorDead { id: actor, reason });
         }
-        // Large values go into the store without the table locked.
-        drop(st);
-        let prepared = self.prepare(&args)?;
-        let mut st = self.lock();
-        let args = self.task_args(&mut st, prepared)?;
+        let (mut st, args) = self.args_for_task(st, &args)?;
         let (returns, refs) = self.new_returns(&mut st, 1);
         let id = st.next_task;
         st.next_task += 1;
