@@ -65,6 +65,35 @@ fn timeit(name: &str, per_round: f64, mut round: impl FnMut()) {
     println!("{name} per second {mean:.2} +- {:.2}", var.sqrt());
 }
 
+/// Round trips per second of 32 bytes to an echo thread over loopback TCP, Nagle off.
+fn raw_round_trips() -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        let mut buffer = [0u8; 32];
+        while socket.read_exact(&mut buffer).is_ok() {
+            socket.write_all(&buffer)?;
+        }
+        Ok(())
+    });
+    let mut socket = std::net::TcpStream::connect(address)?;
+    socket.set_nodelay(true)?;
+    let mut buffer = [7u8; 32];
+    let n = 20_000;
+    let started = Instant::now();
+    for _ in 0..n {
+        socket.write_all(&buffer)?;
+        socket.read_exact(&mut buffer)?;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(socket);
+    let _ = echo.join();
+    Ok(rate)
+}
+
 fn main() -> anyhow::Result<()> {
     let rt = Runtime::init()?;
     println!(
@@ -143,6 +172,10 @@ fn main() -> anyhow::Result<()> {
             .collect();
         rt.wait(&refs, refs.len(), None).expect("wait");
     });
+    // The floor under every sync figure: a message to another thread over loopback TCP and
+    // back, measured in the same run.
+    let round_trip = raw_round_trips()?;
+    println!("(baseline) raw loopback TCP round trips per second {round_trip:.2}");
     let actor = Sink::remote(&rt)?;
     timeit("1:1 actor calls sync", 1.0, || {
         rt.get(&actor.noop().expect("call")).expect("get");
