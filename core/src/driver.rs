@@ -1042,7 +1042,18 @@ impl Inner {
         st.next_actor += 1;
         let task = st.next_task;
         st.next_task += 1;
-        let slot = self.spawn_worker(&mut st, Some(id))?;
+        let slot = match self.spawn_worker(&mut st, Some(id)) {
+            Ok(slot) => slot,
+            Err(e) => {
+                // The references its arguments took go back.
+                for arg in &args {
+                    if let TaskArg::Ref(object) = arg {
+                        self.decref(&mut st, object);
+                    }
+                }
+                return Err(e);
+            }
+        };
         take(&mut st.available, &shape);
         let constructor = Spec {
             id: task,
