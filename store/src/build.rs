@@ -209,7 +209,7 @@ impl LocalStore {
                 .write(true)
                 .create_new(true)
                 .open(&staged)?;
-            file.set_len(total as u64)?;
+            crate::allocate(&file, total)?;
             let map = MmapOptions::new().len(total).map_raw(&file)?;
             Ok::<_, std::io::Error>((file, map))
         })();
@@ -312,7 +312,8 @@ impl BatchBuilder<'_> {
         }
         let body = self.map.ptr() as usize + self.body_start;
         let at = buffer.as_ptr() as usize;
-        (at >= body && at + buffer.len() <= body + self.used)
+        // Arrow readers want buffers 8-byte aligned within the body.
+        (at >= body && at + buffer.len() <= body + self.used && (at - body).is_multiple_of(8))
             .then(|| ipc::Buffer::new((at - body) as i64, buffer.len() as i64))
     }
 
@@ -350,10 +351,10 @@ impl BatchBuilder<'_> {
         };
         buffers.push(validity);
         for buffer in data.buffers() {
-            buffers.push(
-                self.locate(buffer)
-                    .ok_or_else(|| outside("a buffer outside the object"))?,
-            );
+            buffers
+                .push(self.locate(buffer).ok_or_else(|| {
+                    outside("a buffer outside the object, or not 8-byte aligned")
+                })?);
         }
         for child in data.child_data() {
             self.describe(child, field, nodes, buffers)?;

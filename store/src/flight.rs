@@ -59,7 +59,7 @@ pub struct ObjectServer {
     /// Objects sent by `do_get`.
     served: Arc<std::sync::atomic::AtomicU64>,
     /// Pulls under way, by object: a second pull of the same object waits for the first.
-    pulls: Arc<std::sync::Mutex<std::collections::HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>>,
+    pulls: Arc<Gates>,
 }
 
 impl ObjectServer {
@@ -85,6 +85,13 @@ impl ObjectServer {
             let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(pulls.entry(object.id).or_default())
         };
+        // The gate leaves the table when this pull ends however it ends (a caller that goes
+        // away drops it mid-way), and only if it is still this one.
+        let _forget = ForgetGate {
+            pulls: &self.pulls,
+            id: object.id,
+            gate: Arc::clone(&gate),
+        };
         let pulled = {
             let _turn = gate.lock().await;
             if self.store.contains(&object.id) {
@@ -96,10 +103,6 @@ impl ObjectServer {
                     .map(|_| ())
             }
         };
-        self.pulls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&object.id);
         match pulled {
             // Fetched, but no room to keep it: the asker fetches its own copy.
             Ok(()) if !self.store.contains(&object.id) => Err(Status::resource_exhausted(format!(
@@ -139,6 +142,28 @@ impl ObjectServer {
             // Chunks go out as soon as they are written, not held back for acknowledgements.
             .serve_with_incoming_shutdown(listener.with_nodelay(Some(true)), shutdown)
             .await
+    }
+}
+
+/// Pulls under way, by object.
+type Gates = std::sync::Mutex<std::collections::HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>;
+
+/// Removes a pull's gate from the table when the pull ends, if no newer one replaced it.
+struct ForgetGate<'a> {
+    pulls: &'a Gates,
+    id: ObjectId,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for ForgetGate<'_> {
+    fn drop(&mut self) {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        if pulls
+            .get(&self.id)
+            .is_some_and(|g| Arc::ptr_eq(g, &self.gate))
+        {
+            pulls.remove(&self.id);
+        }
     }
 }
 

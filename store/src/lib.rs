@@ -379,6 +379,15 @@ impl LocalStore {
         for dir in [&config.memory_dir, &config.spill_dir] {
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
+        // Slabs a store of this node left when it died uncleanly: nobody can read them (their
+        // objects' ids died with it), and their numbers are reused.
+        if let Ok(entries) = std::fs::read_dir(&config.memory_dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".slab") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(LocalStore {
             node: node.to_owned(),
             config,
@@ -565,7 +574,14 @@ impl LocalStore {
                 }
                 let number = state.next_slab;
                 state.next_slab = (number + 1) & 0xff_ffff;
-                let created = slab::Slab::create(&self.config.memory_dir, number)?;
+                let created = match slab::Slab::create(&self.config.memory_dir, number) {
+                    Ok(slab) => slab,
+                    Err(e) => {
+                        // The room taken for it goes back; the object becomes a file.
+                        tracing::warn!(error = %e, "no new slab; a small object goes to a file");
+                        return Ok(None);
+                    }
+                };
                 state.memory_used += slab_bytes;
                 state.slabs.insert(number, created);
                 let emptied = state
@@ -1101,6 +1117,13 @@ fn write_file(dir: &Path, id: &ObjectId, kind: Kind, data: &[u8]) -> Result<()> 
         });
     }
     Ok(())
+}
+
+/// Gives `file` `len` bytes of real room at once: a mapped write into a sparse file on a
+/// full file system would kill the process (SIGBUS) where this fails with an error.
+pub(crate) fn allocate(file: &File, len: usize) -> std::io::Result<()> {
+    let len = i64::try_from(len).map_err(|_| std::io::Error::other("file too large"))?;
+    nix::fcntl::posix_fallocate(file, 0, len).map_err(std::io::Error::from)
 }
 
 /// Removes a file the store gave up, if there is one.

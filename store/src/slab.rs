@@ -72,7 +72,7 @@ impl Slab {
                 .write(true)
                 .create_new(true)
                 .open(&path)?;
-            file.set_len(SLAB_BYTES as u64)?;
+            crate::allocate(&file, SLAB_BYTES)?;
             let write = MmapOptions::new().len(SLAB_BYTES).map_raw(&file)?;
             #[allow(unsafe_code)]
             // SAFETY: slots are written once, before their id is handed out, and only the
@@ -186,7 +186,9 @@ pub(crate) fn read_slot(mapping: &bytes::Bytes, id: &ObjectId, kind: Kind) -> Re
     if data + len > mapping.len() {
         return Err(StoreError::NotFound(*id));
     }
-    Ok(mapping.slice(data..data + len))
+    // Copied out (64 KiB at most): a view would keep the whole slab's pages alive after the
+    // store freed it, uncounted.
+    Ok(bytes::Bytes::copy_from_slice(&mapping[data..data + len]))
 }
 
 /// Maps slab file `path` read-only, for a reader in another process.
