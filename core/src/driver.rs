@@ -1973,6 +1973,7 @@ impl Inner {
             address,
             &link.token,
             None,
+            None,
         ))?;
         Ok(fetched.1)
     }

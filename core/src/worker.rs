@@ -179,7 +179,7 @@ async fn fetch_remote_args(
             node: value.address.clone(),
         };
         let (_, buffer) =
-            streamrun_store::flight::fetch_stored(&object, &value.address, &node.token, None)
+            streamrun_store::flight::fetch_stored(&object, &value.address, &node.token, None, None)
                 .await
                 .map_err(|e| format!("fetching an argument: {e}"))?;
         value.kind = Some(proto::value::Kind::Inline(Bytes::from_owner(buffer)));

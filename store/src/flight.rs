@@ -45,6 +45,10 @@ pub const WINDOW_BYTES: u32 = 16 << 20;
 /// chunks arrive, so a wrong announcement cannot make it take more than it receives.
 const MAX_PRESIZE: usize = 1 << 30;
 
+/// How often an idle connection is checked: a peer that stops answering is dropped after
+/// twice this, and the transfers on it fail.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The largest HTTP/2 frame each side accepts. HTTP/2's default of 16 KiB cuts a chunk into
 /// 128 frames, each handled on its own.
 pub const FRAME_BYTES: u32 = 1 << 20;
@@ -138,6 +142,8 @@ impl ObjectServer {
             .initial_stream_window_size(WINDOW_BYTES)
             .initial_connection_window_size(WINDOW_BYTES)
             .max_frame_size(FRAME_BYTES)
+            .http2_keepalive_interval(Some(KEEP_ALIVE))
+            .http2_keepalive_timeout(Some(KEEP_ALIVE * 2))
             .add_service(FlightServiceServer::new(self))
             // Chunks go out as soon as they are written, not held back for acknowledgements.
             .serve_with_incoming_shutdown(listener.with_nodelay(Some(true)), shutdown)
@@ -371,6 +377,10 @@ pub async fn connect(address: &str) -> std::result::Result<Channel, String> {
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
         .max_frame_size(FRAME_BYTES)
+        // A node that vanishes without closing (a crash, a partition) is noticed.
+        .http2_keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(KEEP_ALIVE * 2)
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .map_err(|e| format!("cannot connect: {e}"))
@@ -548,7 +558,7 @@ pub async fn fetch_over(
     token: &str,
     channel: Option<Channel>,
 ) -> Result<RecordBatch> {
-    let (kind, stored) = fetch_stored(object, address, token, channel).await?;
+    let (kind, stored) = fetch_stored(object, address, token, channel, None).await?;
     match kind {
         Kind::Batch => checked_batch(object, stored),
         Kind::Bytes => {
@@ -568,11 +578,14 @@ fn checked_batch(object: &ObjectRef, stored: Buffer) -> Result<RecordBatch> {
 }
 
 /// Object `object` as the node at `address` stores it: its kind and its bytes.
+///
+/// `max_len`, when given, refuses an object announced larger, before any of it lands.
 pub async fn fetch_stored(
     object: &ObjectRef,
     address: &str,
     token: &str,
     channel: Option<Channel>,
+    max_len: Option<usize>,
 ) -> Result<(Kind, Buffer)> {
     let remote = |reason: String| StoreError::Remote {
         id: object.id,
@@ -606,6 +619,11 @@ pub async fn fetch_stored(
         return Err(remote(format!("unexpected first chunk header '{header}'")));
     };
     // The announced size is only believed up to what has arrived.
+    if let Some(max) = max_len.filter(|max| len > *max) {
+        return Err(remote(format!(
+            "the object is {len} bytes, more than the {max} this store may hold"
+        )));
+    }
     let mut landing = Landing::new(len);
     landing.append(&first.data_body).map_err(remote)?;
     while let Some(chunk) = stream.message().await.map_err(status)? {
@@ -627,7 +645,8 @@ impl LocalStore {
         if self.contains(&object.id) {
             return self.get_batch(&object.id);
         }
-        let (kind, stored) = fetch_stored(object, address, token, None).await?;
+        let cap = usize::try_from(self.config().memory_cap).unwrap_or(usize::MAX);
+        let (kind, stored) = fetch_stored(object, address, token, None, Some(cap)).await?;
         if kind != Kind::Batch {
             return Err(StoreError::WrongKind {
                 id: object.id,

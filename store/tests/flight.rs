@@ -59,6 +59,19 @@ async fn a_remote_get_fetches_exactly_caches_and_fails_clearly() {
             .expect("fetch"),
         big
     );
+    // A store whose cap the object exceeds refuses it before any of it lands.
+    let small = Arc::new(
+        LocalStore::open(
+            "node-c",
+            StoreConfig::in_dir(&root.path().join("node-c"), 1 << 20, 1 << 30),
+        )
+        .expect("store"),
+    );
+    let too_big = small
+        .get_remote(&big_ref, &address, "secret")
+        .await
+        .expect_err("larger than the cap");
+    assert!(too_big.to_string().contains("more than"), "{too_big}");
     let wrapped = streamrun_store::flight::fetch(&bytes_ref, &address, "secret")
         .await
         .expect("bytes");
