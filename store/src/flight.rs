@@ -101,10 +101,30 @@ impl ObjectServer {
             if self.store.contains(&object.id) {
                 Ok(())
             } else {
-                self.store
-                    .get_remote(object, address, &self.token)
+                match self
+                    .store
+                    .fetch_batch_file(object, address, &self.token)
                     .await
-                    .map(|_| ())
+                {
+                    Ok(stored) => {
+                        // Checking and caching read and write the whole object: off the
+                        // async threads.
+                        let (store, fetched) = (Arc::clone(&self.store), object.clone());
+                        tokio::task::spawn_blocking(move || {
+                            store.keep_fetched(&fetched, stored).map(|_| ())
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(StoreError::Remote {
+                                id: object.id,
+                                node: object.node.clone(),
+                                address: address.to_owned(),
+                                reason: format!("keeping the copy: {e}"),
+                            })
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         match pulled {
@@ -645,6 +665,18 @@ impl LocalStore {
         if self.contains(&object.id) {
             return self.get_batch(&object.id);
         }
+        let stored = self.fetch_batch_file(object, address, token).await?;
+        self.keep_fetched(object, stored)
+    }
+
+    /// Object `object`'s IPC file from the node at `address`: a batch, and no larger than
+    /// this store's memory cap.
+    async fn fetch_batch_file(
+        &self,
+        object: &ObjectRef,
+        address: &str,
+        token: &str,
+    ) -> Result<Buffer> {
         let cap = usize::try_from(self.config().memory_cap).unwrap_or(usize::MAX);
         let (kind, stored) = fetch_stored(object, address, token, None, Some(cap)).await?;
         if kind != Kind::Batch {
@@ -654,6 +686,12 @@ impl LocalStore {
                 wanted: Kind::Batch,
             });
         }
+        Ok(stored)
+    }
+
+    /// The batch in a fetched file, checked through and kept as a cached copy when there
+    /// is room. Reads the whole file and writes it: blocking work.
+    fn keep_fetched(&self, object: &ObjectRef, stored: Buffer) -> Result<RecordBatch> {
         // Checked once here; the cached file is then trusted, as the store's own are.
         let batch = checked_batch(object, stored.clone())?;
         // Caching is best-effort: without room, the fetched batch is still the answer.
