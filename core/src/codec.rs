@@ -15,6 +15,15 @@ pub const SERDE: u32 = 0;
 /// The encoding of an Arrow record batch.
 pub const BATCH: u32 = 1;
 
+/// What the object store holds for a value of `encoding`.
+pub fn store_kind(encoding: u32) -> streamrun_store::Kind {
+    if encoding == BATCH {
+        streamrun_store::Kind::Batch
+    } else {
+        streamrun_store::Kind::Bytes
+    }
+}
+
 /// A value ready to travel or to be stored.
 #[derive(Debug, Clone)]
 pub enum Encoded {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use streamrun_store::{Kind, LocalStore, ObjectId, StoreConfig};
+use streamrun_store::{LocalStore, ObjectId, StoreConfig};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -1608,12 +1608,8 @@ impl Inner {
             }
             Some(proto::value::Kind::Stored(id)) => {
                 let id: ObjectId = id.parse()?;
-                let kind = if encoding == BATCH {
-                    Kind::Batch
-                } else {
-                    Kind::Bytes
-                };
-                self.store.adopt(&self.owner, id, kind, 1)?;
+                self.store
+                    .adopt(&self.owner, id, crate::codec::store_kind(encoding), 1)?;
                 Ok(Stored::Store(encoding, id))
             }
             None => Err(Error::Runtime(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use streamrun_store::exchange::NodeStoreEnv;
 use streamrun_store::{ObjectId, StoreReader, staging_path};
 use tokio::sync::mpsc;
 
@@ -25,15 +26,7 @@ struct Context {
     actors: HashMap<u64, Box<dyn Any + Send>>,
     /// On a cluster: this node's store (its Flight address), the cluster's token, and the
     /// job the worker belongs to.
-    node: Option<NodeStore>,
-}
-
-#[derive(Clone)]
-struct NodeStore {
-    address: String,
-    token: String,
-    owner: String,
-    node: String,
+    node: Option<NodeStoreEnv>,
 }
 
 /// Serves the driver named by `spec` and exits. `spec` is `address|slot|memory dir|spill
@@ -50,11 +43,6 @@ pub(crate) fn serve(spec: &str) -> ! {
     std::process::exit(code)
 }
 
-fn env(name: &str) -> Result<String, String> {
-    std::env::var(name)
-        .map_err(|_| format!("{name} is not set: a cluster worker runs under a node agent"))
-}
-
 fn run(spec: &str) -> Result<(), String> {
     let bad = || {
         format!(
@@ -65,20 +53,13 @@ fn run(spec: &str) -> Result<(), String> {
     let (address, rest) = spec.split_once('|').ok_or_else(bad)?;
     let (slot, memory_dir, spill_dir, node) = if let Some(slot) = rest.strip_prefix("cluster:") {
         let slot: u64 = slot.parse().map_err(|_| bad())?;
-        let tiers = env("STREAMRUN_STORE")?;
-        let (memory, spill) = tiers
-            .split_once('|')
-            .ok_or_else(|| format!("STREAMRUN_STORE='{tiers}'"))?;
-        let node = NodeStore {
-            address: env("STREAMRUN_STORE_ADDRESS")?,
-            token: env("STREAMRUN_TOKEN")?,
-            owner: env("STREAMRUN_JOB_ID")?,
-            node: env("STREAMRUN_NODE")?,
-        };
+        let node = NodeStoreEnv::from_env()
+            .map_err(|e| e.to_string())?
+            .ok_or("STREAMRUN_STORE is not set: a cluster worker runs under a node agent")?;
         (
             slot,
-            PathBuf::from(memory),
-            PathBuf::from(spill),
+            node.memory_dir.clone(),
+            node.spill_dir.clone(),
             Some(node),
         )
     } else {
@@ -280,11 +261,11 @@ async fn result_value(context: &Context, result: Encoded) -> Result<proto::Value
         });
     }
     let id = ObjectId::random();
-    let staged = staging_path(&context.memory_dir, &id);
-    std::fs::write(&staged, &bytes)
-        .map_err(|e| format!("staging a result in {}: {e}", staged.display()))?;
     let Some(node) = &context.node else {
-        // The driver's own store takes it in.
+        // Staged for the driver's own store, which takes it in.
+        let staged = staging_path(&context.memory_dir, &id);
+        std::fs::write(&staged, &bytes)
+            .map_err(|e| format!("staging a result in {}: {e}", staged.display()))?;
         return Ok(proto::Value {
             kind: Some(proto::value::Kind::Stored(id.to_string())),
             encoding,
@@ -296,17 +277,18 @@ async fn result_value(context: &Context, result: Encoded) -> Result<proto::Value
         owner: node.owner.clone(),
         node: node.node.clone(),
     };
-    let kind = if encoding == crate::codec::BATCH {
-        streamrun_store::Kind::Batch
-    } else {
-        streamrun_store::Kind::Bytes
-    };
-    if let Err(e) =
-        streamrun_store::flight::adopt(&object, kind, 1, &node.address, &node.token, None).await
-    {
-        let _ = std::fs::remove_file(&staged);
-        return Err(format!("the node's store did not take a result: {e}"));
-    }
+    streamrun_store::flight::put_staged(
+        &object,
+        crate::codec::store_kind(encoding),
+        1,
+        &bytes,
+        &context.memory_dir,
+        &node.address,
+        &node.token,
+        None,
+    )
+    .await
+    .map_err(|e| format!("the node's store did not take a result: {e}"))?;
     Ok(proto::Value {
         kind: Some(proto::value::Kind::Stored(id.to_string())),
         encoding,

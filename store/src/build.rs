@@ -58,7 +58,7 @@ const MAGIC: &[u8; 8] = b"ARROW1\0\0";
 /// plus a node of 16 and the vector bookkeeping).
 const HEADER_PER_FIELD: usize = 96;
 
-fn align(n: usize) -> usize {
+pub(crate) fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 

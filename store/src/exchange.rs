@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use arrow::array::RecordBatch;
 use streamrun_engine::{Error as EngineError, ExchangeStore};
 
-use crate::{Kind, ObjectId, ObjectRef, StoreError, StoreReader, encode, flight, staging_path};
+use crate::{Kind, ObjectId, ObjectRef, StoreError, StoreReader, encode, flight};
 
 /// The variable naming the node store's tiers, `memory_dir|spill_dir`.
 pub const STORE_ENV: &str = "STREAMRUN_STORE";
@@ -95,39 +95,77 @@ impl ExchangeClient {
         Some(channel)
     }
 
-    /// The client a node agent set up for this process through the environment, if it did:
-    /// `STREAMRUN_STORE`, `STREAMRUN_STORE_ADDRESS`, `STREAMRUN_NODE`, `STREAMRUN_TOKEN` and
-    /// `STREAMRUN_JOB_ID` (the owner of what the process puts).
+    /// The client a node agent set up for this process through the environment
+    /// ([`NodeStoreEnv`]), if it did, with `STREAMRUN_EXCHANGE_THRESHOLD`.
     pub fn from_env() -> crate::Result<Option<ExchangeClient>> {
+        let Some(env) = NodeStoreEnv::from_env()? else {
+            return Ok(None);
+        };
+        let threshold = match std::env::var(THRESHOLD_ENV).ok().filter(|v| !v.is_empty()) {
+            Some(t) => t
+                .parse()
+                .map_err(|_| settings(format!("{THRESHOLD_ENV}={t:?} is not a number of bytes")))?,
+            None => DEFAULT_THRESHOLD,
+        };
+        ExchangeClient::new(
+            &env.node,
+            &env.address,
+            &env.token,
+            &env.owner,
+            (env.memory_dir, env.spill_dir),
+            threshold,
+        )
+        .map(Some)
+    }
+}
+
+/// An error in the object store's settings.
+fn settings(what: String) -> StoreError {
+    StoreError::Io {
+        context: "the object store's settings".into(),
+        source: std::io::Error::other(what),
+    }
+}
+
+/// What a node agent tells the processes it starts about its object store.
+#[derive(Debug, Clone)]
+pub struct NodeStoreEnv {
+    /// The node (`STREAMRUN_NODE`).
+    pub node: String,
+    /// Where its store serves over Flight (`STREAMRUN_STORE_ADDRESS`).
+    pub address: String,
+    /// The cluster's token (`STREAMRUN_TOKEN`).
+    pub token: String,
+    /// The job the process belongs to, owner of what it puts (`STREAMRUN_JOB_ID`).
+    pub owner: String,
+    /// The store's memory tier (`STREAMRUN_STORE`, `memory_dir|spill_dir`).
+    pub memory_dir: PathBuf,
+    /// Its spill tier.
+    pub spill_dir: PathBuf,
+}
+
+impl NodeStoreEnv {
+    /// The agent's settings, if this process runs under one (`STREAMRUN_STORE` is set); a
+    /// partial set is an error naming what is missing.
+    pub fn from_env() -> crate::Result<Option<NodeStoreEnv>> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let Some(tiers) = var(STORE_ENV) else {
             return Ok(None);
         };
-        let bad = |what: String| StoreError::Io {
-            context: "the object store's settings".into(),
-            source: std::io::Error::other(what),
-        };
-        let (memory, spill) = tiers
-            .split_once('|')
-            .ok_or_else(|| bad(format!("{STORE_ENV}={tiers:?} is not memory_dir|spill_dir")))?;
+        let (memory, spill) = tiers.split_once('|').ok_or_else(|| {
+            settings(format!("{STORE_ENV}={tiers:?} is not memory_dir|spill_dir"))
+        })?;
         let need = |name: &str| {
-            var(name).ok_or_else(|| bad(format!("{STORE_ENV} is set but {name} is not")))
+            var(name).ok_or_else(|| settings(format!("{STORE_ENV} is set but {name} is not")))
         };
-        let threshold = match var(THRESHOLD_ENV) {
-            Some(t) => t
-                .parse()
-                .map_err(|_| bad(format!("{THRESHOLD_ENV}={t:?} is not a number of bytes")))?,
-            None => DEFAULT_THRESHOLD,
-        };
-        ExchangeClient::new(
-            &need(NODE_ENV)?,
-            &need(STORE_ADDRESS_ENV)?,
-            &need("STREAMRUN_TOKEN")?,
-            &need("STREAMRUN_JOB_ID")?,
-            (PathBuf::from(memory), PathBuf::from(spill)),
-            threshold,
-        )
-        .map(Some)
+        Ok(Some(NodeStoreEnv {
+            node: need(NODE_ENV)?,
+            address: need(STORE_ADDRESS_ENV)?,
+            token: need("STREAMRUN_TOKEN")?,
+            owner: need("STREAMRUN_JOB_ID")?,
+            memory_dir: PathBuf::from(memory),
+            spill_dir: PathBuf::from(spill),
+        }))
     }
 }
 
@@ -166,26 +204,20 @@ impl ExchangeStore for ExchangeClient {
             owner: self.owner.clone(),
             node: self.node.clone(),
         };
-        let staged = staging_path(&self.memory_dir, &object.id);
         let bytes = encode(batch).map_err(engine)?;
-        std::fs::write(&staged, &bytes).map_err(|e| EngineError::Io {
-            context: format!("staging {}", staged.display()),
-            source: e,
-        })?;
         let channel = self.channel(&self.address);
-        let adopted = self.runtime.block_on(flight::adopt(
-            &object,
-            Kind::Batch,
-            receivers,
-            &self.address,
-            &self.token,
-            channel,
-        ));
-        if let Err(e) = adopted {
-            // The store did not take it: the staged file is this process's to remove.
-            let _ = std::fs::remove_file(&staged);
-            return Err(engine(e));
-        }
+        self.runtime
+            .block_on(flight::put_staged(
+                &object,
+                Kind::Batch,
+                receivers,
+                &bytes,
+                &self.memory_dir,
+                &self.address,
+                &self.token,
+                channel,
+            ))
+            .map_err(engine)?;
         Ok(format!(
             "{}\n{}\n{}\n{receivers}",
             object.node, self.address, object.id

@@ -477,6 +477,31 @@ pub async fn adopt(
     action(object, address, token, channel, ADOPT, body).await
 }
 
+/// Puts `stored` (object `object` as stored: a batch's IPC file, or bytes) into this node's
+/// store, serving at `address` with its memory tier at `memory_dir`: written under the
+/// staging name, then adopted with `readers` references. A file the store did not take is
+/// removed.
+#[allow(clippy::too_many_arguments)] // the object, its form, and where the node's store is
+pub async fn put_staged(
+    object: &ObjectRef,
+    kind: Kind,
+    readers: u32,
+    stored: &[u8],
+    memory_dir: &std::path::Path,
+    address: &str,
+    token: &str,
+    channel: Option<Channel>,
+) -> Result<()> {
+    let staged = crate::staging_path(memory_dir, &object.id);
+    std::fs::write(&staged, stored).map_err(crate::io(format!("staging {}", staged.display())))?;
+    let adopted = adopt(object, kind, readers, address, token, channel).await;
+    if adopted.is_err() {
+        // The store did not take it: the staged file is this process's to remove.
+        let _ = std::fs::remove_file(&staged);
+    }
+    adopted
+}
+
 /// Releases a reference to `object` in the store of the node serving at `address`.
 pub async fn release(
     object: &ObjectRef,

@@ -99,7 +99,7 @@ impl Slab {
 
     /// The room a slot for `len` bytes takes.
     pub(crate) fn slot_size(len: usize) -> usize {
-        (HEADER + len).div_ceil(64) * 64
+        crate::build::align(HEADER + len)
     }
 
     /// Whether a slot for `len` bytes still fits.
