@@ -17,7 +17,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::codec::{ArgSpec, BATCH, Encoded, SERDE};
 use crate::proto::driver_server::{Driver, DriverServer};
 use crate::proto::{self, FromWorker, ToWorker};
-use crate::{ActorOptions, Error, RawRef, RefInner, Result, Runtime, TaskOptions};
+use crate::{ActorOptions, Error, RawRef, RefInner, Result, Runtime, TaskOptions, WeakBackend};
+
+mod nested;
 
 /// The variable that makes a process a worker: `address|slot|memory dir|spill dir`.
 pub const WORKER_ENV: &str = "STREAMRUN_CORE_WORKER";
@@ -26,6 +28,10 @@ pub const WORKER_ENV: &str = "STREAMRUN_CORE_WORKER";
 pub(crate) const INLINE_MAX: usize = 100 << 10;
 /// Tasks a worker is given ahead of finishing them: enough to keep it busy between messages.
 const PIPELINE: usize = 64;
+/// The pool grows to at most this many times its size (and at least to `POOL_FLOOR`
+/// workers) while tasks wait for others.
+const POOL_GROWTH: usize = 8;
+const POOL_FLOOR: usize = 16;
 /// Tasks waiting to run at most: past it, a submission is refused.
 const MAX_PENDING: usize = 1_000_000;
 
@@ -133,7 +139,7 @@ enum TaskArg {
 /// The resources one task (or actor) holds: milli-units by name.
 type Shape = Vec<(String, u64)>;
 
-fn shape(cpus: f64, gpus: f64, custom: &[(String, f64)]) -> Shape {
+pub(crate) fn shape(cpus: f64, gpus: f64, custom: &[(String, f64)]) -> Shape {
     let mut out: Vec<(String, u64)> = Vec::new();
     let mut add = |name: &str, amount: f64| {
         let milli = (amount * 1000.0).round().max(0.0) as u64;
@@ -148,6 +154,18 @@ fn shape(cpus: f64, gpus: f64, custom: &[(String, f64)]) -> Shape {
     }
     out.sort();
     out
+}
+
+/// A task or actor call to queue, as its caller asked for it.
+struct Submission {
+    function: String,
+    /// Its results' ids (chosen by a nested caller, else here).
+    returns: Vec<ObjectId>,
+    shape: Shape,
+    retries: u32,
+    retry_exceptions: bool,
+    spread: bool,
+    actor: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +191,10 @@ struct Worker {
     actor: Option<u64>,
     /// Where its node serves its store (on a cluster).
     node: String,
+    /// Nested `get`s and `wait`s its task is in: while any is, it gets no tasks.
+    blocked: u32,
+    /// Whether its lease's resources are lent out while it waits.
+    lent: bool,
 }
 
 impl Worker {
@@ -186,6 +208,8 @@ impl Worker {
             lease: None,
             actor,
             node: String::new(),
+            blocked: 0,
+            lent: false,
         }
     }
 }
@@ -214,8 +238,12 @@ struct State {
     workers: HashMap<u64, Worker>,
     actors: HashMap<u64, ActorState>,
     names: HashMap<String, u64>,
-    total: HashMap<String, u64>,
-    available: HashMap<String, u64>,
+    total: HashMap<String, i64>,
+    /// Below zero while workers that waited in a nested `get` run again on resources they
+    /// lent out (as in Ray, briefly oversubscribed).
+    available: HashMap<String, i64>,
+    /// Pool workers wanted besides those waiting in a nested `get`: the pool's size.
+    pool_size: usize,
     next_slot: u64,
     next_task: u64,
     next_actor: u64,
@@ -254,26 +282,25 @@ struct ClusterLink {
     client: streamrun_cluster::client::Client,
     token: String,
     store_address: String,
-    jobs: Mutex<Vec<String>>,
+    /// The worker jobs, with the slot each runs.
+    jobs: Mutex<Vec<(u64, String)>>,
 }
 
-fn fits(available: &HashMap<String, u64>, shape: &Shape) -> bool {
+fn fits(available: &HashMap<String, i64>, shape: &Shape) -> bool {
     shape
         .iter()
-        .all(|(name, milli)| available.get(name).copied().unwrap_or(0) >= *milli)
+        .all(|(name, milli)| available.get(name).copied().unwrap_or(0) >= *milli as i64)
 }
 
-fn take(available: &mut HashMap<String, u64>, shape: &Shape) {
+fn take(available: &mut HashMap<String, i64>, shape: &Shape) {
     for (name, milli) in shape {
-        if let Some(have) = available.get_mut(name) {
-            *have -= (*have).min(*milli);
-        }
+        *available.entry(name.clone()).or_default() -= *milli as i64;
     }
 }
 
-fn give(available: &mut HashMap<String, u64>, shape: &Shape) {
+fn give(available: &mut HashMap<String, i64>, shape: &Shape) {
     for (name, milli) in shape {
-        *available.entry(name.clone()).or_default() += milli;
+        *available.entry(name.clone()).or_default() += *milli as i64;
     }
 }
 
@@ -285,7 +312,7 @@ fn check_fits(st: &State, what: &str, shape: &Shape) -> Result<()> {
     Err(Error::Unschedulable(format!(
         "{what} asks for {}, and this cluster has {}",
         describe(shape),
-        describe(&st.total.clone().into_iter().collect())
+        describe_amounts(&st.total)
     )))
 }
 
@@ -293,6 +320,16 @@ fn describe(shape: &Shape) -> String {
     shape
         .iter()
         .map(|(n, m)| format!("{n}={}", *m as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_amounts(amounts: &HashMap<String, i64>) -> String {
+    let mut named: Vec<(&String, &i64)> = amounts.iter().collect();
+    named.sort();
+    named
+        .iter()
+        .map(|(n, m)| format!("{n}={}", **m as f64 / 1000.0))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -341,14 +378,15 @@ impl Inner {
         let args = builder
             .worker_args
             .unwrap_or_else(|| std::env::args().skip(1).collect());
-        let mut total: HashMap<String, u64> = HashMap::new();
-        total.insert("CPU".into(), workers as u64 * 1000);
+        let mut total: HashMap<String, i64> = HashMap::new();
+        total.insert("CPU".into(), workers as i64 * 1000);
         for (name, amount) in shape(0.0, 0.0, &builder.resources) {
-            *total.entry(name).or_default() += amount;
+            *total.entry(name).or_default() += amount as i64;
         }
         let state = State {
             available: total.clone(),
             total,
+            pool_size: workers,
             next_task: 1,
             next_actor: 1,
             ..State::default()
@@ -436,7 +474,7 @@ impl Inner {
         };
         let jobs = link.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut out = String::new();
-        for job in jobs {
+        for (_, job) in jobs {
             let logs = tokio.block_on(link.client.logs(&job)).unwrap_or_default();
             let tail: String = logs
                 .chars()
@@ -482,7 +520,7 @@ impl Inner {
             link.jobs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(job);
+                .push((slot, job));
         }
         Ok(())
     }
@@ -513,10 +551,7 @@ impl Inner {
     }
 
     fn raw(&self, id: ObjectId) -> RawRef {
-        Arc::new(RefInner {
-            id,
-            rt: self.me.clone(),
-        })
+        Arc::new(RefInner::new(id, WeakBackend::Driver(self.me.clone())))
     }
 
     /// Starts a worker process for a new slot (for `actor`, or the pool).
@@ -576,6 +611,8 @@ impl Inner {
                 lease: None,
                 actor,
                 node: String::new(),
+                blocked: 0,
+                lent: false,
             },
         );
         Ok(slot)
@@ -613,7 +650,7 @@ impl Inner {
                         link.jobs
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .push(job.clone());
+                            .push((slot, job.clone()));
                     }
                     loop {
                         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -921,20 +958,6 @@ impl Inner {
         Ok(out)
     }
 
-    /// Lets the table's lock go while large values go into the store (a full store makes a
-    /// put wait), then takes it again and turns the arguments into a task's.
-    fn args_for_task<'s>(
-        &'s self,
-        st: MutexGuard<'s, State>,
-        args: &[ArgSpec],
-    ) -> Result<(MutexGuard<'s, State>, Vec<TaskArg>)> {
-        drop(st);
-        let prepared = self.prepare(args)?;
-        let mut st = self.lock();
-        let args = self.task_args(&mut st, prepared)?;
-        Ok((st, args))
-    }
-
     /// A caller's arguments made ready before the table is locked: large values go into the
     /// store here, where a full store may make the put wait.
     fn prepare(&self, args: &[ArgSpec]) -> Result<Vec<Prepared>> {
@@ -959,10 +982,103 @@ impl Inner {
         Ok(out)
     }
 
-    /// Result objects for a new task, each with one reference (the caller's).
-    fn new_returns(&self, st: &mut State, n: usize) -> (Vec<ObjectId>, Vec<RawRef>) {
-        let ids: Vec<ObjectId> = (0..n.max(1)).map(|_| ObjectId::random()).collect();
-        for id in &ids {
+    pub(crate) fn submit_task(
+        &self,
+        name: &str,
+        args: Vec<ArgSpec>,
+        num_returns: usize,
+        options: TaskOptions,
+    ) -> Result<Vec<RawRef>> {
+        let submission = Submission {
+            function: name.to_owned(),
+            returns: (0..num_returns.max(1))
+                .map(|_| ObjectId::random())
+                .collect(),
+            shape: shape(options.num_cpus, options.num_gpus, &options.resources),
+            retries: options.max_retries,
+            retry_exceptions: options.retry_exceptions,
+            spread: options.spread,
+            actor: None,
+        };
+        // Checked before large arguments go into the store, and again with them.
+        self.admit(&self.lock(), &submission)?;
+        let prepared = self.prepare(&args)?;
+        // `args` (and their references) outlive the lock `enqueue` takes.
+        self.enqueue(submission, prepared)
+    }
+
+    pub(crate) fn submit_actor_call(
+        &self,
+        actor: u64,
+        method: &str,
+        args: Vec<ArgSpec>,
+    ) -> Result<Vec<RawRef>> {
+        let submission = Submission {
+            function: method.to_owned(),
+            returns: vec![ObjectId::random()],
+            shape: Vec::new(),
+            retries: 0,
+            retry_exceptions: false,
+            spread: false,
+            actor: Some(actor),
+        };
+        self.admit(&self.lock(), &submission)?;
+        let prepared = self.prepare(&args)?;
+        self.enqueue(submission, prepared)
+    }
+
+    /// Whether a submission can be taken now: the runtime runs, the cluster could ever
+    /// meet its request, the queue has room, its actor lives.
+    fn admit(&self, st: &State, submission: &Submission) -> Result<()> {
+        if st.closed {
+            return Err(Error::Runtime("the runtime has shut down".into()));
+        }
+        match submission.actor {
+            None => {
+                check_fits(
+                    st,
+                    &format!("task {}", submission.function),
+                    &submission.shape,
+                )?;
+            }
+            Some(actor) => match st.actors.get(&actor).map(|a| &a.status) {
+                None => {
+                    return Err(Error::ActorDead {
+                        id: actor,
+                        reason: "no such actor".into(),
+                    });
+                }
+                Some(ActorStatus::Dead(reason)) => {
+                    return Err(Error::ActorDead {
+                        id: actor,
+                        reason: reason.clone(),
+                    });
+                }
+                Some(ActorStatus::Alive) => {}
+            },
+        }
+        if st.pending.len() >= MAX_PENDING {
+            return Err(Error::Runtime(format!(
+                "{MAX_PENDING} tasks are already waiting to run; get or wait on some first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues a task (or an actor call) whose arguments are ready, and returns the
+    /// references to its results. What fails leaves nothing behind.
+    fn enqueue(&self, submission: Submission, prepared: Vec<Prepared>) -> Result<Vec<RawRef>> {
+        let mut st = self.lock();
+        if let Err(e) = self.admit(&st, &submission) {
+            for arg in prepared {
+                if let Prepared::Value(stored) = arg {
+                    self.discard(stored);
+                }
+            }
+            return Err(e);
+        }
+        let args = self.task_args(&mut st, prepared)?;
+        for id in &submission.returns {
             st.objects.insert(
                 *id,
                 Obj {
@@ -971,42 +1087,24 @@ impl Inner {
                 },
             );
         }
-        let refs = ids.iter().map(|id| self.raw(*id)).collect();
-        (ids, refs)
-    }
-
-    pub(crate) fn submit_task(
-        &self,
-        name: &str,
-        args: Vec<ArgSpec>,
-        num_returns: usize,
-        options: TaskOptions,
-    ) -> Result<Vec<RawRef>> {
-        let shape = shape(options.num_cpus, options.num_gpus, &options.resources);
-        let st = self.lock();
-        if st.closed {
-            return Err(Error::Runtime("the runtime has shut down".into()));
-        }
-        check_fits(&st, &format!("task {name}"), &shape)?;
-        if st.pending.len() >= MAX_PENDING {
-            return Err(Error::Runtime(format!(
-                "{MAX_PENDING} tasks are already waiting to run; get or wait on some first"
-            )));
-        }
-        let (mut st, args) = self.args_for_task(st, &args)?;
-        let (returns, refs) = self.new_returns(&mut st, num_returns);
+        let refs = submission.returns.iter().map(|id| self.raw(*id)).collect();
+        // An actor's calls run again after a restart as often as the actor says.
+        let retries = match submission.actor {
+            Some(actor) => st.actors.get(&actor).map_or(0, |a| a.task_retries),
+            None => submission.retries,
+        };
         let id = st.next_task;
         st.next_task += 1;
         st.pending.push_back(Spec {
             id,
-            function: name.to_owned(),
+            function: submission.function,
             args,
-            returns,
-            shape,
-            retries_left: options.max_retries,
-            retry_exceptions: options.retry_exceptions,
-            spread: options.spread,
-            actor: None,
+            returns: submission.returns,
+            shape: submission.shape,
+            retries_left: retries,
+            retry_exceptions: submission.retry_exceptions,
+            spread: submission.spread,
+            actor: submission.actor,
             create: false,
         });
         self.dispatch(&mut st);
@@ -1020,24 +1118,46 @@ impl Inner {
         args: Vec<ArgSpec>,
         options: ActorOptions,
     ) -> Result<u64> {
+        let prepared = self.prepare(&args)?;
+        self.create_actor_prepared(type_name, constructor, prepared, options)
+    }
+
+    /// Starts an actor whose constructor's arguments are ready.
+    fn create_actor_prepared(
+        &self,
+        type_name: &str,
+        constructor: &str,
+        prepared: Vec<Prepared>,
+        options: ActorOptions,
+    ) -> Result<u64> {
         let shape = shape(0.0, 0.0, &options.resources);
-        let st = self.lock();
-        check_fits(&st, &format!("actor {type_name}"), &shape)?;
-        if !fits(&st.available, &shape) {
-            return Err(Error::Unschedulable(format!(
+        let mut st = self.lock();
+        let refused = if st.closed {
+            Err(Error::Runtime("the runtime has shut down".into()))
+        } else if let Err(e) = check_fits(&st, &format!("actor {type_name}"), &shape) {
+            Err(e)
+        } else if !fits(&st.available, &shape) {
+            Err(Error::Unschedulable(format!(
                 "actor {type_name} asks for {}, and only {} is free while other actors hold the rest",
                 describe(&shape),
-                describe(&st.available.clone().into_iter().collect())
-            )));
-        }
-        if let Some(name) = &options.name
-            && st.names.contains_key(name)
-        {
-            return Err(Error::Runtime(format!(
+                describe_amounts(&st.available)
+            )))
+        } else if let Some(name) = options.name.as_ref().filter(|n| st.names.contains_key(*n)) {
+            Err(Error::Runtime(format!(
                 "an actor is already named '{name}'"
-            )));
+            )))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = refused {
+            for arg in prepared {
+                if let Prepared::Value(stored) = arg {
+                    self.discard(stored);
+                }
+            }
+            return Err(e);
         }
-        let (mut st, args) = self.args_for_task(st, &args)?;
+        let args = self.task_args(&mut st, prepared)?;
         let id = st.next_actor;
         st.next_actor += 1;
         let task = st.next_task;
@@ -1097,45 +1217,6 @@ impl Inner {
         Ok(id)
     }
 
-    pub(crate) fn submit_actor_call(
-        &self,
-        actor: u64,
-        method: &str,
-        args: Vec<ArgSpec>,
-    ) -> Result<Vec<RawRef>> {
-        let st = self.lock();
-        let (status, retries) = match st.actors.get(&actor) {
-            Some(a) => (a.status.clone(), a.task_retries),
-            None => {
-                return Err(Error::ActorDead {
-                    id: actor,
-                    reason: "no such actor".into(),
-                });
-            }
-        };
-        if let ActorStatus::Dead(reason) = status {
-            return Err(Error::ActorDead { id: actor, reason });
-        }
-        let (mut st, args) = self.args_for_task(st, &args)?;
-        let (returns, refs) = self.new_returns(&mut st, 1);
-        let id = st.next_task;
-        st.next_task += 1;
-        st.pending.push_back(Spec {
-            id,
-            function: method.to_owned(),
-            args,
-            returns,
-            shape: Vec::new(),
-            retries_left: retries,
-            retry_exceptions: false,
-            spread: false,
-            actor: Some(actor),
-            create: false,
-        });
-        self.dispatch(&mut st);
-        Ok(refs)
-    }
-
     pub(crate) fn named_actor(&self, name: &str, type_name: &str) -> Result<u64> {
         let st = self.lock();
         let id = *st
@@ -1175,16 +1256,155 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) fn cancel(&self, id: &ObjectId) -> Result<bool> {
+    /// Cancels the task making `id`: one waiting is taken off the queue; with `force`, a
+    /// running task (not an actor's call) is stopped by ending its worker process, after
+    /// the tasks queued behind it on that worker are taken back (they run elsewhere, not
+    /// counted as retries).
+    pub(crate) fn cancel(&self, id: &ObjectId, force: bool) -> Result<bool> {
         let mut st = self.lock();
-        let Some(at) = st.pending.iter().position(|s| s.returns.contains(id)) else {
+        if let Some(at) = st.pending.iter().position(|s| s.returns.contains(id))
+            && let Some(spec) = st.pending.remove(at)
+        {
+            self.finish_failed(&mut st, &spec, CANCELLED.into());
+            return Ok(true);
+        }
+        if !force {
+            return Ok(false);
+        }
+        let Some((task, actor, slot)) = st
+            .in_flight
+            .iter()
+            .find(|(_, (spec, _))| spec.returns.contains(id))
+            .map(|(task, (spec, slot))| (*task, spec.actor, *slot))
+        else {
             return Ok(false);
         };
-        let Some(spec) = st.pending.remove(at) else {
-            return Ok(false);
-        };
-        self.finish_failed(&mut st, &spec, CANCELLED.into());
+        if let Some(actor) = actor {
+            return Err(Error::Runtime(format!(
+                "a running call of actor {actor} cannot be stopped alone: kill the actor instead"
+            )));
+        }
+        self.reclaim(&mut st, slot, task);
+        if let Some((spec, _)) = st.in_flight.remove(&task) {
+            self.finish_failed(&mut st, &spec, CANCELLED.into());
+        }
+        let job = self.cluster.as_ref().and_then(|link| {
+            link.jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .map(|(_, job)| job.clone())
+        });
+        if let Some(worker) = st.workers.get_mut(&slot) {
+            // It gets nothing more; its death replaces it.
+            worker.blocked += 1;
+            if let Some(child) = worker.child.as_mut() {
+                let _ = child.kill();
+            }
+        }
+        self.dispatch(&mut st);
+        drop(st);
+        if let (Some(job), Some(link), Some(tokio)) = (
+            job,
+            &self.cluster,
+            self.lock_tokio().as_ref().map(|t| t.handle().clone()),
+        ) {
+            let client = link.client.clone();
+            tokio.spawn(async move {
+                if let Err(e) = client.stop(&job).await {
+                    tracing::warn!(%job, error = %e, "stopping the job of a cancelled task");
+                }
+            });
+        }
         Ok(true)
+    }
+
+    /// Takes back the tasks sent to worker `slot` but for `keep` (the one it runs): they
+    /// go first in the queue again, in their order. Returns their ids.
+    fn reclaim(&self, st: &mut State, slot: u64, keep: u64) -> Vec<u64> {
+        let mut ids: Vec<u64> = st
+            .in_flight
+            .iter()
+            .filter(|(id, (_, s))| *s == slot && **id != keep)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids.iter().rev() {
+            if let Some((spec, _)) = st.in_flight.remove(id) {
+                st.pending.push_front(spec);
+            }
+        }
+        if let Some(worker) = st.workers.get_mut(&slot) {
+            worker.in_flight = worker.in_flight.saturating_sub(ids.len());
+        }
+        ids
+    }
+
+    /// Worker `slot`'s task, `running`, waits in a nested `get` or `wait`. A pool worker
+    /// gets no more tasks meanwhile; those queued behind the one it runs are taken back
+    /// (returned: the worker skips them); its lease's resources are lent out; and, while
+    /// fewer pool workers than the pool's size do not wait, one more is started (up to
+    /// `POOL_GROWTH` times the pool, or `POOL_FLOOR`), so tasks that wait for their children cannot hold
+    /// every worker. An actor keeps its calls (they run in order) and its resources.
+    pub(crate) fn block(&self, slot: u64, running: u64) -> Vec<u64> {
+        let mut st = self.lock();
+        let Some(worker) = st.workers.get_mut(&slot) else {
+            return Vec::new();
+        };
+        if worker.actor.is_some() {
+            return Vec::new();
+        }
+        worker.blocked += 1;
+        if worker.blocked > 1 {
+            return Vec::new();
+        }
+        if let Some(shape) = worker.lease.clone() {
+            worker.lent = true;
+            give(&mut st.available, &shape);
+        }
+        let reclaimed = self.reclaim(&mut st, slot, running);
+        let pool = st.workers.values().filter(|w| w.actor.is_none());
+        let (all, waiting) = pool.fold((0, 0), |(all, waiting), w| {
+            (all + 1, waiting + usize::from(w.blocked > 0))
+        });
+        let cap = (st.pool_size * POOL_GROWTH).max(POOL_FLOOR);
+        if all - waiting < st.pool_size {
+            if all < cap {
+                if let Err(e) = self.spawn_worker(&mut st, None) {
+                    tracing::warn!(error = %e, "could not start a worker while tasks wait");
+                }
+            } else if waiting >= all {
+                tracing::warn!(
+                    workers = all,
+                    "every pool worker waits in a nested get and the pool is at its cap: the tasks they wait for cannot run"
+                );
+            }
+        }
+        self.dispatch(&mut st);
+        drop(st);
+        self.launch_pending();
+        reclaimed
+    }
+
+    /// Worker `slot`'s nested wait is over: it takes its lent resources back (the cluster
+    /// may be oversubscribed for a while, as in Ray) and can get tasks again.
+    pub(crate) fn unblock(&self, slot: u64) {
+        let mut st = self.lock();
+        let Some(worker) = st.workers.get_mut(&slot) else {
+            return;
+        };
+        if worker.actor.is_some() {
+            return;
+        }
+        worker.blocked = worker.blocked.saturating_sub(1);
+        if worker.blocked == 0 && worker.lent {
+            worker.lent = false;
+            if let Some(shape) = worker.lease.clone() {
+                take(&mut st.available, &shape);
+            }
+        }
+        self.dispatch(&mut st);
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
@@ -1325,7 +1545,7 @@ impl Inner {
         let chosen = st
             .workers
             .iter()
-            .filter(|(_, w)| w.actor.is_none() && w.tx.is_some())
+            .filter(|(_, w)| w.actor.is_none() && w.tx.is_some() && w.blocked == 0)
             .filter(|(_, w)| {
                 let leased = w.lease.as_ref() == Some(shape) && w.in_flight < PIPELINE;
                 let idle = w.in_flight == 0 && can_lease;
@@ -1590,6 +1810,10 @@ impl Inner {
             worker.in_flight = worker.in_flight.saturating_sub(1);
             if worker.in_flight == 0 {
                 freed = worker.lease.take();
+                // Resources lent out while it waited were given back then.
+                if std::mem::take(&mut worker.lent) {
+                    freed = None;
+                }
             }
         }
         if let Some(shape) = freed {
@@ -1708,7 +1932,10 @@ impl Inner {
         let Some(mut worker) = st.workers.remove(&slot) else {
             return;
         };
-        if let Some(shape) = worker.lease.take() {
+        // A lease lent out while its worker waited was given back then.
+        if let Some(shape) = worker.lease.take()
+            && !worker.lent
+        {
             give(&mut st.available, &shape);
         }
         if let Some(mut child) = worker.child.take() {
@@ -1830,7 +2057,7 @@ impl Inner {
         let handle = self.lock_tokio().as_ref().map(|t| t.handle().clone());
         if let (Some(link), Some(tokio)) = (&self.cluster, handle) {
             let jobs = std::mem::take(&mut *link.jobs.lock().unwrap_or_else(|p| p.into_inner()));
-            for job in jobs {
+            for (_, job) in jobs {
                 let stopping = tokio.block_on(async {
                     tokio::time::timeout(Duration::from_secs(5), link.client.stop(&job)).await
                 });
@@ -2006,6 +2233,18 @@ type OutStream =
 #[tonic::async_trait]
 impl Driver for Service {
     type AttachStream = OutStream;
+    type NestedStream = nested::ReplyStream;
+
+    async fn nested(
+        &self,
+        request: Request<Streaming<proto::NestedRequest>>,
+    ) -> std::result::Result<Response<Self::NestedStream>, Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(nested::serve(Arc::clone(&self.0), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
 
     async fn attach(
         &self,

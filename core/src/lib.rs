@@ -44,6 +44,7 @@
 //!
 //! (`no_run`: a doc test cannot start its own binary again as workers.)
 
+mod client;
 pub mod codec;
 mod driver;
 pub mod registry;
@@ -67,9 +68,65 @@ use streamrun_store::ObjectId;
 pub use driver::{RuntimeBuilder, WORKER_ENV};
 #[doc(hidden)]
 pub use inventory;
+#[doc(hidden)]
+pub use serde;
 pub use streamrun_macros::{actor, remote};
 
+use client::Client;
 use driver::Inner;
+
+/// What carries out a [`Runtime`]'s calls: the driver itself, or, inside a worker process,
+/// a client of the driver (nested tasks).
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Driver(Arc<Inner>),
+    Worker(Arc<Client>),
+}
+
+/// A [`Backend`] that does not keep it alive.
+#[derive(Debug, Clone)]
+pub(crate) enum WeakBackend {
+    Driver(Weak<Inner>),
+    Worker(Weak<Client>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Driver(_) => "Backend::Driver",
+            Backend::Worker(_) => "Backend::Worker",
+        })
+    }
+}
+
+impl WeakBackend {
+    fn upgrade(&self) -> Option<Backend> {
+        match self {
+            WeakBackend::Driver(w) => w.upgrade().map(Backend::Driver),
+            WeakBackend::Worker(w) => w.upgrade().map(Backend::Worker),
+        }
+    }
+}
+
+/// The runtime of this process, for [`Runtime::current`] and for reading actor handles
+/// that travelled as values: the driver's once it has started, a worker's client in a
+/// worker process.
+static CURRENT: std::sync::Mutex<Option<WeakBackend>> = std::sync::Mutex::new(None);
+
+pub(crate) fn set_current(backend: WeakBackend) {
+    *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(backend);
+}
+
+fn current_backend() -> Option<Backend> {
+    if let Some(client) = client::current() {
+        return client.ok().map(Backend::Worker);
+    }
+    CURRENT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(WeakBackend::upgrade)
+}
 
 /// In a worker process (started by a driver), serves tasks and never returns; elsewhere,
 /// returns at once. [`Runtime::init`] does this first; a program that does other work
@@ -134,13 +191,21 @@ pub enum TaskError {
 #[derive(Debug)]
 pub struct RefInner {
     id: ObjectId,
-    rt: Weak<Inner>,
+    rt: WeakBackend,
+}
+
+impl RefInner {
+    pub(crate) fn new(id: ObjectId, rt: WeakBackend) -> RefInner {
+        RefInner { id, rt }
+    }
 }
 
 impl Drop for RefInner {
     fn drop(&mut self) {
-        if let Some(rt) = self.rt.upgrade() {
-            rt.release(&self.id);
+        match self.rt.upgrade() {
+            Some(Backend::Driver(rt)) => rt.release(&self.id),
+            Some(Backend::Worker(client)) => client.release(self.id),
+            None => {}
         }
     }
 }
@@ -324,10 +389,32 @@ pub trait Actor: 'static {
 }
 
 /// An actor, untyped: what typed handles wrap.
+///
+/// A handle travels as a value (an argument, a result, a field): it is its id, and reads
+/// back as a handle on the runtime of the process that reads it, so tasks and actors can
+/// call actors.
 #[derive(Clone)]
 pub struct ActorHandle {
     id: u64,
-    rt: Arc<Inner>,
+    rt: Backend,
+}
+
+impl Serialize for ActorHandle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u64(self.id)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ActorHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = u64::deserialize(d)?;
+        let rt = current_backend().ok_or_else(|| {
+            serde::de::Error::custom(
+                "an actor handle is read only in a Streamrun driver or worker process",
+            )
+        })?;
+        Ok(ActorHandle { id, rt })
+    }
 }
 
 impl std::fmt::Debug for ActorHandle {
@@ -344,22 +431,28 @@ impl ActorHandle {
 
     /// Calls method `method` (its registered name); used by the typed handles.
     pub fn call(&self, method: &str, args: Vec<codec::ArgSpec>) -> Result<Vec<RawRef>> {
-        self.rt.submit_actor_call(self.id, method, args)
+        match &self.rt {
+            Backend::Driver(rt) => rt.submit_actor_call(self.id, method, args),
+            Backend::Worker(client) => client.submit(method, args, 1, self.id, None),
+        }
     }
 }
 
 /// What [`Runtime::wait`] gives: the ready references, then the others.
 pub type Waited<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
-/// A running embedded cluster, seen from its driver.
+/// A running cluster, seen from its driver, or (inside a task or an actor) from a worker:
+/// see [`Runtime::current`].
 pub struct Runtime {
-    inner: Arc<Inner>,
+    backend: Backend,
+    /// Whether dropping it stops the cluster: the driver's own, from `init`.
+    owned: bool,
 }
 
 impl Runtime {
-    /// Starts the embedded cluster with one worker process per core. In a worker process
-    /// (started by a driver), serves tasks and never returns. `STREAMRUN_ADDRESS` (a cluster
-    /// to connect to) is refused for now with a clear error.
+    /// Starts the embedded cluster with one worker process per core, or connects to the
+    /// cluster named by `STREAMRUN_ADDRESS`. In a worker process (started by a driver),
+    /// serves tasks and never returns.
     pub fn init() -> Result<Runtime> {
         RuntimeBuilder::default().init()
     }
@@ -369,33 +462,81 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
+    /// The runtime this process runs under, without starting one: inside a remote function
+    /// or an actor's method, the driver's, reached from the worker (nested tasks); in a
+    /// driver, its own. Dropping it stops nothing. Inside a task, a `get` or `wait` that
+    /// waits lends the task's resources out while it waits, so a task may wait for the
+    /// tasks it submits without holding back a whole pool of waiting tasks.
+    pub fn current() -> Result<Runtime> {
+        if let Some(client) = client::current() {
+            return Ok(Runtime {
+                backend: Backend::Worker(client?),
+                owned: false,
+            });
+        }
+        CURRENT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(WeakBackend::upgrade)
+            .map(|backend| Runtime {
+                backend,
+                owned: false,
+            })
+            .ok_or_else(|| {
+                Error::Runtime("no runtime runs in this process: call Runtime::init first".into())
+            })
+    }
+
     pub(crate) fn new(inner: Arc<Inner>) -> Runtime {
-        Runtime { inner }
+        set_current(WeakBackend::Driver(Arc::downgrade(&inner)));
+        Runtime {
+            backend: Backend::Driver(inner),
+            owned: true,
+        }
+    }
+
+    /// The driver, for what only a driver does.
+    fn driver(&self, what: &str) -> Result<&Arc<Inner>> {
+        match &self.backend {
+            Backend::Driver(inner) => Ok(inner),
+            Backend::Worker(_) => Err(Error::Runtime(format!(
+                "{what} is done by the driver, not inside a task"
+            ))),
+        }
+    }
+
+    fn put_encoded(&self, encoded: codec::Encoded) -> Result<RawRef> {
+        match &self.backend {
+            Backend::Driver(inner) => inner.put(encoded),
+            Backend::Worker(client) => client.put(encoded),
+        }
     }
 
     /// Puts a serde value; the reference names it from any process.
     pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
         let encoded = codec::encode_serde(value).map_err(|e| Error::Encode(e.to_string()))?;
-        Ok(ObjectRef::from_raw(self.inner.put(encoded)?))
+        Ok(ObjectRef::from_raw(self.put_encoded(encoded)?))
     }
 
     /// Puts a record batch, stored as Arrow data.
     pub fn put_batch(&self, batch: RecordBatch) -> Result<ObjectRef<RecordBatch>> {
         Ok(ObjectRef::from_raw(
-            self.inner.put(codec::Encoded::Batch(batch))?,
+            self.put_encoded(codec::Encoded::Batch(batch))?,
         ))
     }
 
     /// Starts building a record batch directly in the object store's memory, with room for
     /// `capacity` bytes of buffers: the producer fills buffers in place (see
     /// [`streamrun_store::build`]) and [`put_built`](Self::put_built) then costs
-    /// microseconds whatever the size, with no copy.
+    /// microseconds whatever the size, with no copy. In the driver only.
     pub fn batch_builder(
         &self,
         schema: arrow::datatypes::SchemaRef,
         capacity: usize,
     ) -> Result<streamrun_store::BatchBuilder<'_>> {
-        self.inner.batch_builder(schema, capacity)
+        self.driver("building a batch in store memory")?
+            .batch_builder(schema, capacity)
     }
 
     /// Puts the batch made of `columns`, whose buffers `builder` holds (O(1) in its size).
@@ -404,23 +545,38 @@ impl Runtime {
         builder: streamrun_store::BatchBuilder<'_>,
         columns: &[arrow::array::ArrayRef],
     ) -> Result<ObjectRef<RecordBatch>> {
+        let inner = self.driver("putting a built batch")?;
         let object = builder.finish(columns)?;
-        Ok(ObjectRef::from_raw(self.inner.put_stored_batch(object.id)))
+        Ok(ObjectRef::from_raw(inner.put_stored_batch(object.id)))
     }
 
     /// The value `object` names, once it is there.
     pub fn get<T: DeserializeOwned>(&self, object: &ObjectRef<T>) -> Result<T> {
-        self.inner.get_serde(&object.id())
+        match &self.backend {
+            Backend::Driver(inner) => inner.get_serde(&object.id()),
+            Backend::Worker(client) => client
+                .get_serde(&[object.id()])?
+                .pop()
+                .ok_or_else(|| Error::Runtime("the driver sent no value".into())),
+        }
     }
 
-    /// The values `objects` name, in order.
+    /// The values `objects` name, in order (inside a task, asked for together).
     pub fn get_all<T: DeserializeOwned>(&self, objects: &[ObjectRef<T>]) -> Result<Vec<T>> {
-        objects.iter().map(|o| self.get(o)).collect()
+        match &self.backend {
+            Backend::Driver(inner) => objects.iter().map(|o| inner.get_serde(&o.id())).collect(),
+            Backend::Worker(client) => {
+                client.get_serde(&objects.iter().map(ObjectRef::id).collect::<Vec<_>>())
+            }
+        }
     }
 
     /// The record batch `object` names, once it is there; from the store, read in place.
     pub fn get_batch(&self, object: &ObjectRef<RecordBatch>) -> Result<RecordBatch> {
-        self.inner.get_batch(&object.id())
+        match &self.backend {
+            Backend::Driver(inner) => inner.get_batch(&object.id()),
+            Backend::Worker(client) => client.get_batch(object.id()),
+        }
     }
 
     /// Waits until `num_returns` of `objects` are there, or `timeout` passes: the ready
@@ -432,7 +588,11 @@ impl Runtime {
         timeout: Option<Duration>,
     ) -> Result<Waited<T>> {
         let ids: Vec<ObjectId> = objects.iter().map(ObjectRef::id).collect();
-        let ready = self.inner.wait(&ids, num_returns.min(ids.len()), timeout)?;
+        let num = num_returns.min(ids.len());
+        let ready = match &self.backend {
+            Backend::Driver(inner) => inner.wait(&ids, num, timeout)?,
+            Backend::Worker(client) => client.wait(&ids, num, timeout)?,
+        };
         let (mut done, mut rest) = (Vec::new(), Vec::new());
         for (object, is_ready) in objects.iter().zip(ready) {
             if is_ready && done.len() < num_returns {
@@ -444,11 +604,25 @@ impl Runtime {
         Ok((done, rest))
     }
 
-    /// Cancels the task that makes `object` if it has not started: its results become
-    /// [`Error::Cancelled`]. Returns whether it was cancelled (a running or finished task is
-    /// not).
+    /// Cancels the task that makes `object`: one not yet started is taken off the queue,
+    /// and with `force` a running one is stopped by ending its worker process (which is
+    /// replaced). Its results become [`Error::Cancelled`]. Returns whether it was
+    /// cancelled (a finished task, or a running one without `force`, is not). Actor calls
+    /// are cancelled only before they start.
     pub fn cancel<T>(&self, object: &ObjectRef<T>) -> Result<bool> {
-        self.inner.cancel(&object.id())
+        self.cancel_task(object.id(), false)
+    }
+
+    /// [`cancel`](Self::cancel), stopping the task also when it runs (Ray's `force=True`).
+    pub fn cancel_force<T>(&self, object: &ObjectRef<T>) -> Result<bool> {
+        self.cancel_task(object.id(), true)
+    }
+
+    fn cancel_task(&self, id: ObjectId, force: bool) -> Result<bool> {
+        match &self.backend {
+            Backend::Driver(inner) => inner.cancel(&id, force),
+            Backend::Worker(client) => client.cancel(id, force),
+        }
     }
 
     /// Submits function `name` (what `#[remote]` calls).
@@ -460,7 +634,10 @@ impl Runtime {
         num_returns: usize,
         options: TaskOptions,
     ) -> Result<Vec<RawRef>> {
-        self.inner.submit_task(name, args, num_returns, options)
+        match &self.backend {
+            Backend::Driver(inner) => inner.submit_task(name, args, num_returns, options),
+            Backend::Worker(client) => client.submit(name, args, num_returns, 0, Some(options)),
+        }
     }
 
     /// Creates an actor (what `#[actor]` calls).
@@ -472,55 +649,72 @@ impl Runtime {
         args: Vec<codec::ArgSpec>,
         options: ActorOptions,
     ) -> Result<ActorHandle> {
-        let id = self
-            .inner
-            .create_actor(type_name, constructor, args, options)?;
+        let id = match &self.backend {
+            Backend::Driver(inner) => inner.create_actor(type_name, constructor, args, options)?,
+            Backend::Worker(client) => {
+                client.create_actor(type_name, constructor, args, options)?
+            }
+        };
         Ok(ActorHandle {
             id,
-            rt: Arc::clone(&self.inner),
+            rt: self.backend.clone(),
         })
     }
 
     /// The actor named `name`, of type `A`.
     pub fn get_actor<A: Actor>(&self, name: &str) -> Result<A::Handle> {
-        let id = self.inner.named_actor(name, A::TYPE)?;
+        let id = match &self.backend {
+            Backend::Driver(inner) => inner.named_actor(name, A::TYPE)?,
+            Backend::Worker(client) => client.named_actor(name, A::TYPE)?,
+        };
         Ok(A::handle(ActorHandle {
             id,
-            rt: Arc::clone(&self.inner),
+            rt: self.backend.clone(),
         }))
     }
 
     /// Kills an actor's process; it does not restart, and its pending calls fail.
     pub fn kill(&self, actor: &ActorHandle) -> Result<()> {
-        self.inner.kill_actor(actor.id)
+        match &self.backend {
+            Backend::Driver(inner) => inner.kill_actor(actor.id),
+            Backend::Worker(client) => client.kill_actor(actor.id),
+        }
     }
 
     /// The process ids of the worker processes now attached (pool workers and actors).
+    /// Empty inside a task.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.inner.worker_pids()
+        self.driver("listing workers")
+            .map(|inner| inner.worker_pids())
+            .unwrap_or_default()
     }
 
     /// How many objects were made again, by running their task once more, after the node
-    /// that kept them was lost.
+    /// that kept them was lost. 0 inside a task.
     pub fn objects_rebuilt(&self) -> u64 {
-        self.inner
-            .rebuilt
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.driver("counting rebuilt objects").map_or(0, |inner| {
+            inner.rebuilt.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
-    /// The process id of an actor's worker, once it is running.
+    /// The process id of an actor's worker, once it is running (the driver knows it).
     pub fn actor_pid(&self, actor: &ActorHandle) -> Option<u32> {
-        self.inner.actor_pid(actor.id)
+        self.driver("finding an actor's process")
+            .ok()?
+            .actor_pid(actor.id)
     }
 
-    /// Stops the worker processes and removes the store. Also what dropping does.
+    /// Stops the worker processes and removes the store. Also what dropping the runtime
+    /// `init` gave does; a no-op on one from [`current`](Self::current).
     pub fn shutdown(self) {
-        self.inner.shutdown();
+        // Dropping does it.
     }
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.inner.shutdown();
+        if let (true, Backend::Driver(inner)) = (self.owned, &self.backend) {
+            inner.shutdown();
+        }
     }
 }

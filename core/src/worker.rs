@@ -2,8 +2,10 @@
 //! their results back. It ends when the driver's stream does.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,13 +22,35 @@ use crate::registry;
 /// Results are sent at the latest this long after the first of a batch finished.
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
 
-struct Context {
-    reader: StoreReader,
-    memory_dir: PathBuf,
-    actors: HashMap<u64, Box<dyn Any + Send>>,
+/// Where a worker process reads and puts objects.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    pub(crate) reader: StoreReader,
+    pub(crate) memory_dir: PathBuf,
     /// On a cluster: this node's store (its Flight address), the cluster's token, and the
     /// job the worker belongs to.
-    node: Option<NodeStoreEnv>,
+    pub(crate) node: Option<NodeStoreEnv>,
+}
+
+struct Context {
+    place: Place,
+    actors: HashMap<u64, Box<dyn Any + Send>>,
+}
+
+/// The task this process runs now (0: none), which a nested `get` names to the driver.
+pub(crate) static RUNNING: AtomicU64 = AtomicU64::new(0);
+
+/// Tasks sent to this worker that the driver gave to other workers while one of this
+/// worker's tasks waited in a nested `get`: skipped when they arrive.
+pub(crate) static RECLAIMED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+
+/// Whether task `id` was reclaimed (and forgets it).
+fn reclaimed(id: u64) -> bool {
+    RECLAIMED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .is_some_and(|set| set.remove(&id))
 }
 
 /// Serves the driver named by `spec` and exits. `spec` is `address|slot|memory dir|spill
@@ -70,11 +94,15 @@ fn run(spec: &str) -> Result<(), String> {
         let slot: u64 = slot.parse().map_err(|_| bad())?;
         (slot, PathBuf::from(memory), PathBuf::from(spill), None)
     };
-    let context = Context {
+    let place = Place {
         reader: StoreReader::new(memory_dir.clone(), spill_dir),
         memory_dir,
-        actors: HashMap::new(),
         node,
+    };
+    crate::client::set_worker(address, slot, place.clone());
+    let context = Context {
+        place,
+        actors: HashMap::new(),
     };
     attach(address, slot, context)
 }
@@ -96,6 +124,7 @@ fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> 
                 pid: std::process::id(),
                 slot,
                 node: context
+                    .place
                     .node
                     .as_ref()
                     .map(|n| n.address.clone())
@@ -114,11 +143,16 @@ fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> 
             let mut first_done: Option<Instant> = None;
             for task in message.tasks {
                 let id = task.id;
-                let outcome = match fetch_remote_args(&context, task).await {
+                if reclaimed(id) {
+                    continue;
+                }
+                RUNNING.store(id, Ordering::Relaxed);
+                let outcome = match fetch_remote_args(&context.place, task).await {
                     Ok(task) => execute(&mut context, task),
                     Err(e) => Err(e),
                 };
-                done.push(publish(&context, id, outcome).await);
+                RUNNING.store(0, Ordering::Relaxed);
+                done.push(publish(&context.place, id, outcome).await);
                 let since = *first_done.get_or_insert_with(Instant::now);
                 if since.elapsed() >= FLUSH_AFTER {
                     let batch = std::mem::take(&mut done);
@@ -140,33 +174,39 @@ fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> 
 }
 
 /// Brings the arguments kept by other nodes' stores (on a cluster) into the task, inline.
-async fn fetch_remote_args(
-    context: &Context,
-    mut task: proto::Task,
-) -> Result<proto::Task, String> {
-    let Some(node) = &context.node else {
-        return Ok(task);
-    };
+async fn fetch_remote_args(place: &Place, mut task: proto::Task) -> Result<proto::Task, String> {
     for value in &mut task.args {
-        let Some(proto::value::Kind::Stored(id)) = &value.kind else {
-            continue;
-        };
-        if value.address.is_empty() || value.address == node.address {
-            continue;
-        }
-        let object = streamrun_store::ObjectRef {
-            id: id.parse().map_err(|e| format!("an argument: {e}"))?,
-            owner: node.owner.clone(),
-            node: value.address.clone(),
-        };
-        let (_, buffer) =
-            streamrun_store::flight::fetch_stored(&object, &value.address, &node.token, None, None)
-                .await
-                .map_err(|e| format!("fetching an argument: {e}"))?;
-        value.kind = Some(proto::value::Kind::Inline(Bytes::from_owner(buffer)));
-        value.address.clear();
+        localize(place, value)
+            .await
+            .map_err(|e| format!("fetching an argument: {e}"))?;
     }
     Ok(task)
+}
+
+/// Makes a value readable here: one kept by another node's store (on a cluster) is fetched
+/// over Flight and carried inline.
+pub(crate) async fn localize(place: &Place, value: &mut proto::Value) -> Result<(), String> {
+    let Some(node) = &place.node else {
+        return Ok(());
+    };
+    let Some(proto::value::Kind::Stored(id)) = &value.kind else {
+        return Ok(());
+    };
+    if value.address.is_empty() || value.address == node.address {
+        return Ok(());
+    }
+    let object = streamrun_store::ObjectRef {
+        id: id.parse().map_err(|e| format!("object {id}: {e}"))?,
+        owner: node.owner.clone(),
+        node: value.address.clone(),
+    };
+    let (_, buffer) =
+        streamrun_store::flight::fetch_stored(&object, &value.address, &node.token, None, None)
+            .await
+            .map_err(|e| e.to_string())?;
+    value.kind = Some(proto::value::Kind::Inline(Bytes::from_owner(buffer)));
+    value.address.clear();
+    Ok(())
 }
 
 /// Runs one task, catching a panic as its error.
@@ -185,13 +225,13 @@ fn execute(context: &mut Context, task: proto::Task) -> Result<Vec<Encoded>, Str
 /// A task's outcome as the driver receives it: small results inline, larger ones staged in
 /// the node's store (on a cluster, taken in by the node's store, whose address goes with
 /// them).
-async fn publish(context: &Context, id: u64, outcome: Result<Vec<Encoded>, String>) -> proto::Done {
+async fn publish(place: &Place, id: u64, outcome: Result<Vec<Encoded>, String>) -> proto::Done {
     let mut returns = Vec::new();
     let mut error = String::new();
     match outcome {
         Ok(results) => {
             for result in results {
-                match result_value(context, result).await {
+                match result_value(place, result).await {
                     Ok(value) => returns.push(value),
                     Err(e) => {
                         error = e;
@@ -210,7 +250,7 @@ fn run_task(context: &mut Context, task: proto::Task) -> Result<Vec<Encoded>, St
     let args: Vec<ArgValue> = task
         .args
         .into_iter()
-        .map(|value| arg_value(&context.reader, value))
+        .map(|value| arg_value(&context.place.reader, value))
         .collect::<Result<_, _>>()?;
     let name = task.function.as_str();
     if task.create {
@@ -234,7 +274,7 @@ fn run_task(context: &mut Context, task: proto::Task) -> Result<Vec<Encoded>, St
     }
 }
 
-fn arg_value(reader: &StoreReader, value: proto::Value) -> Result<ArgValue, String> {
+pub(crate) fn arg_value(reader: &StoreReader, value: proto::Value) -> Result<ArgValue, String> {
     match value.kind {
         Some(proto::value::Kind::Inline(bytes)) => Ok(ArgValue::Inline {
             encoding: value.encoding,
@@ -249,8 +289,9 @@ fn arg_value(reader: &StoreReader, value: proto::Value) -> Result<ArgValue, Stri
     }
 }
 
-/// A result as it travels: inline when small, else staged in the node's store.
-async fn result_value(context: &Context, result: Encoded) -> Result<proto::Value, String> {
+/// A result (or a value a task puts) as it travels: inline when small, else staged in the
+/// node's store.
+pub(crate) async fn result_value(place: &Place, result: Encoded) -> Result<proto::Value, String> {
     let encoding = result.encoding();
     let bytes: Bytes = result.to_bytes().map_err(|e| e.to_string())?;
     if bytes.len() <= INLINE_MAX {
@@ -261,9 +302,9 @@ async fn result_value(context: &Context, result: Encoded) -> Result<proto::Value
         });
     }
     let id = ObjectId::random();
-    let Some(node) = &context.node else {
+    let Some(node) = &place.node else {
         // Staged for the driver's own store, which takes it in.
-        let staged = staging_path(&context.memory_dir, &id);
+        let staged = staging_path(&place.memory_dir, &id);
         std::fs::write(&staged, &bytes)
             .map_err(|e| format!("staging a result in {}: {e}", staged.display()))?;
         return Ok(proto::Value {
@@ -282,7 +323,7 @@ async fn result_value(context: &Context, result: Encoded) -> Result<proto::Value
         crate::codec::store_kind(encoding),
         1,
         &bytes,
-        &context.memory_dir,
+        &place.memory_dir,
         &node.address,
         &node.token,
         None,

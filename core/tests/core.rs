@@ -349,3 +349,148 @@ fn a_task_whose_worker_dies_runs_again_up_to_its_retries() {
     );
     rt.shutdown();
 }
+
+/// The leaves of a binary tree `depth` deep, counted by tasks that each submit their two
+/// children and wait for them (nested tasks).
+#[remote]
+fn tree_leaves(depth: u32) -> Result<u64, String> {
+    if depth == 0 {
+        return Ok(1);
+    }
+    let rt = Runtime::current().map_err(|e| e.to_string())?;
+    let children = [
+        tree_leaves::remote(&rt, depth - 1).map_err(|e| e.to_string())?,
+        tree_leaves::remote(&rt, depth - 1).map_err(|e| e.to_string())?,
+    ];
+    let counts = rt.get_all(&children).map_err(|e| e.to_string())?;
+    Ok(counts.iter().sum())
+}
+
+/// Puts `n` bytes from inside a task and has a child task sum them, by reference.
+#[remote]
+fn put_and_pass(n: usize) -> Result<u64, String> {
+    let rt = Runtime::current().map_err(|e| e.to_string())?;
+    let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    let stored = rt.put(&data).map_err(|e| e.to_string())?;
+    let sum = checksum::remote(&rt, stored).map_err(|e| e.to_string())?;
+    rt.get(&sum).map_err(|e| e.to_string())
+}
+
+/// Calls a counter actor it is handed `calls` times, then reads its value.
+#[remote]
+fn bump(counter: CounterHandle, calls: i64) -> Result<i64, String> {
+    let rt = Runtime::current().map_err(|e| e.to_string())?;
+    let refs: Vec<_> = (0..calls)
+        .map(|_| counter.increment(1))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let values = rt.get_all(&refs).map_err(|e| e.to_string())?;
+    Ok(values.into_iter().max().unwrap_or(0))
+}
+
+/// What a task gets when it asks for what the cluster does not have.
+#[remote]
+fn ask_for_a_gpu() -> Result<String, String> {
+    let rt = Runtime::current().map_err(|e| e.to_string())?;
+    let r = calculate_square::with(TaskOptions::new().num_gpus(1.0))
+        .remote(&rt, 3)
+        .map_err(|e| e.to_string())?;
+    match rt.get(&r) {
+        Ok(v) => Err(format!("a GPU task ran without a GPU and gave {v}")),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+/// An actor that calls other actors: the callers of "n:n actor calls".
+pub struct Caller {
+    targets: Vec<CounterHandle>,
+}
+
+#[actor]
+impl Caller {
+    /// Calls `targets`.
+    pub fn new(targets: Vec<CounterHandle>) -> Caller {
+        Caller { targets }
+    }
+
+    /// Calls every target `rounds` times without waiting, then waits for all; returns the
+    /// calls made.
+    pub fn run(&mut self, rounds: i64) -> Result<i64, String> {
+        let rt = Runtime::current().map_err(|e| e.to_string())?;
+        let mut refs = Vec::new();
+        for _ in 0..rounds {
+            for target in &self.targets {
+                refs.push(target.increment(1).map_err(|e| e.to_string())?);
+            }
+        }
+        rt.get_all(&refs).map_err(|e| e.to_string())?;
+        Ok(refs.len() as i64)
+    }
+}
+
+#[test]
+fn tasks_and_actors_submit_work_of_their_own() {
+    let rt = runtime("tasks_and_actors_submit_work_of_their_own", 2);
+
+    // A tree of tasks that wait for their children: more waiting tasks (15 in all, 7 at
+    // once) than the 2 workers, which lend their CPU while they wait.
+    let leaves = tree_leaves::remote(&rt, 3).expect("submit");
+    assert_eq!(rt.get(&leaves).expect("tree"), 1 << 3);
+    let leaves = tree_leaves::remote(&rt, 4).expect("submit");
+    assert_eq!(rt.get(&leaves).expect("tree"), 1 << 4);
+
+    // A large value put inside a task, passed by reference to its child.
+    let n = 300_000;
+    let expected: u64 = (0..n).map(|i| (i % 251) as u64).sum();
+    let sum = put_and_pass::remote(&rt, n).expect("submit");
+    assert_eq!(rt.get(&sum).expect("nested put"), expected);
+
+    // An actor handle handed to tasks: 2 tasks call it 100 times each.
+    let counter = Counter::remote(&rt, 0).expect("actor");
+    let bumps: Vec<_> = (0..2)
+        .map(|_| bump::remote(&rt, counter.clone(), 100).expect("submit"))
+        .collect();
+    let highest = rt.get_all(&bumps).expect("bump");
+    assert_eq!(highest.iter().max(), Some(&200));
+    assert_eq!(rt.get(&counter.value().expect("call")).expect("get"), 200);
+
+    // Actors calling actors (n:n): 2 callers, each calling 2 counters 50 times.
+    let targets: Vec<CounterHandle> = (0..2)
+        .map(|_| Counter::remote(&rt, 0).expect("actor"))
+        .collect();
+    let callers: Vec<CallerHandle> = (0..2)
+        .map(|_| Caller::remote(&rt, targets.clone()).expect("actor"))
+        .collect();
+    let runs: Vec<_> = callers.iter().map(|c| c.run(50).expect("call")).collect();
+    assert_eq!(rt.get_all(&runs).expect("run"), vec![100, 100]);
+    for target in &targets {
+        assert_eq!(rt.get(&target.value().expect("call")).expect("get"), 100);
+    }
+
+    // A request no node can meet, made inside a task: its error reaches the task.
+    let refused = ask_for_a_gpu::remote(&rt).expect("submit");
+    let message = rt.get(&refused).expect("task");
+    assert!(message.contains("GPU"), "{message}");
+    rt.shutdown();
+}
+
+#[test]
+fn a_running_task_is_cancelled_by_force() {
+    let rt = runtime("a_running_task_is_cancelled_by_force", 1);
+    let long = sleep_ms::remote(&rt, 120_000).expect("submit");
+    let queued = calculate_square::remote(&rt, 7).expect("submit");
+    // It runs once its worker took it: without force, it goes on.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!rt.cancel(&long).expect("cancel"));
+    let started = std::time::Instant::now();
+    assert!(rt.cancel_force(&long).expect("cancel"));
+    assert!(matches!(rt.get(&long), Err(Error::Cancelled)));
+    // The task queued behind it runs on the replacement worker, not a retry charged.
+    assert_eq!(rt.get(&queued).expect("queued"), 49);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        !rt.cancel_force(&queued).expect("cancel"),
+        "a finished task"
+    );
+    rt.shutdown();
+}

@@ -447,7 +447,8 @@ fn actor_impl(block: ItemImpl) -> syn::Result<Tokens> {
         #(#registrations)*
 
         #[doc = concat!("A handle to a `", stringify!(#type_name), "` actor: its methods run on the actor, in the order each caller calls them.")]
-        #[derive(Clone)]
+        #[derive(Clone, ::streamrun_core::serde::Serialize, ::streamrun_core::serde::Deserialize)]
+        #[serde(crate = "::streamrun_core::serde", transparent)]
         pub struct #handle(::streamrun_core::ActorHandle);
 
         impl #handle {

@@ -98,6 +98,30 @@ impl Tally {
     }
 }
 
+/// Puts `n` bytes from inside a task, has a child on each node sum them (SPREAD), and
+/// checks that both agree (nested tasks on a cluster).
+#[remote]
+fn nested_sums(n: usize) -> Result<u64, String> {
+    let rt = Runtime::current().map_err(|e| e.to_string())?;
+    let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+    let stored = rt.put(&data).map_err(|e| e.to_string())?;
+    let sums: Vec<_> = (0..2)
+        .map(|_| sum_bytes::with(TaskOptions::new().spread()).remote(&rt, &stored))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let sums = rt.get_all(&sums).map_err(|e| e.to_string())?;
+    if sums[0] != sums[1] {
+        return Err(format!("the children disagree: {sums:?}"));
+    }
+    Ok(sums[0])
+}
+
+#[remote]
+fn sleep_long(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 #[test]
 fn tasks_objects_and_actors_run_on_the_agents_workers() {
     // In a worker process, this is where it serves.
@@ -220,6 +244,21 @@ fn tasks_objects_and_actors_run_on_the_agents_workers() {
         rt.get_all(&spread).expect("spread").into_iter().collect();
     assert_eq!(places.len(), 2, "{places:?}");
 
+    // Tasks that submit tasks: a large value put inside a task, read by its children.
+    let n = 1_200_000usize;
+    let nested = nested_sums::remote(&rt, n).expect("submit");
+    assert_eq!(rt.get(&nested).expect("nested"), pattern_sum_of(n));
+
+    // A running task stopped by force: its job ends, and a new worker takes its place.
+    let long = sleep_long::remote(&rt, 120_000u64).expect("submit");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert!(rt.cancel_force(&long).expect("cancel"));
+    assert!(matches!(rt.get(&long), Err(Error::Cancelled)));
+    let after = square_where::remote(&rt, 9).expect("submit");
+    assert_eq!(rt.get(&after.0).expect("square"), 81);
+    assert!(started.elapsed() < Duration::from_secs(60));
+
     // A result lost with its node is made again by running its task once more.
     let (kept, agent) = pattern_where::remote(&rt, 1_500_000usize).expect("submit");
     let agent = rt.get(&agent).expect("agent pid");
@@ -238,4 +277,8 @@ fn tasks_objects_and_actors_run_on_the_agents_workers() {
             .all(|(i, b)| *b == (i % 253) as u8)
     );
     rt.shutdown();
+}
+
+fn pattern_sum_of(n: usize) -> u64 {
+    (0..n).map(|i| (i % 253) as u64).sum()
 }

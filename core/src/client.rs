@@ -1,0 +1,385 @@
+//! A worker's client of its driver: what the dynamic API does inside a task or an actor
+//! (nested tasks). Requests go in order on one stream to the driver; submissions and puts
+//! name their results' ids themselves and do not wait for an answer, so a task can fan out
+//! work as fast as a driver can; `get`, `wait` and the actor calls that answer wait for
+//! theirs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use serde::de::DeserializeOwned;
+use streamrun_store::ObjectId;
+use tokio::sync::mpsc;
+
+use crate::codec::{ArgSpec, Encoded};
+use crate::proto::driver_client::DriverClient;
+use crate::proto::{self, NestedReply, NestedRequest, nested_request::Kind};
+use crate::worker::{Place, RECLAIMED, RUNNING, arg_value, localize, result_value};
+use crate::{ActorOptions, Error, RawRef, RefInner, Result, TaskOptions, WeakBackend};
+
+/// Where this worker process's driver is, set when the process starts serving.
+static WORKER: OnceLock<(String, u64, Place)> = OnceLock::new();
+/// The client, connected on first use.
+static CLIENT: OnceLock<std::result::Result<Arc<Client>, String>> = OnceLock::new();
+
+pub(crate) fn set_worker(address: &str, slot: u64, place: Place) {
+    let _ = WORKER.set((address.to_owned(), slot, place));
+}
+
+/// In a worker process, its client of the driver (connected now if it was not yet); `None`
+/// elsewhere.
+pub(crate) fn current() -> Option<Result<Arc<Client>>> {
+    let (address, slot, place) = WORKER.get()?;
+    let client = CLIENT.get_or_init(|| Client::connect(address, *slot, place.clone()));
+    Some(client.clone().map_err(Error::Runtime))
+}
+
+pub(crate) struct Client {
+    place: Place,
+    requests: mpsc::UnboundedSender<NestedRequest>,
+    answers: Arc<Mutex<HashMap<u64, std::sync::mpsc::SyncSender<NestedReply>>>>,
+    seq: AtomicU64,
+    io: tokio::runtime::Runtime,
+    me: Weak<Client>,
+}
+
+impl Client {
+    /// Connects from a thread of its own: the caller may be a task inside a worker's async
+    /// runtime, where starting another is refused.
+    fn connect(address: &str, slot: u64, place: Place) -> std::result::Result<Arc<Client>, String> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| Client::connect_here(address, slot, place))
+                .join()
+                .unwrap_or_else(|_| Err("connecting to the driver panicked".into()))
+        })
+    }
+
+    fn connect_here(
+        address: &str,
+        slot: u64,
+        place: Place,
+    ) -> std::result::Result<Arc<Client>, String> {
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("streamrun-nested")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the worker's client thread: {e}"))?;
+        let (requests, outgoing) = mpsc::unbounded_channel::<NestedRequest>();
+        requests
+            .send(NestedRequest {
+                slot,
+                ..NestedRequest::default()
+            })
+            .map_err(|e| e.to_string())?;
+        let answers: Arc<Mutex<HashMap<u64, std::sync::mpsc::SyncSender<NestedReply>>>> =
+            Arc::default();
+        let mut incoming = io.block_on(async {
+            let mut client = DriverClient::connect(format!("http://{address}"))
+                .await
+                .map_err(|e| format!("connecting to the driver at {address}: {e}"))?
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20);
+            client
+                .nested(tokio_stream::wrappers::UnboundedReceiverStream::new(
+                    outgoing,
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|e| format!("opening the driver's API from a worker: {e}"))
+        })?;
+        let waiting = Arc::clone(&answers);
+        io.spawn(async move {
+            while let Ok(Some(reply)) = incoming.message().await {
+                let sender = waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&reply.seq);
+                if let Some(sender) = sender {
+                    let _ = sender.try_send(reply);
+                }
+            }
+            // The driver went: whoever waits learns it from the dropped senders.
+            waiting.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        });
+        Ok(Arc::new_cyclic(|me| Client {
+            place,
+            requests,
+            answers,
+            seq: AtomicU64::new(1),
+            io,
+            me: me.clone(),
+        }))
+    }
+
+    fn send(&self, kind: Kind) -> Result<()> {
+        self.requests
+            .send(NestedRequest {
+                kind: Some(kind),
+                ..NestedRequest::default()
+            })
+            .map_err(|_| gone())
+    }
+
+    /// Sends a request and waits for its answer; an error answer becomes the error.
+    fn ask(&self, kind: Kind) -> Result<NestedReply> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        // A std channel: the caller may be a task running inside a worker's async
+        // runtime, where waiting on a tokio channel is refused.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq, tx);
+        self.requests
+            .send(NestedRequest {
+                seq,
+                running: RUNNING.load(Ordering::Relaxed),
+                kind: Some(kind),
+                ..NestedRequest::default()
+            })
+            .map_err(|_| gone())?;
+        let reply = rx.recv().map_err(|_| gone())?;
+        if !reply.reclaimed.is_empty() {
+            RECLAIMED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(Default::default)
+                .extend(reply.reclaimed.iter().copied());
+        }
+        if reply.error.is_empty() {
+            Ok(reply)
+        } else {
+            Err(error_of(&reply))
+        }
+    }
+
+    fn reference(&self, id: ObjectId) -> RawRef {
+        Arc::new(RefInner::new(id, WeakBackend::Worker(self.me.clone())))
+    }
+
+    /// Runs `future` on the client's thread and waits for it, from any thread (also one
+    /// that runs an async runtime, as a worker's task does).
+    fn run<F>(&self, future: F) -> Result<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.io.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv()
+            .map_err(|_| Error::Runtime("the worker's client thread stopped".into()))
+    }
+
+    /// A value as it travels to the driver: inline when small, else staged in the store.
+    fn value(&self, encoded: Encoded) -> Result<proto::Value> {
+        let place = self.place.clone();
+        self.run(async move { result_value(&place, encoded).await })?
+            .map_err(Error::Runtime)
+    }
+
+    /// The arguments as they travel. The caller keeps `args` until the request is sent: a
+    /// reference dropped before would let its object go first.
+    fn args(&self, args: &[ArgSpec]) -> Result<Vec<proto::NestedArg>> {
+        args.iter()
+            .map(|arg| {
+                let kind = match arg {
+                    ArgSpec::Value(encoded) => {
+                        proto::nested_arg::Kind::Value(self.value(encoded.clone())?)
+                    }
+                    ArgSpec::Ref(r) => proto::nested_arg::Kind::Object(r.id.to_string()),
+                };
+                Ok(proto::NestedArg { kind: Some(kind) })
+            })
+            .collect()
+    }
+
+    /// Submits a remote function (`actor` 0) or an actor's method, without waiting.
+    pub(crate) fn submit(
+        &self,
+        function: &str,
+        args: Vec<ArgSpec>,
+        num_returns: usize,
+        actor: u64,
+        options: Option<TaskOptions>,
+    ) -> Result<Vec<RawRef>> {
+        let returns: Vec<ObjectId> = (0..num_returns.max(1))
+            .map(|_| ObjectId::random())
+            .collect();
+        let options = options.map(|o| proto::Options {
+            resources: crate::driver::shape(o.num_cpus, o.num_gpus, &o.resources)
+                .into_iter()
+                .collect(),
+            max_retries: o.max_retries,
+            retry_exceptions: o.retry_exceptions,
+            spread: o.spread,
+        });
+        self.send(Kind::Submit(proto::Submit {
+            function: function.to_owned(),
+            args: self.args(&args)?,
+            returns: returns.iter().map(ObjectId::to_string).collect(),
+            actor,
+            options,
+        }))?;
+        drop(args);
+        Ok(returns.into_iter().map(|id| self.reference(id)).collect())
+    }
+
+    pub(crate) fn put(&self, encoded: Encoded) -> Result<RawRef> {
+        let id = ObjectId::random();
+        let value = self.value(encoded)?;
+        self.send(Kind::Put(proto::Put {
+            id: id.to_string(),
+            value: Some(value),
+        }))?;
+        Ok(self.reference(id))
+    }
+
+    pub(crate) fn release(&self, id: ObjectId) {
+        let _ = self.send(Kind::Release(proto::Ids {
+            ids: vec![id.to_string()],
+        }));
+    }
+
+    /// The values of `ids`, read here (in place from this node's store when kept there).
+    fn values(&self, ids: &[ObjectId]) -> Result<Vec<crate::codec::ArgValue>> {
+        let reply = self.ask(Kind::Get(proto::Ids {
+            ids: ids.iter().map(ObjectId::to_string).collect(),
+        }))?;
+        reply
+            .values
+            .into_iter()
+            .map(|mut value| {
+                // Fetched only when another node keeps it.
+                if matches!(&value.kind, Some(proto::value::Kind::Stored(_)))
+                    && !value.address.is_empty()
+                {
+                    let place = self.place.clone();
+                    value = self
+                        .run(async move { localize(&place, &mut value).await.map(|()| value) })?
+                        .map_err(|e| Error::Runtime(format!("fetching an object: {e}")))?;
+                }
+                arg_value(&self.place.reader, value).map_err(Error::Runtime)
+            })
+            .collect()
+    }
+
+    pub(crate) fn get_serde<T: DeserializeOwned>(&self, ids: &[ObjectId]) -> Result<Vec<T>> {
+        self.values(ids)?
+            .iter()
+            .map(|v| crate::codec::decode_serde(v).map_err(|e| Error::Encode(e.to_string())))
+            .collect()
+    }
+
+    pub(crate) fn get_batch(&self, id: ObjectId) -> Result<RecordBatch> {
+        let value = self
+            .values(&[id])?
+            .pop()
+            .ok_or_else(|| Error::Runtime("the driver sent no value".into()))?;
+        crate::codec::decode_batch(&value).map_err(|e| Error::Encode(e.to_string()))
+    }
+
+    pub(crate) fn wait(
+        &self,
+        ids: &[ObjectId],
+        num: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<bool>> {
+        let reply = self.ask(Kind::Wait(proto::Wait {
+            ids: ids.iter().map(ObjectId::to_string).collect(),
+            num_returns: u32::try_from(num).unwrap_or(u32::MAX),
+            // At least a millisecond: 0 says "no timeout".
+            timeout_ms: timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+        }))?;
+        Ok(reply.ready)
+    }
+
+    pub(crate) fn cancel(&self, id: ObjectId, force: bool) -> Result<bool> {
+        let reply = self.ask(Kind::Cancel(proto::Cancel {
+            object: id.to_string(),
+            force,
+        }))?;
+        Ok(reply.flag)
+    }
+
+    pub(crate) fn create_actor(
+        &self,
+        type_name: &str,
+        constructor: &str,
+        args: Vec<ArgSpec>,
+        options: ActorOptions,
+    ) -> Result<u64> {
+        let reply = self.ask(Kind::CreateActor(proto::CreateActor {
+            type_name: type_name.to_owned(),
+            constructor: constructor.to_owned(),
+            args: self.args(&args)?,
+            options: Some(proto::Options {
+                resources: crate::driver::shape(0.0, 0.0, &options.resources)
+                    .into_iter()
+                    .collect(),
+                ..proto::Options::default()
+            }),
+            name: options.name.unwrap_or_default(),
+            max_restarts: options.max_restarts,
+            max_task_retries: options.max_task_retries,
+        }))?;
+        Ok(reply.actor)
+    }
+
+    pub(crate) fn named_actor(&self, name: &str, type_name: &str) -> Result<u64> {
+        let reply = self.ask(Kind::GetActor(proto::ActorLookup {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+        }))?;
+        Ok(reply.actor)
+    }
+
+    pub(crate) fn kill_actor(&self, actor: u64) -> Result<()> {
+        self.ask(Kind::Kill(actor)).map(|_| ())
+    }
+}
+
+fn gone() -> Error {
+    Error::Runtime("the driver has gone".into())
+}
+
+/// What an error answer means, as the driver's [`Error`] said it.
+fn error_of(reply: &NestedReply) -> Error {
+    let message = reply.error.clone();
+    match reply.error_kind {
+        1 => Error::Cancelled,
+        2 => Error::Task(message),
+        3 => Error::ActorDead {
+            id: reply.actor,
+            reason: message,
+        },
+        4 => Error::NoSuchActor(message),
+        5 => Error::Unschedulable(message),
+        _ => Error::Runtime(message),
+    }
+}
+
+/// An error as it travels back to a worker: its kind and its words.
+pub(crate) fn error_reply(seq: u64, error: &Error) -> NestedReply {
+    let (kind, message, actor) = match error {
+        Error::Cancelled => (1, error.to_string(), 0),
+        Error::Task(m) => (2, m.clone(), 0),
+        Error::ActorDead { id, reason } => (3, reason.clone(), *id),
+        Error::NoSuchActor(name) => (4, name.clone(), 0),
+        Error::Unschedulable(m) => (5, m.clone(), 0),
+        other => (0, other.to_string(), 0),
+    };
+    NestedReply {
+        seq,
+        error: message,
+        error_kind: kind,
+        actor,
+        ..NestedReply::default()
+    }
+}

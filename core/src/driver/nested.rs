@@ -1,0 +1,293 @@
+//! The driver's side of nested tasks: a worker's tasks and actors use the dynamic API over
+//! one stream per worker process. Requests are handled in the order they come; a `get` or
+//! `wait` waits on a thread of its own, with its worker marked as waiting (see
+//! [`Inner::block`]). The references a worker holds are kept here, and go when its stream
+//! ends.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use streamrun_store::ObjectId;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::{Inner, Obj, Prepared, Submission};
+use crate::client::error_reply;
+use crate::proto::{self, NestedReply, NestedRequest, nested_request::Kind};
+use crate::{ActorOptions, Error, RawRef, Result};
+
+/// The answers to a worker's requests.
+pub(crate) type ReplyStream =
+    Pin<Box<dyn futures::Stream<Item = std::result::Result<NestedReply, Status>> + Send + 'static>>;
+
+type Replies = mpsc::UnboundedSender<std::result::Result<NestedReply, Status>>;
+
+/// The references one worker process holds, one each: the worker counts its own clones.
+#[derive(Default)]
+struct Held(Mutex<HashMap<ObjectId, RawRef>>);
+
+impl Held {
+    fn keep(&self, refs: Vec<RawRef>) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for r in refs {
+            held.insert(r.id, r);
+        }
+    }
+
+    fn take(&self, ids: &[ObjectId]) -> Vec<RawRef> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter().filter_map(|id| held.remove(id)).collect()
+    }
+}
+
+fn parse_ids(ids: &[String]) -> Result<Vec<ObjectId>> {
+    ids.iter()
+        .map(|id| id.parse().map_err(Error::from))
+        .collect()
+}
+
+/// Serves one worker's requests until its stream ends.
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    mut inbound: Streaming<NestedRequest>,
+    replies: Replies,
+) {
+    let held = Arc::new(Held::default());
+    let mut slot = 0;
+    while let Ok(Some(request)) = inbound.message().await {
+        let Some(kind) = request.kind else {
+            slot = request.slot;
+            continue;
+        };
+        let seq = request.seq;
+        let answer = |result: Result<NestedReply>| {
+            let reply = match result {
+                Ok(mut reply) => {
+                    reply.seq = seq;
+                    reply
+                }
+                Err(e) => error_reply(seq, &e),
+            };
+            let _ = replies.send(Ok(reply));
+        };
+        match kind {
+            Kind::Submit(submit) => {
+                let touches_store = submit.args.iter().any(|a| {
+                    matches!(&a.kind, Some(proto::nested_arg::Kind::Value(v)) if matches!(v.kind, Some(proto::value::Kind::Stored(_))))
+                });
+                let run = || inner.nested_submit(&held, submit);
+                if touches_store {
+                    tokio::task::block_in_place(run);
+                } else {
+                    run();
+                }
+            }
+            Kind::Put(put) => tokio::task::block_in_place(|| inner.nested_put(&held, put)),
+            Kind::Release(ids) => {
+                if let Ok(ids) = parse_ids(&ids.ids) {
+                    drop(held.take(&ids));
+                }
+            }
+            Kind::Get(ids) => {
+                let (inner, replies) = (Arc::clone(&inner), replies.clone());
+                let running = request.running;
+                tokio::task::spawn_blocking(move || {
+                    let reclaimed = inner.block(slot, running);
+                    let values = parse_ids(&ids.ids).and_then(|ids| {
+                        ids.iter()
+                            .map(|id| inner.wait_one(id).map(|s| inner.wire_value(s)))
+                            .collect::<Result<Vec<_>>>()
+                    });
+                    inner.unblock(slot);
+                    let mut reply = match values {
+                        Ok(values) => NestedReply {
+                            values,
+                            ..NestedReply::default()
+                        },
+                        Err(e) => error_reply(seq, &e),
+                    };
+                    reply.seq = seq;
+                    reply.reclaimed = reclaimed;
+                    let _ = replies.send(Ok(reply));
+                });
+            }
+            Kind::Wait(wait) => {
+                let (inner, replies) = (Arc::clone(&inner), replies.clone());
+                let running = request.running;
+                tokio::task::spawn_blocking(move || {
+                    let reclaimed = inner.block(slot, running);
+                    let timeout =
+                        (wait.timeout_ms > 0).then(|| Duration::from_millis(wait.timeout_ms));
+                    let ready = parse_ids(&wait.ids).and_then(|ids| {
+                        inner.wait(&ids, (wait.num_returns as usize).min(ids.len()), timeout)
+                    });
+                    inner.unblock(slot);
+                    let mut reply = match ready {
+                        Ok(ready) => NestedReply {
+                            ready,
+                            ..NestedReply::default()
+                        },
+                        Err(e) => error_reply(seq, &e),
+                    };
+                    reply.seq = seq;
+                    reply.reclaimed = reclaimed;
+                    let _ = replies.send(Ok(reply));
+                });
+            }
+            Kind::CreateActor(create) => {
+                answer(tokio::task::block_in_place(|| {
+                    inner.nested_create_actor(create)
+                }));
+            }
+            Kind::GetActor(lookup) => answer(
+                inner
+                    .named_actor(&lookup.name, &lookup.type_name)
+                    .map(|actor| NestedReply {
+                        actor,
+                        ..NestedReply::default()
+                    }),
+            ),
+            Kind::Kill(actor) => answer(inner.kill_actor(actor).map(|()| NestedReply::default())),
+            Kind::Cancel(cancel) => answer(
+                cancel
+                    .object
+                    .parse::<ObjectId>()
+                    .map_err(Error::from)
+                    .and_then(|id| inner.cancel(&id, cancel.force))
+                    .map(|flag| NestedReply {
+                        flag,
+                        ..NestedReply::default()
+                    }),
+            ),
+        }
+    }
+    // The worker is gone: what it held goes (dropping touches the store, off this thread).
+    let _ = tokio::task::spawn_blocking(move || drop(held)).await;
+}
+
+impl Inner {
+    /// A nested submission's arguments, ready: values adopted as results are, references
+    /// to objects the worker holds.
+    fn nested_args(&self, args: Vec<proto::NestedArg>) -> Result<Vec<Prepared>> {
+        let mut out = Vec::with_capacity(args.len());
+        for arg in args {
+            let prepared = match arg.kind {
+                Some(proto::nested_arg::Kind::Value(value)) => {
+                    self.adopt_value(value).map(Prepared::Value)
+                }
+                Some(proto::nested_arg::Kind::Object(id)) => {
+                    id.parse().map(Prepared::Ref).map_err(Error::from)
+                }
+                None => Err(Error::Runtime("a nested argument without a value".into())),
+            };
+            match prepared {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    for done in out {
+                        if let Prepared::Value(stored) = done {
+                            self.discard(stored);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Objects the worker named that cannot be made: each holds `reason` as its error.
+    fn failed_objects(&self, ids: &[ObjectId], reason: String) -> Vec<RawRef> {
+        let mut st = self.lock();
+        for id in ids {
+            st.objects.insert(
+                *id,
+                Obj {
+                    value: Some(Err(reason.clone())),
+                    refs: 1,
+                },
+            );
+        }
+        drop(st);
+        ids.iter().map(|id| self.raw(*id)).collect()
+    }
+
+    fn nested_submit(&self, held: &Held, submit: proto::Submit) {
+        let returns = match parse_ids(&submit.returns) {
+            Ok(ids) if !ids.is_empty() => ids,
+            _ => {
+                tracing::warn!(function = %submit.function, "a worker's submission named no valid results");
+                return;
+            }
+        };
+        let options = submit.options.unwrap_or_default();
+        let mut shape: super::Shape = options.resources.into_iter().collect();
+        shape.sort();
+        let submission = Submission {
+            function: submit.function,
+            returns: returns.clone(),
+            shape,
+            retries: options.max_retries,
+            retry_exceptions: options.retry_exceptions,
+            spread: options.spread,
+            actor: (submit.actor != 0).then_some(submit.actor),
+        };
+        let queued = self
+            .nested_args(submit.args)
+            .and_then(|prepared| self.enqueue(submission, prepared));
+        let refs = match queued {
+            Ok(refs) => refs,
+            // What cannot run is an error its results carry, read by the worker's `get`.
+            Err(e) => self.failed_objects(&returns, e.to_string()),
+        };
+        held.keep(refs);
+    }
+
+    fn nested_put(&self, held: &Held, put: proto::Put) {
+        let Ok(id) = put.id.parse::<ObjectId>() else {
+            tracing::warn!(id = %put.id, "a worker put a value under an invalid id");
+            return;
+        };
+        let stored = put
+            .value
+            .ok_or_else(|| Error::Runtime("a put without a value".into()))
+            .and_then(|value| self.adopt_value(value));
+        let refs = match stored {
+            Ok(stored) => {
+                self.lock().objects.insert(
+                    id,
+                    Obj {
+                        value: Some(Ok(stored)),
+                        refs: 1,
+                    },
+                );
+                vec![self.raw(id)]
+            }
+            Err(e) => self.failed_objects(&[id], format!("the put failed: {e}")),
+        };
+        held.keep(refs);
+    }
+
+    fn nested_create_actor(&self, create: proto::CreateActor) -> Result<NestedReply> {
+        let prepared = self.nested_args(create.args)?;
+        let options = ActorOptions {
+            name: (!create.name.is_empty()).then_some(create.name),
+            max_restarts: create.max_restarts,
+            max_task_retries: create.max_task_retries,
+            resources: create
+                .options
+                .unwrap_or_default()
+                .resources
+                .into_iter()
+                .map(|(name, milli)| (name, milli as f64 / 1000.0))
+                .collect(),
+        };
+        let actor =
+            self.create_actor_prepared(&create.type_name, &create.constructor, prepared, options)?;
+        Ok(NestedReply {
+            actor,
+            ..NestedReply::default()
+        })
+    }
+}
