@@ -5,8 +5,9 @@
 //! `cargo bench --bench core_micro` (`STREAMRUN_BENCH_RUNS`, default 5: each figure is the
 //! mean ± standard deviation of that many windows of about half a second).
 //!
-//! Left out: "n:n actor calls async", which needs actors that call other actors (tasks and
-//! methods cannot submit work yet).
+//! "n:n actor calls async" is Ray's: half as many client actors as cores, each calling every
+//! one of as many server actors 1,000 times without waiting, then waiting for all (nested
+//! calls, through the driver).
 #![allow(clippy::print_stdout)]
 
 mod common;
@@ -35,6 +36,32 @@ impl Sink {
     /// Nothing.
     pub fn noop(&self) -> u8 {
         0
+    }
+}
+
+/// An actor that calls servers: the clients of "n:n actor calls async".
+pub struct Caller {
+    servers: Vec<SinkHandle>,
+}
+
+#[actor]
+impl Caller {
+    /// Calls `servers`.
+    pub fn new(servers: Vec<SinkHandle>) -> Caller {
+        Caller { servers }
+    }
+
+    /// Calls every server `n` times without waiting, then waits for all.
+    pub fn batch(&self, n: u32) -> Result<u32, String> {
+        let rt = Runtime::current().map_err(|e| e.to_string())?;
+        let mut refs = Vec::with_capacity(n as usize * self.servers.len());
+        for server in &self.servers {
+            for _ in 0..n {
+                refs.push(server.noop().map_err(|e| e.to_string())?);
+            }
+        }
+        rt.get_all(&refs).map_err(|e| e.to_string())?;
+        Ok(refs.len() as u32)
     }
 }
 
@@ -184,6 +211,24 @@ fn main() -> anyhow::Result<()> {
         let refs: Vec<_> = (0..1000).map(|_| actor.noop().expect("call")).collect();
         rt.get_all(&refs).expect("get");
     });
+    let pairs = (rt.worker_pids().len() / 2).max(1);
+    let servers: Vec<SinkHandle> = (0..pairs)
+        .map(|_| Sink::remote(&rt))
+        .collect::<Result<_, _>>()?;
+    let clients: Vec<CallerHandle> = (0..pairs)
+        .map(|_| Caller::remote(&rt, servers.clone()))
+        .collect::<Result<_, _>>()?;
+    timeit(
+        "n:n actor calls async",
+        (1000 * pairs * pairs) as f64,
+        || {
+            let batches: Vec<_> = clients
+                .iter()
+                .map(|c| c.batch(1000).expect("call"))
+                .collect();
+            rt.get_all(&batches).expect("get");
+        },
+    );
     rt.shutdown();
     Ok(())
 }

@@ -180,6 +180,8 @@ struct Spec {
     spread: bool,
     actor: Option<u64>,
     create: bool,
+    /// Times it waited for lost arguments to be rebuilt.
+    rebuilds: u32,
 }
 
 struct Worker {
@@ -1106,6 +1108,7 @@ impl Inner {
             spread: submission.spread,
             actor: submission.actor,
             create: false,
+            rebuilds: 0,
         });
         self.dispatch(&mut st);
         Ok(refs)
@@ -1186,6 +1189,7 @@ impl Inner {
             spread: false,
             actor: Some(id),
             create: true,
+            rebuilds: 0,
         };
         if let Some(name) = &options.name {
             st.names.insert(name.clone(), id);
@@ -1643,6 +1647,14 @@ impl Inner {
     /// made it once more. Objects put by the driver, and actors' results, cannot be.
     fn rebuild(&self, id: &ObjectId, lost: &Error) -> Result<()> {
         let mut st = self.lock();
+        self.rebuild_locked(&mut st, id, &lost.to_string())?;
+        self.dispatch(&mut st);
+        drop(st);
+        self.launch_pending();
+        Ok(())
+    }
+
+    fn rebuild_locked(&self, st: &mut State, id: &ObjectId, lost: &str) -> Result<()> {
         let Some(spec) = st
             .made_by
             .get(id)
@@ -1674,10 +1686,21 @@ impl Inner {
         let mut again = spec;
         again.retries_left = again.retries_left.max(1);
         st.pending.push_front(again);
-        self.dispatch(&mut st);
-        drop(st);
-        self.launch_pending();
         Ok(())
+    }
+
+    /// A task could not fetch the arguments at `lost` (their node is gone): each is rebuilt
+    /// from its lineage, and the task waits for them, a few times at most. Returns whether
+    /// all could be.
+    fn rebuild_args(&self, st: &mut State, spec: &Spec, lost: &[u32], reason: &str) -> bool {
+        if spec.rebuilds >= MAX_REBUILDS {
+            return false;
+        }
+        lost.iter()
+            .all(|index| match spec.args.get(*index as usize) {
+                Some(TaskArg::Ref(id)) => self.rebuild_locked(st, id, reason).is_ok(),
+                _ => false,
+            })
     }
 
     /// `read` on what object `id` holds; an object lost with its node is rebuilt from its
@@ -1769,6 +1792,14 @@ impl Inner {
                     self.forget_lineage(&mut st, spec.id);
                     self.drop_args(&mut st, &spec);
                 }
+            } else if !result.lost_args.is_empty()
+                && self.rebuild_args(&mut st, &spec, &result.lost_args, &result.error)
+            {
+                // It runs again once its arguments are made again (they come first).
+                let mut again = spec;
+                again.rebuilds += 1;
+                let at = st.pending.len().min(result.lost_args.len());
+                st.pending.insert(at, again);
             } else if spec.retry_exceptions && spec.retries_left > 0 {
                 let mut again = spec;
                 again.retries_left -= 1;
@@ -2144,6 +2175,9 @@ async fn connect_cluster(
         cpus as usize,
     ))
 }
+
+/// Times a task waits for its lost arguments to be rebuilt before it fails.
+const MAX_REBUILDS: u32 = 3;
 
 /// The reason a cancelled task's results carry.
 const CANCELLED: &str = "cancelled";

@@ -147,12 +147,18 @@ fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> 
                     continue;
                 }
                 RUNNING.store(id, Ordering::Relaxed);
+                let mut lost = None;
                 let outcome = match fetch_remote_args(&context.place, task).await {
                     Ok(task) => execute(&mut context, task),
-                    Err(e) => Err(e),
+                    Err((index, e)) => {
+                        lost = Some(index);
+                        Err(e)
+                    }
                 };
                 RUNNING.store(0, Ordering::Relaxed);
-                done.push(publish(&context.place, id, outcome).await);
+                let mut result = publish(&context.place, id, outcome).await;
+                result.lost_args.extend(lost);
+                done.push(result);
                 let since = *first_done.get_or_insert_with(Instant::now);
                 if since.elapsed() >= FLUSH_AFTER {
                     let batch = std::mem::take(&mut done);
@@ -173,12 +179,16 @@ fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> 
     })
 }
 
-/// Brings the arguments kept by other nodes' stores (on a cluster) into the task, inline.
-async fn fetch_remote_args(place: &Place, mut task: proto::Task) -> Result<proto::Task, String> {
-    for value in &mut task.args {
+/// Brings the arguments kept by other nodes' stores (on a cluster) into the task, inline;
+/// or says which one could not be fetched, and why.
+async fn fetch_remote_args(
+    place: &Place,
+    mut task: proto::Task,
+) -> Result<proto::Task, (u32, String)> {
+    for (index, value) in task.args.iter_mut().enumerate() {
         localize(place, value)
             .await
-            .map_err(|e| format!("fetching an argument: {e}"))?;
+            .map_err(|e| (index as u32, format!("fetching argument {index}: {e}")))?;
     }
     Ok(task)
 }
@@ -243,7 +253,12 @@ async fn publish(place: &Place, id: u64, outcome: Result<Vec<Encoded>, String>) 
         }
         Err(e) => error = e,
     }
-    proto::Done { id, returns, error }
+    proto::Done {
+        id,
+        returns,
+        error,
+        lost_args: Vec::new(),
+    }
 }
 
 fn run_task(context: &mut Context, task: proto::Task) -> Result<Vec<Encoded>, String> {
