@@ -22,6 +22,9 @@
 //!   worker gets its first task of that shape, and given back when it has none left, so a
 //!   stream of like tasks keeps its workers without asking again. A request larger than the
 //!   cluster is refused at once, naming what is missing.
+//! - **Nested tasks**: inside a task or an actor's method, [`Runtime::current`] gives the
+//!   same API, carried out by the driver; a task that waits for others lends its CPU out.
+//!   Actor handles are values that can be passed to tasks and actors.
 //! - **Failures**: a task whose worker process dies runs again, up to `max_retries` (3); one
 //!   that fails or panics runs again only with `retry_exceptions`. An actor whose process
 //!   dies starts again, its constructor run anew, up to `max_restarts`.
