@@ -22,8 +22,8 @@ use crate::{ActorOptions, Error, RawRef, RefInner, Result, TaskOptions, WeakBack
 
 /// Where this worker process's driver is, set when the process starts serving.
 static WORKER: OnceLock<(String, u64, Place)> = OnceLock::new();
-/// The client, connected on first use.
-static CLIENT: OnceLock<std::result::Result<Arc<Client>, String>> = OnceLock::new();
+/// The client, connected on first use (a failed connection is tried again next time).
+static CLIENT: Mutex<Option<Arc<Client>>> = Mutex::new(None);
 
 pub(crate) fn set_worker(address: &str, slot: u64, place: Place) {
     let _ = WORKER.set((address.to_owned(), slot, place));
@@ -33,14 +33,27 @@ pub(crate) fn set_worker(address: &str, slot: u64, place: Place) {
 /// elsewhere.
 pub(crate) fn current() -> Option<Result<Arc<Client>>> {
     let (address, slot, place) = WORKER.get()?;
-    let client = CLIENT.get_or_init(|| Client::connect(address, *slot, place.clone()));
-    Some(client.clone().map_err(Error::Runtime))
+    let mut client = CLIENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(client) = client.as_ref() {
+        return Some(Ok(Arc::clone(client)));
+    }
+    Some(match Client::connect(address, *slot, place.clone()) {
+        Ok(connected) => {
+            *client = Some(Arc::clone(&connected));
+            Ok(connected)
+        }
+        Err(e) => Err(Error::Runtime(e)),
+    })
 }
+
+/// Who waits for which answer; `None` once the driver's stream has ended, when asking
+/// fails at once.
+type Answers = Arc<Mutex<Option<HashMap<u64, std::sync::mpsc::SyncSender<NestedReply>>>>>;
 
 pub(crate) struct Client {
     place: Place,
     requests: mpsc::UnboundedSender<NestedRequest>,
-    answers: Arc<Mutex<HashMap<u64, std::sync::mpsc::SyncSender<NestedReply>>>>,
+    answers: Answers,
     seq: AtomicU64,
     io: tokio::runtime::Runtime,
     me: Weak<Client>,
@@ -76,8 +89,7 @@ impl Client {
                 ..NestedRequest::default()
             })
             .map_err(|e| e.to_string())?;
-        let answers: Arc<Mutex<HashMap<u64, std::sync::mpsc::SyncSender<NestedReply>>>> =
-            Arc::default();
+        let answers: Answers = Arc::new(Mutex::new(Some(HashMap::new())));
         let mut incoming = io.block_on(async {
             let mut client = DriverClient::connect(format!("http://{address}"))
                 .await
@@ -98,13 +110,15 @@ impl Client {
                 let sender = waiting
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&reply.seq);
+                    .as_mut()
+                    .and_then(|w| w.remove(&reply.seq));
                 if let Some(sender) = sender {
                     let _ = sender.try_send(reply);
                 }
             }
-            // The driver went: whoever waits learns it from the dropped senders.
-            waiting.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            // The driver went: whoever waits learns it from the dropped senders, and
+            // whoever asks later at once.
+            *waiting.lock().unwrap_or_else(|p| p.into_inner()) = None;
         });
         Ok(Arc::new_cyclic(|me| Client {
             place,
@@ -119,14 +133,20 @@ impl Client {
     fn send(&self, kind: Kind) -> Result<()> {
         self.requests
             .send(NestedRequest {
+                running: RUNNING.load(Ordering::Relaxed),
                 kind: Some(kind),
                 ..NestedRequest::default()
             })
             .map_err(|_| gone())
     }
 
-    /// Sends a request and waits for its answer; an error answer becomes the error.
+    /// Sends a request and waits for its answer; an error answer becomes the error. The
+    /// worker's results not sent yet go first: what this task waits for may wait for them.
     fn ask(&self, kind: Kind) -> Result<NestedReply> {
+        let done = crate::worker::take_unsent();
+        if !done.is_empty() {
+            self.send(Kind::Results(proto::Results { done }))?;
+        }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         // A std channel: the caller may be a task running inside a worker's async
         // runtime, where waiting on a tokio channel is refused.
@@ -134,6 +154,8 @@ impl Client {
         self.answers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .ok_or_else(gone)?
             .insert(seq, tx);
         self.requests
             .send(NestedRequest {
@@ -295,7 +317,9 @@ impl Client {
             ids: ids.iter().map(ObjectId::to_string).collect(),
             num_returns: u32::try_from(num).unwrap_or(u32::MAX),
             // At least a millisecond: 0 says "no timeout".
-            timeout_ms: timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+            timeout_ms: timeout.map_or(0, |t| {
+                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
         }))?;
         Ok(reply.ready)
     }

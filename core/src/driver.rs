@@ -166,6 +166,7 @@ struct Submission {
     retry_exceptions: bool,
     spread: bool,
     actor: Option<u64>,
+    depth: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +183,18 @@ struct Spec {
     create: bool,
     /// Times it waited for lost arguments to be rebuilt.
     rebuilds: u32,
+    /// 0 for the driver's; one more than its parent's for a task a task submitted. Deeper
+    /// tasks go first, so tasks that wait for their children find them run first.
+    depth: u32,
+}
+
+/// A task sent to a worker: the worker's slot, and the task's number among those sent to
+/// it (in the order it runs them).
+#[derive(Debug)]
+struct Sent {
+    spec: Spec,
+    slot: u64,
+    seq: u64,
 }
 
 struct Worker {
@@ -197,6 +210,11 @@ struct Worker {
     blocked: u32,
     /// Whether its lease's resources are lent out while it waits.
     lent: bool,
+    /// Tasks sent to it so far: the next one's number.
+    sent: u64,
+    /// Ended on purpose (a task cancelled by force): the tasks it had are not charged a
+    /// retry.
+    doomed: bool,
 }
 
 impl Worker {
@@ -212,6 +230,8 @@ impl Worker {
             node: String::new(),
             blocked: 0,
             lent: false,
+            sent: 0,
+            doomed: false,
         }
     }
 }
@@ -236,7 +256,8 @@ struct ActorState {
 struct State {
     objects: HashMap<ObjectId, Obj>,
     pending: VecDeque<Spec>,
-    in_flight: HashMap<u64, (Spec, u64)>,
+    /// Tasks sent to workers and not done, by task id.
+    in_flight: HashMap<u64, Sent>,
     workers: HashMap<u64, Worker>,
     actors: HashMap<u64, ActorState>,
     names: HashMap<String, u64>,
@@ -615,6 +636,8 @@ impl Inner {
                 node: String::new(),
                 blocked: 0,
                 lent: false,
+                sent: 0,
+                doomed: false,
             },
         );
         Ok(slot)
@@ -1001,6 +1024,7 @@ impl Inner {
             retry_exceptions: options.retry_exceptions,
             spread: options.spread,
             actor: None,
+            depth: 0,
         };
         // Checked before large arguments go into the store, and again with them.
         self.admit(&self.lock(), &submission)?;
@@ -1023,6 +1047,7 @@ impl Inner {
             retry_exceptions: false,
             spread: false,
             actor: Some(actor),
+            depth: 0,
         };
         self.admit(&self.lock(), &submission)?;
         let prepared = self.prepare(&args)?;
@@ -1097,19 +1122,25 @@ impl Inner {
         };
         let id = st.next_task;
         st.next_task += 1;
-        st.pending.push_back(Spec {
-            id,
-            function: submission.function,
-            args,
-            returns: submission.returns,
-            shape: submission.shape,
-            retries_left: retries,
-            retry_exceptions: submission.retry_exceptions,
-            spread: submission.spread,
-            actor: submission.actor,
-            create: false,
-            rebuilds: 0,
-        });
+        // Before every task less deep, after those as deep.
+        let at = st.pending.partition_point(|s| s.depth >= submission.depth);
+        st.pending.insert(
+            at,
+            Spec {
+                id,
+                function: submission.function,
+                args,
+                returns: submission.returns,
+                shape: submission.shape,
+                retries_left: retries,
+                retry_exceptions: submission.retry_exceptions,
+                spread: submission.spread,
+                actor: submission.actor,
+                create: false,
+                rebuilds: 0,
+                depth: submission.depth,
+            },
+        );
         self.dispatch(&mut st);
         Ok(refs)
     }
@@ -1190,6 +1221,7 @@ impl Inner {
             actor: Some(id),
             create: true,
             rebuilds: 0,
+            depth: 0,
         };
         if let Some(name) = &options.name {
             st.names.insert(name.clone(), id);
@@ -1261,9 +1293,8 @@ impl Inner {
     }
 
     /// Cancels the task making `id`: one waiting is taken off the queue; with `force`, a
-    /// running task (not an actor's call) is stopped by ending its worker process, after
-    /// the tasks queued behind it on that worker are taken back (they run elsewhere, not
-    /// counted as retries).
+    /// running task (not an actor's call) is stopped by ending its worker process; the
+    /// tasks queued behind it on that worker run elsewhere, not charged a retry.
     pub(crate) fn cancel(&self, id: &ObjectId, force: bool) -> Result<bool> {
         let mut st = self.lock();
         if let Some(at) = st.pending.iter().position(|s| s.returns.contains(id))
@@ -1278,8 +1309,8 @@ impl Inner {
         let Some((task, actor, slot)) = st
             .in_flight
             .iter()
-            .find(|(_, (spec, _))| spec.returns.contains(id))
-            .map(|(task, (spec, slot))| (*task, spec.actor, *slot))
+            .find(|(_, sent)| sent.spec.returns.contains(id))
+            .map(|(task, sent)| (*task, sent.spec.actor, sent.slot))
         else {
             return Ok(false);
         };
@@ -1288,26 +1319,33 @@ impl Inner {
                 "a running call of actor {actor} cannot be stopped alone: kill the actor instead"
             )));
         }
-        self.reclaim(&mut st, slot, task);
-        if let Some((spec, _)) = st.in_flight.remove(&task) {
-            self.finish_failed(&mut st, &spec, CANCELLED.into());
-        }
+        // The job that runs the worker, on a cluster (the latest asked for its slot).
         let job = self.cluster.as_ref().and_then(|link| {
             link.jobs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .find(|(s, _)| *s == slot)
+                .rfind(|(s, _)| *s == slot)
                 .map(|(_, job)| job.clone())
         });
-        if let Some(worker) = st.workers.get_mut(&slot) {
-            // It gets nothing more; its death replaces it.
-            worker.blocked += 1;
-            if let Some(child) = worker.child.as_mut() {
-                let _ = child.kill();
-            }
+        let Some(worker) = st.workers.get_mut(&slot) else {
+            return Ok(false);
+        };
+        if worker.child.is_none() && job.is_none() {
+            return Ok(false);
         }
-        self.dispatch(&mut st);
+        // It gets nothing more; its end puts back what it had, and replaces it.
+        worker.doomed = true;
+        worker.tx = None;
+        if let Some(child) = worker.child.as_mut() {
+            let _ = child.kill();
+        }
+        if let Some(Sent { spec, .. }) = st.in_flight.remove(&task) {
+            if let Some(worker) = st.workers.get_mut(&slot) {
+                worker.in_flight = worker.in_flight.saturating_sub(1);
+            }
+            self.finish_failed(&mut st, &spec, CANCELLED.into());
+        }
         drop(st);
         if let (Some(job), Some(link), Some(tokio)) = (
             job,
@@ -1324,51 +1362,57 @@ impl Inner {
         Ok(true)
     }
 
-    /// Takes back the tasks sent to worker `slot` but for `keep` (the one it runs): they
-    /// go first in the queue again, in their order. Returns their ids.
-    fn reclaim(&self, st: &mut State, slot: u64, keep: u64) -> Vec<u64> {
-        let mut ids: Vec<u64> = st
-            .in_flight
-            .iter()
-            .filter(|(id, (_, s))| *s == slot && **id != keep)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
-        for id in ids.iter().rev() {
-            if let Some((spec, _)) = st.in_flight.remove(id) {
-                st.pending.push_front(spec);
-            }
-        }
-        if let Some(worker) = st.workers.get_mut(&slot) {
-            worker.in_flight = worker.in_flight.saturating_sub(ids.len());
-        }
-        ids
-    }
-
-    /// Worker `slot`'s task, `running`, waits in a nested `get` or `wait`. A pool worker
-    /// gets no more tasks meanwhile; those queued behind the one it runs are taken back
-    /// (returned: the worker skips them); its lease's resources are lent out; and, while
-    /// fewer pool workers than the pool's size do not wait, one more is started (up to
-    /// `POOL_GROWTH` times the pool, or `POOL_FLOOR`), so tasks that wait for their children cannot hold
-    /// every worker. An actor keeps its calls (they run in order) and its resources.
-    pub(crate) fn block(&self, slot: u64, running: u64) -> Vec<u64> {
+    /// Worker `slot` runs the task it was sent as number `running`, which waits in a nested
+    /// `get` or `wait`. A pool worker gets no more tasks meanwhile; those sent to it after
+    /// that task (not started: it runs them in order) are taken back and go first among the
+    /// tasks as deep in the queue again (their numbers are returned: the worker skips them); its lease's
+    /// resources are lent out; and, while fewer pool workers than the pool's size do not
+    /// wait, one more is started (up to `POOL_GROWTH` times the pool, or `POOL_FLOOR`), so
+    /// tasks that wait for their children cannot hold every worker. An actor keeps its
+    /// calls (they run in order) and its resources. A wait from no task that the driver
+    /// knows runs there (a thread that outlived its task) changes nothing.
+    ///
+    /// Returns `None` when the worker was not marked (then [`unblock`](Self::unblock) is not
+    /// called), else the numbers of the tasks taken back.
+    pub(crate) fn block(&self, slot: u64, running: u64) -> Option<Vec<u64>> {
         let mut st = self.lock();
-        let Some(worker) = st.workers.get_mut(&slot) else {
-            return Vec::new();
-        };
-        if worker.actor.is_some() {
-            return Vec::new();
+        let known = st
+            .in_flight
+            .values()
+            .any(|sent| sent.slot == slot && sent.seq == running);
+        let worker = st.workers.get_mut(&slot)?;
+        if worker.actor.is_some() || worker.doomed || !known {
+            return None;
         }
         worker.blocked += 1;
         if worker.blocked > 1 {
-            return Vec::new();
+            return Some(Vec::new());
         }
         if let Some(shape) = worker.lease.clone() {
             worker.lent = true;
             give(&mut st.available, &shape);
         }
-        let reclaimed = self.reclaim(&mut st, slot, running);
-        let pool = st.workers.values().filter(|w| w.actor.is_none());
+        let mut taken: Vec<(u64, u64)> = st
+            .in_flight
+            .iter()
+            .filter(|(_, sent)| sent.slot == slot && sent.seq > running)
+            .map(|(id, sent)| (sent.seq, *id))
+            .collect();
+        taken.sort_unstable();
+        for (_, id) in taken.iter().rev() {
+            if let Some(sent) = st.in_flight.remove(id) {
+                // First among the tasks as deep: after the children just submitted.
+                let at = st.pending.partition_point(|s| s.depth > sent.spec.depth);
+                st.pending.insert(at, sent.spec);
+            }
+        }
+        if let Some(worker) = st.workers.get_mut(&slot) {
+            worker.in_flight = worker.in_flight.saturating_sub(taken.len());
+        }
+        let pool = st
+            .workers
+            .values()
+            .filter(|w| w.actor.is_none() && !w.doomed);
         let (all, waiting) = pool.fold((0, 0), |(all, waiting), w| {
             (all + 1, waiting + usize::from(w.blocked > 0))
         });
@@ -1388,19 +1432,17 @@ impl Inner {
         self.dispatch(&mut st);
         drop(st);
         self.launch_pending();
-        reclaimed
+        Some(taken.into_iter().map(|(seq, _)| seq).collect())
     }
 
-    /// Worker `slot`'s nested wait is over: it takes its lent resources back (the cluster
-    /// may be oversubscribed for a while, as in Ray) and can get tasks again.
+    /// Worker `slot`'s nested wait, which [`block`](Self::block) marked, is over: it takes
+    /// its lent resources back (the cluster may be oversubscribed for a while, as in Ray)
+    /// and can get tasks again.
     pub(crate) fn unblock(&self, slot: u64) {
         let mut st = self.lock();
         let Some(worker) = st.workers.get_mut(&slot) else {
             return;
         };
-        if worker.actor.is_some() {
-            return;
-        }
         worker.blocked = worker.blocked.saturating_sub(1);
         if worker.blocked == 0 && worker.lent {
             worker.lent = false;
@@ -1409,6 +1451,52 @@ impl Inner {
             }
         }
         self.dispatch(&mut st);
+    }
+
+    /// What the scheduler holds, for diagnosing a stall.
+    pub(crate) fn describe_state(&self) -> String {
+        let st = self.lock();
+        let mut out = format!(
+            "available {} pool {}\npending {}: {:?}\n",
+            describe_amounts(&st.available),
+            st.pool_size,
+            st.pending.len(),
+            st.pending
+                .iter()
+                .take(20)
+                .map(|s| (
+                    s.id,
+                    s.depth,
+                    s.function.rsplit("::").next().unwrap_or(""),
+                    s.actor
+                ))
+                .collect::<Vec<_>>()
+        );
+        let mut slots: Vec<_> = st.workers.keys().copied().collect();
+        slots.sort_unstable();
+        for slot in slots {
+            if let Some(w) = st.workers.get(&slot) {
+                let tasks: Vec<(u64, u64)> = st
+                    .in_flight
+                    .iter()
+                    .filter(|(_, sent)| sent.slot == slot)
+                    .map(|(id, sent)| (*id, sent.seq))
+                    .collect();
+                out += &format!(
+                    "worker {slot}: attached {} actor {:?} in_flight {} lease {:?} blocked {} lent {} doomed {} sent {} tasks {:?}\n",
+                    w.tx.is_some(),
+                    w.actor,
+                    w.in_flight,
+                    w.lease,
+                    w.blocked,
+                    w.lent,
+                    w.doomed,
+                    w.sent,
+                    tasks
+                );
+            }
+        }
+        out
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
@@ -1499,11 +1587,15 @@ impl Inner {
             let Some(spec) = st.pending.remove(i) else {
                 break;
             };
-            let task = self.wire_task(st, &spec);
+            let mut task = self.wire_task(st, &spec);
+            let mut seq = 0;
             if let Some(worker) = st.workers.get_mut(&slot) {
                 worker.in_flight += 1;
+                worker.sent += 1;
+                seq = worker.sent;
             }
-            st.in_flight.insert(spec.id, (spec, slot));
+            task.seq = seq;
+            st.in_flight.insert(spec.id, Sent { spec, slot, seq });
             batches.entry(slot).or_default().push(task);
         }
         for (slot, tasks) in batches {
@@ -1617,6 +1709,7 @@ impl Inner {
             args,
             actor: spec.actor.unwrap_or(0),
             create: spec.create,
+            seq: 0,
         }
     }
 
@@ -1751,7 +1844,14 @@ impl Inner {
             .collect();
         let mut st = self.lock();
         for (result, stored, failure) in adopted {
-            let Some((spec, _)) = st.in_flight.remove(&result.id) else {
+            // Only from the worker it was sent to: a task taken back and sent elsewhere
+            // may still be reported by the first.
+            let ours = st
+                .in_flight
+                .get(&result.id)
+                .is_some_and(|sent| sent.slot == slot);
+            let Some(Sent { spec, .. }) = ours.then(|| st.in_flight.remove(&result.id)).flatten()
+            else {
                 for value in stored {
                     self.discard(value);
                 }
@@ -1981,16 +2081,18 @@ impl Inner {
             return;
         }
         let pid = worker.pid.unwrap_or(0);
-        tracing::warn!(slot, pid, "a worker process died");
+        if !worker.doomed {
+            tracing::warn!(slot, pid, "a worker process died");
+        }
         let lost: Vec<u64> = st
             .in_flight
             .iter()
-            .filter(|(_, (_, s))| *s == slot)
+            .filter(|(_, sent)| sent.slot == slot)
             .map(|(id, _)| *id)
             .collect();
         let mut lost_specs: Vec<Spec> = lost
             .iter()
-            .filter_map(|id| st.in_flight.remove(id).map(|(spec, _)| spec))
+            .filter_map(|id| st.in_flight.remove(id).map(|sent| sent.spec))
             .collect();
         lost_specs.sort_by_key(|s| s.id);
         let reason = format!("its worker process ({pid}) died");
@@ -2023,6 +2125,15 @@ impl Inner {
                 let at = usize::from(alive);
                 for (k, spec) in again.into_iter().enumerate() {
                     st.pending.insert(at + k, spec);
+                }
+            }
+            // Ended on purpose: what it had runs elsewhere, not charged a retry.
+            None if worker.doomed => {
+                for spec in lost_specs.into_iter().rev() {
+                    st.pending.push_front(spec);
+                }
+                if let Err(e) = self.spawn_worker(&mut st, None) {
+                    tracing::error!(error = %e, "could not replace a stopped worker");
                 }
             }
             None => {

@@ -700,6 +700,13 @@ impl Runtime {
         })
     }
 
+    /// What the driver's scheduler holds (queue, workers, leases), for diagnosing a stall.
+    pub fn describe_scheduler(&self) -> String {
+        self.driver("describing the scheduler")
+            .map(|inner| inner.describe_state())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
     /// The process id of an actor's worker, once it is running (the driver knows it).
     pub fn actor_pid(&self, actor: &ActorHandle) -> Option<u32> {
         self.driver("finding an actor's process")

@@ -37,20 +37,35 @@ struct Context {
     actors: HashMap<u64, Box<dyn Any + Send>>,
 }
 
-/// The task this process runs now (0: none), which a nested `get` names to the driver.
+/// The number (`Task.seq`) of the task this process runs now (0: none), which a nested
+/// `get` names to the driver.
 pub(crate) static RUNNING: AtomicU64 = AtomicU64::new(0);
 
-/// Tasks sent to this worker that the driver gave to other workers while one of this
-/// worker's tasks waited in a nested `get`: skipped when they arrive.
+/// Tasks sent to this worker (by number) that the driver took back while one of its tasks
+/// waited in a nested `get`: skipped when they arrive. Numbers are never reused.
 pub(crate) static RECLAIMED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
 
-/// Whether task `id` was reclaimed (and forgets it).
-fn reclaimed(id: u64) -> bool {
+/// Results not sent yet (they go in batches). A task about to wait in a nested `get` sends
+/// them first, over its own stream: the worker's stream is not served while a task runs,
+/// and other tasks may be waiting for them.
+static UNSENT: Mutex<Vec<proto::Done>> = Mutex::new(Vec::new());
+
+fn unsent() -> std::sync::MutexGuard<'static, Vec<proto::Done>> {
+    UNSENT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes the results not sent yet.
+pub(crate) fn take_unsent() -> Vec<proto::Done> {
+    std::mem::take(&mut *unsent())
+}
+
+/// Whether the task sent as number `seq` was taken back (and forgets it).
+fn reclaimed(seq: u64) -> bool {
     RECLAIMED
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_mut()
-        .is_some_and(|set| set.remove(&id))
+        .is_some_and(|set| set.remove(&seq))
 }
 
 /// Serves the driver named by `spec` and exits. `spec` is `address|slot|memory dir|spill
@@ -139,14 +154,13 @@ fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> 
             .map_err(|e| format!("attaching to the driver: {e}"))?
             .into_inner();
         while let Ok(Some(message)) = inbound.message().await {
-            let mut done = Vec::new();
             let mut first_done: Option<Instant> = None;
             for task in message.tasks {
-                let id = task.id;
-                if reclaimed(id) {
+                let (id, seq) = (task.id, task.seq);
+                if reclaimed(seq) {
                     continue;
                 }
-                RUNNING.store(id, Ordering::Relaxed);
+                RUNNING.store(seq, Ordering::Relaxed);
                 let mut lost = None;
                 let outcome = match fetch_remote_args(&context.place, task).await {
                     Ok(task) => execute(&mut context, task),
@@ -158,19 +172,22 @@ fn attach(address: &str, slot: u64, mut context: Context) -> Result<(), String> 
                 RUNNING.store(0, Ordering::Relaxed);
                 let mut result = publish(&context.place, id, outcome).await;
                 result.lost_args.extend(lost);
-                done.push(result);
+                unsent().push(result);
                 let since = *first_done.get_or_insert_with(Instant::now);
                 if since.elapsed() >= FLUSH_AFTER {
-                    let batch = std::mem::take(&mut done);
-                    let _ = tx.send(FromWorker {
-                        hello: None,
-                        done: batch,
-                    });
+                    let batch = take_unsent();
+                    if !batch.is_empty() {
+                        let _ = tx.send(FromWorker {
+                            hello: None,
+                            done: batch,
+                        });
+                    }
                     first_done = None;
                     // Lets the connection send it while the next tasks run.
                     tokio::task::yield_now().await;
                 }
             }
+            let done = take_unsent();
             if !done.is_empty() && tx.send(FromWorker { hello: None, done }).is_err() {
                 break;
             }

@@ -366,6 +366,21 @@ fn tree_leaves(depth: u32) -> Result<u64, String> {
     Ok(counts.iter().sum())
 }
 
+/// The sum of the squares of `from..from + n`, each squared by a task of its own.
+#[remote]
+fn sum_of_squares(from: i64, n: i64) -> Result<i64, String> {
+    let rt = Runtime::current().map_err(|e| e.to_string())?;
+    let squares: Vec<_> = (from..from + n)
+        .map(|x| calculate_square::remote(&rt, x))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok(rt
+        .get_all(&squares)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .sum())
+}
+
 /// Puts `n` bytes from inside a task and has a child task sum them, by reference.
 #[remote]
 fn put_and_pass(n: usize) -> Result<u64, String> {
@@ -438,6 +453,16 @@ fn tasks_and_actors_submit_work_of_their_own() {
     assert_eq!(rt.get(&leaves).expect("tree"), 1 << 3);
     let leaves = tree_leaves::remote(&rt, 4).expect("submit");
     assert_eq!(rt.get(&leaves).expect("tree"), 1 << 4);
+
+    // 30 tasks sent ahead to the workers, each waiting for 40 children of its own: the
+    // tasks queued behind a waiting one are taken back and run elsewhere, once each.
+    let sums: Vec<_> = (0..30i64)
+        .map(|k| sum_of_squares::remote(&rt, k * 40, 40).expect("submit"))
+        .collect();
+    let expected: Vec<i64> = (0..30i64)
+        .map(|k| (k * 40..k * 40 + 40).map(|x| x * x).sum())
+        .collect();
+    assert_eq!(rt.get_all(&sums).expect("sums"), expected);
 
     // A large value put inside a task, passed by reference to its child.
     let n = 300_000;

@@ -77,63 +77,54 @@ pub(crate) async fn serve(
                 let touches_store = submit.args.iter().any(|a| {
                     matches!(&a.kind, Some(proto::nested_arg::Kind::Value(v)) if matches!(v.kind, Some(proto::value::Kind::Stored(_))))
                 });
-                let run = || inner.nested_submit(&held, submit);
+                let parent = (slot, request.running);
+                let run = || inner.nested_submit(&held, submit, parent);
                 if touches_store {
                     tokio::task::block_in_place(run);
                 } else {
                     run();
                 }
             }
+            Kind::Results(results) => {
+                tokio::task::block_in_place(|| inner.done(slot, results.done));
+            }
             Kind::Put(put) => tokio::task::block_in_place(|| inner.nested_put(&held, put)),
             Kind::Release(ids) => {
                 if let Ok(ids) = parse_ids(&ids.ids) {
-                    drop(held.take(&ids));
+                    // The last reference's drop may delete a stored file.
+                    tokio::task::block_in_place(|| drop(held.take(&ids)));
                 }
             }
             Kind::Get(ids) => {
                 let (inner, replies) = (Arc::clone(&inner), replies.clone());
                 let running = request.running;
                 tokio::task::spawn_blocking(move || {
-                    let reclaimed = inner.block(slot, running);
+                    let waiting = Waiting::start(&inner, slot, running, seq, &replies);
                     let values = parse_ids(&ids.ids).and_then(|ids| {
                         ids.iter()
                             .map(|id| inner.wait_one(id).map(|s| inner.wire_value(s)))
                             .collect::<Result<Vec<_>>>()
                     });
-                    inner.unblock(slot);
-                    let mut reply = match values {
-                        Ok(values) => NestedReply {
-                            values,
-                            ..NestedReply::default()
-                        },
-                        Err(e) => error_reply(seq, &e),
-                    };
-                    reply.seq = seq;
-                    reply.reclaimed = reclaimed;
-                    let _ = replies.send(Ok(reply));
+                    waiting.answer(values.map(|values| NestedReply {
+                        values,
+                        ..NestedReply::default()
+                    }));
                 });
             }
             Kind::Wait(wait) => {
                 let (inner, replies) = (Arc::clone(&inner), replies.clone());
                 let running = request.running;
                 tokio::task::spawn_blocking(move || {
-                    let reclaimed = inner.block(slot, running);
+                    let waiting = Waiting::start(&inner, slot, running, seq, &replies);
                     let timeout =
                         (wait.timeout_ms > 0).then(|| Duration::from_millis(wait.timeout_ms));
                     let ready = parse_ids(&wait.ids).and_then(|ids| {
                         inner.wait(&ids, (wait.num_returns as usize).min(ids.len()), timeout)
                     });
-                    inner.unblock(slot);
-                    let mut reply = match ready {
-                        Ok(ready) => NestedReply {
-                            ready,
-                            ..NestedReply::default()
-                        },
-                        Err(e) => error_reply(seq, &e),
-                    };
-                    reply.seq = seq;
-                    reply.reclaimed = reclaimed;
-                    let _ = replies.send(Ok(reply));
+                    waiting.answer(ready.map(|ready| NestedReply {
+                        ready,
+                        ..NestedReply::default()
+                    }));
                 });
             }
             Kind::CreateActor(create) => {
@@ -149,7 +140,9 @@ pub(crate) async fn serve(
                         ..NestedReply::default()
                     }),
             ),
-            Kind::Kill(actor) => answer(inner.kill_actor(actor).map(|()| NestedReply::default())),
+            Kind::Kill(actor) => answer(tokio::task::block_in_place(|| {
+                inner.kill_actor(actor).map(|()| NestedReply::default())
+            })),
             Kind::Cancel(cancel) => answer(
                 cancel
                     .object
@@ -165,6 +158,61 @@ pub(crate) async fn serve(
     }
     // The worker is gone: what it held goes (dropping touches the store, off this thread).
     let _ = tokio::task::spawn_blocking(move || drop(held)).await;
+}
+
+/// A worker's task waiting in a nested `get` or `wait`, marked as such with the driver
+/// until it is answered, or, should the waiting thread panic, until it unwinds (then the
+/// worker is told so).
+struct Waiting<'a> {
+    inner: &'a Inner,
+    slot: u64,
+    seq: u64,
+    marked: bool,
+    reclaimed: Vec<u64>,
+    replies: &'a Replies,
+    answered: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn start(inner: &'a Inner, slot: u64, running: u64, seq: u64, replies: &'a Replies) -> Self {
+        let marked = inner.block(slot, running);
+        Waiting {
+            inner,
+            slot,
+            seq,
+            marked: marked.is_some(),
+            reclaimed: marked.unwrap_or_default(),
+            replies,
+            answered: false,
+        }
+    }
+
+    fn answer(mut self, result: Result<NestedReply>) {
+        if std::mem::take(&mut self.marked) {
+            self.inner.unblock(self.slot);
+        }
+        let mut reply = result.unwrap_or_else(|e| error_reply(self.seq, &e));
+        reply.seq = self.seq;
+        reply.reclaimed = std::mem::take(&mut self.reclaimed);
+        self.answered = true;
+        let _ = self.replies.send(Ok(reply));
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.marked {
+            self.inner.unblock(self.slot);
+        }
+        if !self.answered {
+            let mut reply = error_reply(
+                self.seq,
+                &Error::Runtime("the driver failed while the task waited".into()),
+            );
+            reply.reclaimed = std::mem::take(&mut self.reclaimed);
+            let _ = self.replies.send(Ok(reply));
+        }
+    }
 }
 
 impl Inner {
@@ -213,7 +261,9 @@ impl Inner {
         ids.iter().map(|id| self.raw(*id)).collect()
     }
 
-    fn nested_submit(&self, held: &Held, submit: proto::Submit) {
+    /// Queues a worker's submission, one deeper than the task (`parent`: the worker's
+    /// slot and the task's number there) that made it.
+    fn nested_submit(&self, held: &Held, submit: proto::Submit, parent: (u64, u64)) {
         let returns = match parse_ids(&submit.returns) {
             Ok(ids) if !ids.is_empty() => ids,
             _ => {
@@ -224,7 +274,18 @@ impl Inner {
         let options = submit.options.unwrap_or_default();
         let mut shape: super::Shape = options.resources.into_iter().collect();
         shape.sort();
+        // An actor's calls keep the order they were made in, behind its constructor.
+        let depth = if submit.actor != 0 {
+            0
+        } else {
+            self.lock()
+                .in_flight
+                .values()
+                .find(|sent| (sent.slot, sent.seq) == parent)
+                .map_or(1, |sent| sent.spec.depth + 1)
+        };
         let submission = Submission {
+            depth,
             function: submit.function,
             returns: returns.clone(),
             shape,
