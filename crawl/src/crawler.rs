@@ -1,0 +1,517 @@
+//! The crawl loop: each worker starts the requests its partition of hosts allows, within its
+//! concurrency, and each finished request sends its record and queues its links in the
+//! partition that owns their host.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use streamrun_engine::{KEY_GROUPS, worker_key_groups};
+use streamrun_operators::KeyedState;
+use tokio::sync::mpsc;
+use url::Url;
+
+use crate::fetch::Fetcher;
+use crate::frontier::{HostState, Next, Pushed, Queued};
+use crate::{CrawlConfig, CrawlError, Frontier, PageRecord, error_kind, extract, host_key};
+
+/// The longest a worker sleeps before looking again for work (links other workers queue).
+const POLL: Duration = Duration::from_millis(10);
+/// How long a crawl with nothing left to do waits for workers that have not started yet
+/// (in a job, each worker opens the source in its turn; workers in other processes never
+/// do here).
+const UNSTARTED_GRACE: Duration = Duration::from_secs(5);
+
+/// What a crawl's workers share (in one process).
+pub(crate) struct Shared {
+    config: Arc<CrawlConfig>,
+    fetcher: Fetcher,
+    frontiers: Vec<Mutex<Frontier>>,
+    /// Partitions whose worker runs in this process.
+    served: Vec<AtomicBool>,
+    /// The worker that owns each key group.
+    owner: Vec<usize>,
+    allowed: HashSet<String>,
+    in_flight: AtomicUsize,
+    /// Moves on with every request started: a worker that saw every partition idle, and
+    /// no request running, knows nothing started meanwhile.
+    generation: AtomicU64,
+    pages: AtomicU64,
+    paused: AtomicBool,
+    dropped_full: AtomicU64,
+    clock: Instant,
+    /// Since when the crawl has had nothing to do while some worker had not started.
+    idle_since: Mutex<Option<Instant>>,
+}
+
+/// Counts of a crawl so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrawlStats {
+    /// Page requests started (the `max_pages` budget).
+    pub pages: u64,
+    /// URLs ever queued, over the partitions.
+    pub urls: u64,
+    /// Links dropped because a frontier held its maximum of URLs.
+    pub dropped_full: u64,
+}
+
+impl Shared {
+    pub(crate) fn new(config: CrawlConfig, workers: usize) -> Result<Arc<Shared>, CrawlError> {
+        let seeds = config.validate()?;
+        let workers = workers.max(1);
+        let mut owner = vec![0; KEY_GROUPS as usize];
+        for w in 0..workers {
+            for g in worker_key_groups(w, workers) {
+                owner[g as usize] = w;
+            }
+        }
+        let allowed: HashSet<String> = if config.allowed_hosts.is_empty() {
+            seeds.iter().map(authority).collect()
+        } else {
+            config.allowed_hosts.iter().cloned().collect()
+        };
+        Ok(Arc::new(Shared {
+            fetcher: Fetcher::new(&config)?,
+            frontiers: (0..workers)
+                .map(|_| Mutex::new(Frontier::new(&config)))
+                .collect(),
+            served: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            owner,
+            allowed,
+            in_flight: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            dropped_full: AtomicU64::new(0),
+            clock: Instant::now(),
+            idle_since: Mutex::new(None),
+            config: Arc::new(config),
+        }))
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.frontiers.len()
+    }
+
+    fn frontier(&self, w: usize) -> MutexGuard<'_, Frontier> {
+        self.frontiers[w].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn partition_of(&self, host: &str) -> usize {
+        let group = KeyedState::<HostState>::group_of(host.as_bytes());
+        self.owner.get(group as usize).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn seed(&self) -> Result<(), CrawlError> {
+        for seed in self.config.validate()? {
+            self.push(&seed, 0, 0);
+        }
+        Ok(())
+    }
+
+    /// Queues `url` in the partition of its host, unless the crawl's bounds leave it out.
+    fn push(&self, url: &Url, depth: u32, hops: u32) {
+        let text = url.as_str();
+        if depth > self.config.max_depth
+            || !self.allowed.contains(&authority(url))
+            || self
+                .config
+                .deny_prefixes
+                .iter()
+                .any(|p| text.starts_with(p))
+        {
+            return;
+        }
+        let host = host_key(url);
+        let pushed = self
+            .frontier(self.partition_of(&host))
+            .push(url, depth, hops);
+        if pushed == Pushed::Full {
+            self.dropped_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Whether the crawl is over: no request runs, every partition whose worker started is
+    /// idle, nothing started while that was checked, and every worker has started (or
+    /// those that have not did not for `UNSTARTED_GRACE`: their partitions are left).
+    fn finished(&self) -> bool {
+        let before = self.generation.load(Ordering::SeqCst);
+        let idle = self.in_flight.load(Ordering::SeqCst) == 0
+            && (0..self.workers())
+                .filter(|w| self.served[*w].load(Ordering::SeqCst))
+                .all(|w| self.frontier(w).is_idle())
+            && self.generation.load(Ordering::SeqCst) == before;
+        let mut idle_since = self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        if !idle {
+            *idle_since = None;
+            return false;
+        }
+        if self.served.iter().all(|s| s.load(Ordering::SeqCst)) {
+            return true;
+        }
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < UNSTARTED_GRACE {
+            return false;
+        }
+        tracing::warn!(
+            "a crawl ends with the partitions of workers that never started left uncrawled"
+        );
+        true
+    }
+
+    /// Counts every partition as served: their workers all start now.
+    fn serve_all(&self) {
+        for served in &self.served {
+            served.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes one page of the budget, if any is left.
+    fn reserve_page(&self) -> bool {
+        self.pages
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                (p < self.config.max_pages).then_some(p + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn stats(&self) -> CrawlStats {
+        CrawlStats {
+            pages: self.pages.load(Ordering::SeqCst),
+            urls: (0..self.workers())
+                .map(|w| self.frontier(w).urls() as u64)
+                .sum(),
+            dropped_full: self.dropped_full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs worker `index`'s share of the crawl until it is over (or paused), sending a
+    /// record for every request.
+    pub(crate) async fn run_worker(self: Arc<Self>, index: usize, out: mpsc::Sender<PageRecord>) {
+        self.served[index].store(true, Ordering::SeqCst);
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let mut wake = None;
+            while !self.paused.load(Ordering::SeqCst) && tasks.len() < self.config.concurrency {
+                let page = self.reserve_page();
+                let next = {
+                    let mut frontier = self.frontier(index);
+                    let next = frontier.next(self.now_ms());
+                    if matches!(next, Next::Page(..) | Next::Robots(_)) {
+                        self.in_flight.fetch_add(1, Ordering::SeqCst);
+                        self.generation.fetch_add(1, Ordering::SeqCst);
+                    }
+                    next
+                };
+                if page && !matches!(next, Next::Page(..)) {
+                    self.pages.fetch_sub(1, Ordering::SeqCst);
+                }
+                match next {
+                    Next::Page(host, queued) if page => {
+                        let me = Arc::clone(&self);
+                        let out = out.clone();
+                        tasks.spawn(async move { me.page(index, host, queued, out).await });
+                    }
+                    Next::Page(host, queued) => {
+                        // Out of budget: it goes back, untouched.
+                        let mut frontier = self.frontier(index);
+                        frontier.done(&host);
+                        drop(frontier);
+                        self.requeue(index, queued);
+                        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        break;
+                    }
+                    Next::Robots(host) => {
+                        let me = Arc::clone(&self);
+                        let out = out.clone();
+                        tasks.spawn(async move { me.robots(index, host, out).await });
+                    }
+                    Next::Disallowed(host, queued) => {
+                        let record = PageRecord {
+                            error_kind: error_kind::ROBOTS.into(),
+                            error: "disallowed by robots.txt".into(),
+                            ..self.record(&host, &queued)
+                        };
+                        if out.send(record).await.is_err() {
+                            return;
+                        }
+                    }
+                    Next::Wait(at) => {
+                        wake = Some(at);
+                        break;
+                    }
+                    Next::Empty => break,
+                }
+            }
+            if tasks.is_empty() {
+                let out_of_budget = self.pages.load(Ordering::SeqCst) >= self.config.max_pages
+                    && self.in_flight.load(Ordering::SeqCst) == 0;
+                if self.paused.load(Ordering::SeqCst) || out_of_budget || self.finished() {
+                    return;
+                }
+            }
+            let pause = wake
+                .map(|at| Duration::from_millis(at.saturating_sub(self.now_ms())))
+                .unwrap_or(POLL)
+                .min(POLL);
+            tokio::select! {
+                joined = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Some(Err(e)) = joined {
+                        tracing::error!(error = %e, "a crawl request's task failed");
+                    }
+                }
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    fn requeue(&self, index: usize, queued: Queued) {
+        // Put back at its host's queue's end, as seen already.
+        if let Ok(url) = Url::parse(&queued.url) {
+            let mut frontier = self.frontier(index);
+            frontier.requeue(&url, queued);
+        }
+    }
+
+    fn record(&self, host: &str, queued: &Queued) -> PageRecord {
+        PageRecord {
+            url: queued.url.clone(),
+            host: host.split_once("://").map_or(host, |(_, h)| h).to_owned(),
+            depth: queued.depth,
+            fetched_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            ..PageRecord::default()
+        }
+    }
+
+    async fn robots(&self, index: usize, host: String, out: mpsc::Sender<PageRecord>) {
+        let queued = Queued {
+            url: format!("{host}/robots.txt"),
+            depth: 0,
+            hops: 0,
+        };
+        let mut record = self.record(&host, &queued);
+        let fetched = self.fetcher.fetch(&queued.url, true).await;
+        // A missing, failed or unreadable robots.txt allows everything.
+        let text = if fetched.status == 200 && fetched.error_kind.is_empty() {
+            String::from_utf8_lossy(&fetched.body).into_owned()
+        } else {
+            String::new()
+        };
+        fill(&mut record, &fetched);
+        self.frontier(index).robots_done(&host, text);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = out.send(record).await;
+    }
+
+    async fn page(
+        &self,
+        index: usize,
+        host: String,
+        queued: Queued,
+        out: mpsc::Sender<PageRecord>,
+    ) {
+        let mut record = self.record(&host, &queued);
+        let fetched = self.fetcher.fetch(&queued.url, false).await;
+        fill(&mut record, &fetched);
+        if let Ok(page) = Url::parse(&queued.url) {
+            if let Some(location) = &fetched.location {
+                match crate::normalize(&page, location) {
+                    Some(target) if queued.hops < self.config.max_redirects => {
+                        record.redirect = target.to_string();
+                        self.push(&target, queued.depth, queued.hops + 1);
+                    }
+                    Some(target) => {
+                        record.redirect = target.to_string();
+                        record.error_kind = error_kind::REDIRECT_LIMIT.into();
+                        record.error = format!(
+                            "more than {} redirects from the first URL",
+                            self.config.max_redirects
+                        );
+                    }
+                    None => {
+                        record.error_kind = error_kind::OTHER.into();
+                        record.error = format!("a redirect to '{location}', not an http(s) URL");
+                    }
+                }
+            } else if fetched.error_kind.is_empty() {
+                // Parsing is work for a core, not for the threads that send requests.
+                let body = fetched.body;
+                let found = tokio::task::spawn_blocking(move || {
+                    extract(&page, &String::from_utf8_lossy(&body))
+                })
+                .await
+                .unwrap_or_default();
+                for link in &found.links {
+                    if let Ok(url) = Url::parse(link) {
+                        self.push(&url, queued.depth + 1, 0);
+                    }
+                }
+                record.title = found.title;
+                record.text = found.text;
+                record.links = found.links;
+            }
+        }
+        // Links first, then the request's end: no worker sees the crawl over in between.
+        self.frontier(index).done(&host);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = out.send(record).await;
+    }
+
+    /// Every partition's state; taken once no request runs.
+    pub(crate) fn snapshot(&self) -> Result<CrawlSnapshot, CrawlError> {
+        let partitions = (0..self.workers())
+            .map(|w| self.frontier(w).snapshot(0..KEY_GROUPS))
+            .collect::<Result<_, _>>()?;
+        Ok(CrawlSnapshot {
+            partitions,
+            pages: self.pages.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Takes in a snapshot, each host into the partition that owns it now (the snapshot
+    /// may come from another number of workers).
+    pub(crate) fn restore(&self, snapshot: &CrawlSnapshot) -> Result<(), CrawlError> {
+        let mut all = Frontier::new(&self.config);
+        for part in &snapshot.partitions {
+            all.restore(part)?;
+        }
+        for w in 0..self.workers() {
+            let mine = all.snapshot(worker_key_groups(w, self.workers()))?;
+            self.frontier(w).restore(&mine)?;
+        }
+        self.pages.store(snapshot.pages, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// `host[:port]` of a URL.
+fn authority(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => String::new(),
+    }
+}
+
+fn fill(record: &mut PageRecord, fetched: &crate::fetch::Fetched) {
+    record.status = fetched.status;
+    record.elapsed_ms = fetched.elapsed.as_millis() as u64;
+    record.bytes = fetched.bytes;
+    record.error_kind = fetched.error_kind.to_owned();
+    record.error = fetched.error.clone();
+    record.content_type = fetched.content_type.clone();
+}
+
+/// A crawl's frontier, written out while no request ran: what [`Crawl::resume`] starts
+/// from (with any number of workers).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrawlSnapshot {
+    /// Each partition's keyed state.
+    pub partitions: Vec<Vec<u8>>,
+    /// Page requests started before it.
+    pub pages: u64,
+}
+
+impl CrawlSnapshot {
+    /// The snapshot as bytes, to keep.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CrawlError> {
+        bincode::serialize(self).map_err(|e| CrawlError::Snapshot(e.to_string()))
+    }
+
+    /// A snapshot from [`to_bytes`](Self::to_bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<CrawlSnapshot, CrawlError> {
+        bincode::deserialize(bytes).map_err(|e| CrawlError::Snapshot(e.to_string()))
+    }
+}
+
+/// Starts crawls outside a dataflow job (the job's source is [`crate::CrawlSource`]).
+pub struct Crawl;
+
+impl Crawl {
+    /// Starts a crawl from its seeds on `workers` partitions of hosts.
+    pub fn start(config: CrawlConfig, workers: usize) -> Result<CrawlRun, CrawlError> {
+        let shared = Shared::new(config, workers)?;
+        shared.seed()?;
+        CrawlRun::launch(shared)
+    }
+
+    /// Resumes a crawl from `snapshot`, on `workers` partitions of hosts.
+    pub fn resume(
+        config: CrawlConfig,
+        workers: usize,
+        snapshot: &CrawlSnapshot,
+    ) -> Result<CrawlRun, CrawlError> {
+        let shared = Shared::new(config, workers)?;
+        shared.restore(snapshot)?;
+        CrawlRun::launch(shared)
+    }
+}
+
+/// A running crawl: its records, as they come.
+pub struct CrawlRun {
+    shared: Arc<Shared>,
+    records: mpsc::Receiver<PageRecord>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl CrawlRun {
+    fn launch(shared: Arc<Shared>) -> Result<CrawlRun, CrawlError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(shared.workers().max(2))
+            .thread_name("streamrun-crawl")
+            .enable_all()
+            .build()
+            .map_err(|e| CrawlError::Start(format!("the crawl's runtime: {e}")))?;
+        let (tx, records) = mpsc::channel(shared.config.buffer);
+        shared.serve_all();
+        let workers = (0..shared.workers())
+            .map(|w| runtime.spawn(Arc::clone(&shared).run_worker(w, tx.clone())))
+            .collect();
+        Ok(CrawlRun {
+            shared,
+            records,
+            workers,
+            runtime,
+        })
+    }
+
+    /// The next record, waiting for it; `None` once the crawl is over.
+    pub fn next_record(&mut self) -> Option<PageRecord> {
+        self.records.blocking_recv()
+    }
+
+    /// Every record until the crawl is over.
+    pub fn records(mut self) -> impl Iterator<Item = PageRecord> {
+        std::iter::from_fn(move || self.next_record())
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> CrawlStats {
+        self.shared.stats()
+    }
+
+    /// Stops the crawl: no request starts any more, those running end (their records are
+    /// returned), and the frontier is written out to resume from.
+    pub fn stop(mut self) -> Result<(Vec<PageRecord>, CrawlSnapshot), CrawlError> {
+        self.shared.paused.store(true, Ordering::SeqCst);
+        // Read while they end (a worker may wait for room to send); the channel closes
+        // once every worker and request has.
+        let mut rest = Vec::new();
+        while let Some(record) = self.records.blocking_recv() {
+            rest.push(record);
+        }
+        for worker in std::mem::take(&mut self.workers) {
+            let _ = self.runtime.block_on(worker);
+        }
+        Ok((rest, self.shared.snapshot()?))
+    }
+}

@@ -1,0 +1,97 @@
+//! Links, title and text of an HTML page, with a real HTML parser (`scraper`, on
+//! html5ever), which reads malformed HTML as browsers do.
+
+use scraper::{Html, Node, Selector};
+use url::Url;
+
+use crate::normalize;
+
+/// What a page holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extracted {
+    /// Its `<title>`.
+    pub title: String,
+    /// Its text: text nodes outside `script`, `style`, `noscript` and `template`, joined by
+    /// spaces.
+    pub text: String,
+    /// Its `a[href]` links, normalized against the page (or its `<base href>`), in order,
+    /// without repeats.
+    pub links: Vec<String>,
+}
+
+/// Parses `html`, the page at `page`.
+pub fn extract(page: &Url, html: &str) -> Extracted {
+    let document = Html::parse_document(html);
+    let select = |css: &str| Selector::parse(css).ok();
+    let base = select("base[href]")
+        .and_then(|s| document.select(&s).next())
+        .and_then(|e| e.value().attr("href"))
+        .and_then(|href| page.join(href).ok())
+        .unwrap_or_else(|| page.clone());
+    let title = select("title")
+        .and_then(|s| document.select(&s).next())
+        .map(|e| e.text().collect::<String>().trim().to_owned())
+        .unwrap_or_default();
+    let mut links = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    if let Some(anchors) = select("a[href]") {
+        for anchor in document.select(&anchors) {
+            if let Some(url) = anchor
+                .value()
+                .attr("href")
+                .and_then(|h| normalize(&base, h))
+                && seen.insert(url.to_string())
+            {
+                links.push(url.to_string());
+            }
+        }
+    }
+    let mut text = String::new();
+    for node in document.tree.nodes() {
+        let Node::Text(t) = node.value() else {
+            continue;
+        };
+        let hidden = node.ancestors().any(|a| {
+            a.value().as_element().is_some_and(|e| {
+                matches!(
+                    e.name(),
+                    "script" | "style" | "noscript" | "template" | "title"
+                )
+            })
+        });
+        let words = t.trim();
+        if hidden || words.is_empty() {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(words);
+    }
+    Extracted { title, text, links }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_resolved_deduplicated_and_scripts_are_not_text() {
+        let page = Url::parse("http://a.test/dir/page.html").expect("url");
+        let html = r#"<html><head><title> Hi </title><script>var x = "hidden";</script></head>
+            <body><p>Hello <b>world</b></p><a href="other.html#frag">o</a>
+            <a href="/top">t</a><a href="other.html">again</a><a href="mailto:x@y">m</a>
+            <a href="HTTP://B.test:80/x">b</a><style>p {}</style><p>unclosed <div>tags"#;
+        let got = extract(&page, html);
+        assert_eq!(got.title, "Hi");
+        assert_eq!(
+            got.links,
+            vec![
+                "http://a.test/dir/other.html",
+                "http://a.test/top",
+                "http://b.test/x"
+            ]
+        );
+        assert_eq!(got.text, "Hello world o t again m b unclosed tags");
+    }
+}

@@ -1,0 +1,191 @@
+//! One request: retries with backoff, no automatic redirects (each is a record, and its
+//! target goes through the frontier), a content-type filter and a body size cap.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, LOCATION};
+
+use crate::{CrawlConfig, CrawlError, error_kind};
+
+/// What a request gave.
+#[derive(Debug, Default)]
+pub(crate) struct Fetched {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub bytes: u64,
+    /// Where a redirect points (its `Location`, as sent).
+    pub location: Option<String>,
+    /// Empty when the body was read; otherwise an [`error_kind`].
+    pub error_kind: &'static str,
+    pub error: String,
+    pub elapsed: Duration,
+}
+
+pub(crate) struct Fetcher {
+    client: reqwest::Client,
+    retries: u32,
+    backoff: Duration,
+    max_body: u64,
+    content_types: Vec<String>,
+}
+
+impl Fetcher {
+    pub(crate) fn new(config: &CrawlConfig) -> Result<Fetcher, CrawlError> {
+        let client = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(Duration::from_millis(config.timeout_ms.min(5_000)))
+            .pool_max_idle_per_host(config.per_host_concurrency.max(1) as usize * 2)
+            .build()
+            .map_err(|e| CrawlError::Start(format!("the HTTP client: {e}")))?;
+        Ok(Fetcher {
+            client,
+            retries: config.retries,
+            backoff: Duration::from_millis(config.backoff_ms),
+            max_body: config.max_body_bytes,
+            content_types: config.content_types.clone(),
+        })
+    }
+
+    /// Fetches `url`, trying again after connection failures, timeouts and 5xx statuses.
+    pub(crate) async fn fetch(&self, url: &str, any_type: bool) -> Fetched {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let fetched = self.once(url, any_type).await;
+            let transient = matches!(
+                fetched.error_kind,
+                error_kind::CONNECT | error_kind::TIMEOUT
+            ) || fetched.status >= 500;
+            if !transient || attempt >= self.retries {
+                return Fetched {
+                    elapsed: started.elapsed(),
+                    ..fetched
+                };
+            }
+            tokio::time::sleep(self.backoff * 2u32.saturating_pow(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    async fn once(&self, url: &str, any_type: bool) -> Fetched {
+        let response = match self.client.get(url).send().await {
+            Ok(r) => r,
+            Err(e) => return failed(&e),
+        };
+        let status = response.status().as_u16();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let content_type = header(CONTENT_TYPE);
+        if response.status().is_redirection() {
+            return Fetched {
+                status,
+                content_type,
+                location: Some(header(LOCATION)),
+                error_kind: error_kind::REDIRECT,
+                ..Fetched::default()
+            };
+        }
+        let wanted = any_type
+            || self
+                .content_types
+                .iter()
+                .any(|t| content_type.to_ascii_lowercase().starts_with(t.as_str()));
+        if !wanted {
+            return Fetched {
+                status,
+                error_kind: error_kind::CONTENT_TYPE,
+                error: format!("content type '{content_type}' is not crawled"),
+                content_type,
+                ..Fetched::default()
+            };
+        }
+        if let Some(length) = response.content_length()
+            && length > self.max_body
+        {
+            return Fetched {
+                status,
+                content_type,
+                error_kind: error_kind::TOO_LARGE,
+                error: format!(
+                    "the body is {length} bytes, above the {} cap",
+                    self.max_body
+                ),
+                ..Fetched::default()
+            };
+        }
+        let mut response = response;
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() as u64 > self.max_body {
+                        return Fetched {
+                            status,
+                            content_type,
+                            bytes: body.len() as u64,
+                            error_kind: error_kind::TOO_LARGE,
+                            error: format!("the body passed the {} byte cap", self.max_body),
+                            ..Fetched::default()
+                        };
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Fetched {
+                        status,
+                        content_type,
+                        bytes: body.len() as u64,
+                        ..failed(&e)
+                    };
+                }
+            }
+        }
+        let ok = (200..300).contains(&status);
+        Fetched {
+            status,
+            content_type,
+            bytes: body.len() as u64,
+            body,
+            error_kind: if ok { "" } else { error_kind::STATUS },
+            error: if ok {
+                String::new()
+            } else {
+                format!("status {status}")
+            },
+            ..Fetched::default()
+        }
+    }
+}
+
+fn failed(e: &reqwest::Error) -> Fetched {
+    let kind = if e.is_timeout() {
+        error_kind::TIMEOUT
+    } else if e.is_connect() {
+        error_kind::CONNECT
+    } else {
+        error_kind::OTHER
+    };
+    // The error's sources say what happened below the HTTP layer.
+    let mut error = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        error.push_str(": ");
+        error.push_str(&s.to_string());
+        source = s.source();
+    }
+    Fetched {
+        error_kind: kind,
+        error,
+        ..Fetched::default()
+    }
+}

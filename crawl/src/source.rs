@@ -1,0 +1,123 @@
+//! The crawl as a dataflow source: worker i of a job crawls the hosts of its key groups,
+//! and its links to other workers' hosts go to their partitions. All partitions live in the
+//! process that runs the job's workers (the embedded runtime, or one process per job): a
+//! link to a host whose worker runs in another process is queued there for nobody, and the
+//! crawl ends without it.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use streamrun_engine::{
+    Descriptor, Error, Result, Source, SourceCollector, SourceReader, WorkerContext,
+};
+use tokio::sync::mpsc;
+
+use crate::crawler::Shared;
+use crate::{CrawlConfig, PageRecord};
+
+/// Records read into one batch at most.
+const BATCH: usize = 256;
+
+/// A crawl, as a job's source: one row per fetch ([`PageRecord::schema`]), its `fetched_at`
+/// the event time.
+pub struct CrawlSource {
+    config: CrawlConfig,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    shared: Arc<Shared>,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl CrawlSource {
+    /// A source crawling as `config` says.
+    pub fn new(config: CrawlConfig) -> Self {
+        CrawlSource {
+            config,
+            running: Mutex::new(None),
+        }
+    }
+
+    /// Its plan descriptor (`crawl`, with the configuration).
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            "crawl",
+            serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The descriptor and the source, as `Job::source` takes them.
+    pub fn into_parts(self) -> (Descriptor, Arc<dyn Source>) {
+        (self.descriptor(), Arc::new(self))
+    }
+}
+
+impl Source for CrawlSource {
+    fn schema(&self) -> Result<SchemaRef> {
+        self.config
+            .validate()
+            .map_err(|e| Error::Input(e.to_string()))?;
+        Ok(PageRecord::schema())
+    }
+
+    fn open(&self, ctx: &WorkerContext) -> Result<Box<dyn SourceReader>> {
+        let (shared, runtime) = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.is_none() {
+                let shared = Shared::new(self.config.clone(), ctx.workers)
+                    .map_err(|e| Error::Input(e.to_string()))?;
+                shared.seed().map_err(|e| Error::Input(e.to_string()))?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(ctx.workers.clamp(1, 4))
+                    .thread_name("streamrun-crawl")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Input(format!("starting the crawl's runtime: {e}")))?;
+                *running = Some(Running {
+                    shared,
+                    runtime: Arc::new(runtime),
+                });
+            }
+            let r = running
+                .as_ref()
+                .ok_or_else(|| Error::Input("crawl not started".into()))?;
+            (Arc::clone(&r.shared), Arc::clone(&r.runtime))
+        };
+        let (tx, rx) = mpsc::channel(self.config.buffer);
+        runtime.spawn(Arc::clone(&shared).run_worker(ctx.index % shared.workers(), tx));
+        Ok(Box::new(CrawlReader {
+            records: rx,
+            _runtime: runtime,
+        }))
+    }
+}
+
+struct CrawlReader {
+    records: mpsc::Receiver<PageRecord>,
+    _runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl SourceReader for CrawlReader {
+    fn read(&mut self, out: &mut SourceCollector) -> Result<bool> {
+        let mut records = Vec::new();
+        let mut open = true;
+        while records.len() < BATCH {
+            match self.records.try_recv() {
+                Ok(r) => records.push(r),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if !records.is_empty() {
+            let bytes = records.iter().map(|r| r.bytes).sum();
+            let batch = PageRecord::to_batch(&records)
+                .map_err(|e| Error::Input(format!("crawl records: {e}")))?;
+            out.emit(batch, bytes);
+        }
+        Ok(open || !records.is_empty())
+    }
+}

@@ -1,0 +1,290 @@
+//! Crawls of a generated site served over HTTP on loopback, against oracles computed from
+//! the generated site itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use streamrun_crawl::site::{Link, Site, SiteServer, SiteSpec, word_counts};
+use streamrun_crawl::{Crawl, CrawlConfig, PageRecord, error_kind};
+
+/// The tests run one at a time: timings seen by the server are the politeness test's
+/// evidence, and a crawl beside it would skew them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn serve(spec: SiteSpec) -> SiteServer {
+    Site::generate(spec).serve().expect("serve the site")
+}
+
+fn config(server: &SiteServer) -> CrawlConfig {
+    let hosts: Vec<String> = (0..server
+        .site()
+        .pages
+        .iter()
+        .map(|p| p.host)
+        .max()
+        .unwrap_or(0)
+        + 1)
+        .map(|k| server.host(k))
+        .collect();
+    CrawlConfig::new([server.url(0)])
+        .allowed_hosts(hosts)
+        .max_depth(1_000_000)
+        .max_pages(1_000_000)
+}
+
+/// The page number of a generated page's URL.
+fn page_of(url: &str) -> Option<usize> {
+    let file = url.rsplit('/').next()?;
+    file.strip_suffix(".html")?.parse().ok()
+}
+
+/// Every request each host's server answered, by path.
+fn requests(server: &SiteServer, hosts: usize) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for k in 0..hosts {
+        for logged in server.log(k) {
+            *count
+                .entry(format!("{}{}", server.host(k), logged.path))
+                .or_default() += 1;
+        }
+    }
+    count
+}
+
+fn pages_fetched(records: &[PageRecord]) -> BTreeSet<usize> {
+    records
+        .iter()
+        .filter(|r| r.status == 200 && r.error_kind.is_empty() && !r.url.ends_with("/robots.txt"))
+        .filter_map(|r| page_of(&r.url))
+        .collect()
+}
+
+#[test]
+fn a_generated_site_is_crawled_politely_and_completely() {
+    let _serial = one_at_a_time();
+    let spec = SiteSpec {
+        hosts: 8,
+        ..SiteSpec::default()
+    };
+    let hosts = spec.hosts;
+    let server = serve(spec);
+    let delay = 10;
+    let records: Vec<PageRecord> = Crawl::start(config(&server).politeness(2, delay), 1)
+        .expect("crawl")
+        .records()
+        .collect();
+    let site = server.site();
+
+    // Every reachable page fetched as a page, each once; what robots.txt forbids never.
+    let reachable = site.reachable();
+    let fetched = pages_fetched(&records);
+    assert_eq!(fetched, reachable.iter().copied().collect::<BTreeSet<_>>());
+    let asked = requests(&server, hosts);
+    for (path, n) in &asked {
+        assert_eq!(*n, 1, "{path} was requested {n} times");
+        assert!(!path.contains("/private/"), "{path} is disallowed");
+    }
+    // Disallowed pages linked from reachable ones are records, not requests.
+    let disallowed: HashSet<usize> = reachable
+        .iter()
+        .flat_map(|n| &site.pages[*n].links)
+        .filter_map(|l| match *l {
+            Link::Page(t) | Link::Redirect(t) if site.pages[t].private => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert!(!disallowed.is_empty());
+    let robots: HashSet<usize> = records
+        .iter()
+        .filter(|r| r.error_kind == error_kind::ROBOTS)
+        .filter_map(|r| page_of(&r.url))
+        .collect();
+    assert_eq!(robots, disallowed);
+
+    // Broken links and redirects are records with their status.
+    let broken = records
+        .iter()
+        .filter(|r| r.status == 404 && r.url.contains("/missing/"))
+        .count();
+    let expected_broken: HashSet<(usize, u64)> = reachable
+        .iter()
+        .flat_map(|n| {
+            site.pages[*n].links.iter().filter_map(move |l| match *l {
+                Link::Broken(x) => Some((site.pages[*n].host, x)),
+                _ => None,
+            })
+        })
+        .collect();
+    assert_eq!(broken, expected_broken.len());
+    let redirects: Vec<&PageRecord> = records
+        .iter()
+        .filter(|r| r.error_kind == error_kind::REDIRECT)
+        .collect();
+    assert!(!redirects.is_empty());
+    for r in &redirects {
+        assert_eq!(r.status, 301);
+        assert_eq!(
+            page_of(&r.redirect),
+            page_of(&(r.url.replace("/r/", "/p/") + ".html"))
+        );
+    }
+
+    // Politeness: at most 2 requests of a host at once, and starts `delay` apart, as the
+    // server saw them. A request may reach the server a little later than it was sent (a
+    // new connection, a busy thread), so the rate is held over runs of requests: every 10
+    // gaps span at least 9 delays.
+    for k in 0..hosts {
+        assert!(
+            server.most_at_once(k) <= 2,
+            "host {k}: {}",
+            server.most_at_once(k)
+        );
+        let mut starts: Vec<Duration> = server.log(k).iter().map(|l| l.start).collect();
+        starts.sort();
+        let delay = Duration::from_millis(delay);
+        for run in starts.windows(11) {
+            assert!(
+                run[10] - run[0] >= delay * 9,
+                "host {k}: 11 requests in {:?}",
+                run[10] - run[0]
+            );
+        }
+    }
+
+    // The text of each page is its words: word counts per host equal the site's.
+    let mut counted: HashMap<(String, String), u64> = HashMap::new();
+    for r in records
+        .iter()
+        .filter(|r| r.status == 200 && r.error_kind.is_empty())
+    {
+        for word in r.text.split_whitespace() {
+            *counted
+                .entry((r.host.clone(), word.to_owned()))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(counted, word_counts(&server, &reachable));
+}
+
+#[test]
+fn two_workers_crawl_what_one_does() {
+    let _serial = one_at_a_time();
+    let server = serve(SiteSpec {
+        pages: 600,
+        seed: 11,
+        ..SiteSpec::default()
+    });
+    let crawl = |workers| {
+        let records: Vec<PageRecord> = Crawl::start(config(&server).politeness(2, 0), workers)
+            .expect("crawl")
+            .records()
+            .collect();
+        let mut outcomes: Vec<(String, u16, String)> = records
+            .into_iter()
+            .map(|r| (r.url, r.status, r.error_kind))
+            .collect();
+        outcomes.sort();
+        outcomes
+    };
+    let one = crawl(1);
+    assert_eq!(crawl(2), one);
+    assert_eq!(crawl(3), one);
+    assert!(one.len() > 400);
+}
+
+#[test]
+fn a_stopped_crawl_resumes_from_its_snapshot_without_fetching_twice() {
+    let _serial = one_at_a_time();
+    let spec = SiteSpec {
+        pages: 800,
+        seed: 5,
+        ..SiteSpec::default()
+    };
+    let hosts = spec.hosts;
+    let server = serve(spec);
+    let expected = server.site().reachable();
+    let mut run = Crawl::start(config(&server).politeness(2, 1), 2).expect("crawl");
+    let mut first = Vec::new();
+    while first.len() < 300 {
+        first.push(run.next_record().expect("a record"));
+    }
+    let (rest, snapshot) = run.stop().expect("stop");
+    first.extend(rest);
+    let bytes = snapshot.to_bytes().expect("snapshot");
+    let snapshot = streamrun_crawl::CrawlSnapshot::from_bytes(&bytes).expect("read back");
+    // Resumed on another number of workers: hosts move to the partitions owning them now.
+    let second: Vec<PageRecord> = Crawl::resume(config(&server).politeness(2, 1), 3, &snapshot)
+        .expect("resume")
+        .records()
+        .collect();
+    assert!(!second.is_empty(), "the crawl was stopped half way");
+    let mut all = pages_fetched(&first);
+    let again = pages_fetched(&second);
+    assert!(all.is_disjoint(&again), "no page fetched twice");
+    all.extend(again);
+    assert_eq!(all, expected.iter().copied().collect::<BTreeSet<_>>());
+    for (path, n) in requests(&server, hosts) {
+        assert_eq!(n, 1, "{path} was requested {n} times");
+    }
+}
+
+#[test]
+fn hostile_servers_and_pages_are_records_not_failures() {
+    let _serial = one_at_a_time();
+    let server = serve(SiteSpec {
+        pages: 20,
+        hosts: 2,
+        garbage_robots: true,
+        seed: 3,
+        ..SiteSpec::default()
+    });
+    let base = format!("http://{}/hostile", server.host(0));
+    let mut config = config(&server).politeness(4, 0);
+    config.seeds = ["bad.html", "huge", "slow", "loop/a", "binary"]
+        .iter()
+        .map(|p| format!("{base}/{p}"))
+        .chain([server.url(1)])
+        .collect();
+    config.max_body_bytes = 1 << 20;
+    config.timeout_ms = 1_500;
+    config.retries = 0;
+    config.max_redirects = 3;
+    let started = std::time::Instant::now();
+    let records: Vec<PageRecord> = Crawl::start(config, 1).expect("crawl").records().collect();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let of = |path: &str| -> Vec<&PageRecord> {
+        records
+            .iter()
+            .filter(|r| r.url == format!("{base}/{path}"))
+            .collect()
+    };
+    // Malformed HTML is parsed: its text and its links.
+    let bad = of("bad.html");
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].error_kind.is_empty(), "{:?}", bad[0]);
+    assert!(bad[0].text.contains("unclosed bold"), "{}", bad[0].text);
+    assert!(bad[0].links.iter().any(|l| l.ends_with("/hostile/loop/a")));
+    // A 100 MB body is cut off at the cap.
+    let huge = of("huge");
+    assert_eq!(huge[0].error_kind, error_kind::TOO_LARGE);
+    assert!(huge[0].bytes <= (1 << 20) + (1 << 20));
+    // A server that sends a byte a second is cut off by the timeout.
+    assert_eq!(of("slow")[0].error_kind, error_kind::TIMEOUT);
+    // A redirect loop: each URL once, then nothing more (seen already).
+    assert_eq!(of("loop/a").len(), 1);
+    assert_eq!(of("loop/b").len(), 1);
+    assert_eq!(of("loop/a")[0].error_kind, error_kind::REDIRECT);
+    // Not HTML: recorded, not read.
+    assert_eq!(of("binary")[0].error_kind, error_kind::CONTENT_TYPE);
+    assert_eq!(of("binary")[0].bytes, 0);
+    // The host with a garbage robots.txt is crawled all the same.
+    assert!(
+        records
+            .iter()
+            .any(|r| r.host == server.host(1) && r.status == 200 && !r.url.ends_with("robots.txt"))
+    );
+}
