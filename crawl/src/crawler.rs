@@ -306,6 +306,9 @@ impl Shared {
             String::new()
         };
         fill(&mut record, &fetched);
+        if record.error_kind.is_empty() || record.error_kind == error_kind::STATUS {
+            record.error_kind = error_kind::ROBOTS_TXT.into();
+        }
         self.frontier(index).robots_done(&host, text);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let _ = out.send(record).await;

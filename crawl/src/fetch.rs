@@ -94,6 +94,16 @@ impl Fetcher {
                 ..Fetched::default()
             };
         }
+        if !response.status().is_success() {
+            // Recorded with its status; its body (an error page) is not read.
+            return Fetched {
+                status,
+                content_type,
+                error_kind: error_kind::STATUS,
+                error: format!("status {status}"),
+                ..Fetched::default()
+            };
+        }
         let wanted = any_type
             || self
                 .content_types

@@ -213,6 +213,8 @@ pub mod error_kind {
     pub const REDIRECT_LIMIT: &str = "redirect_limit";
     /// Forbidden by the host's robots.txt: not fetched.
     pub const ROBOTS: &str = "robots";
+    /// The fetch of a host's robots.txt (not a page; its status says how it went).
+    pub const ROBOTS_TXT: &str = "robots_txt";
     /// Connecting failed.
     pub const CONNECT: &str = "connect";
     /// The request took longer than `timeout_ms`.

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod common;
 mod core_cluster;
+mod crawl;
 mod edges;
 mod groupby;
 mod incremental;

@@ -1,0 +1,93 @@
+//! The crawl as a job's source: a generated site served on loopback, crawled by a job on 1, 2
+//! and 4 workers, whose word counts per host equal the site's own and agree with each other.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use arrow::array::AsArray;
+use streamrun::prelude::*;
+use streamrun_crawl::site::{Site, SiteSpec, word_counts};
+use streamrun_crawl::{CrawlConfig, CrawlSource};
+
+/// (url, status, error kind) of every fetch, and the pages' words counted per host.
+type Outcome = (Vec<(String, u16, String)>, HashMap<(String, String), u64>);
+
+fn crawl_job(seed: String, hosts: Vec<String>, workers: usize) -> Outcome {
+    let config = CrawlConfig::new([seed])
+        .allowed_hosts(hosts)
+        .max_depth(1_000_000)
+        .politeness(2, 0);
+    let job = Job::new("crawl");
+    let fetches = Collect::new();
+    let words = Collect::new();
+    let source = job.source(CrawlSource::new(config).into_parts());
+    source
+        .select(["url", "status", "error_kind"])
+        .sink(fetches.clone());
+    source
+        .where_("error_kind", CmpOp::Eq, "")
+        .select(["host", "text"])
+        .sink(words.clone());
+    crate::common::run(&job, workers);
+    let mut outcomes = Vec::new();
+    for b in fetches.batches() {
+        let (url, status, kind) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_primitive::<arrow::datatypes::UInt16Type>(),
+            b.column(2).as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
+            outcomes.push((
+                url.value(i).to_owned(),
+                status.value(i),
+                kind.value(i).to_owned(),
+            ));
+        }
+    }
+    outcomes.sort();
+    let mut counts = HashMap::new();
+    for b in words.batches() {
+        let (host, text) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
+            for word in text.value(i).split_whitespace() {
+                *counts
+                    .entry((host.value(i).to_owned(), word.to_owned()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    (outcomes, counts)
+}
+
+#[test]
+fn a_crawl_job_on_many_workers_equals_one_worker_and_the_site() {
+    let server = Site::generate(SiteSpec {
+        pages: 500,
+        hosts: 3,
+        seed: 21,
+        ..SiteSpec::default()
+    })
+    .serve()
+    .expect("serve");
+    let hosts: Vec<String> = (0..3).map(|k| server.host(k)).collect();
+    let (one, counts) = crawl_job(server.url(0), hosts.clone(), 1);
+    let reachable: HashSet<usize> = server.site().reachable();
+    assert_eq!(counts, word_counts(&server, &reachable));
+    let pages: usize = one.iter().filter(|o| o.1 == 200 && o.2.is_empty()).count();
+    assert_eq!(pages, reachable.len());
+    let kinds: BTreeMap<&str, usize> = one.iter().fold(BTreeMap::new(), |mut m, o| {
+        *m.entry(o.2.as_str()).or_default() += 1;
+        m
+    });
+    assert!(
+        kinds.contains_key("redirect") && kinds.contains_key("status"),
+        "{kinds:?}"
+    );
+    for workers in [2, 4] {
+        let (many, many_counts) = crawl_job(server.url(0), hosts.clone(), workers);
+        assert_eq!(many, one, "{workers} workers differ from 1");
+        assert_eq!(many_counts, counts);
+    }
+}
