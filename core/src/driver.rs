@@ -945,11 +945,7 @@ impl Inner {
             .find(|a| matches!(a, Prepared::Ref(id) if !st.objects.contains_key(id)))
         {
             let id = *id;
-            for arg in args {
-                if let Prepared::Value(stored) = arg {
-                    self.discard(stored);
-                }
-            }
+            self.discard_prepared(args);
             return Err(Error::Runtime(format!(
                 "argument object {id} is not known here"
             )));
@@ -986,25 +982,35 @@ impl Inner {
     /// A caller's arguments made ready before the table is locked: large values go into the
     /// store here, where a full store may make the put wait.
     fn prepare(&self, args: &[ArgSpec]) -> Result<Vec<Prepared>> {
-        let mut out = Vec::with_capacity(args.len());
-        for arg in args {
-            let prepared = match arg {
-                ArgSpec::Ref(r) => Ok(Prepared::Ref(r.id)),
-                ArgSpec::Value(encoded) => self.store_value(encoded.clone()).map(Prepared::Value),
-            };
+        self.prepare_each(args.iter().map(|arg| match arg {
+            ArgSpec::Ref(r) => Ok(Prepared::Ref(r.id)),
+            ArgSpec::Value(encoded) => self.store_value(encoded.clone()).map(Prepared::Value),
+        }))
+    }
+
+    /// Arguments made ready one by one; at the first that fails, those already put in the
+    /// store go.
+    fn prepare_each(&self, args: impl Iterator<Item = Result<Prepared>>) -> Result<Vec<Prepared>> {
+        let mut out = Vec::new();
+        for prepared in args {
             match prepared {
                 Ok(p) => out.push(p),
                 Err(e) => {
-                    for done in out {
-                        if let Prepared::Value(stored) = done {
-                            self.discard(stored);
-                        }
-                    }
+                    self.discard_prepared(out);
                     return Err(e);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Lets go of the values arguments put in the store.
+    fn discard_prepared(&self, prepared: Vec<Prepared>) {
+        for arg in prepared {
+            if let Prepared::Value(stored) = arg {
+                self.discard(stored);
+            }
+        }
     }
 
     pub(crate) fn submit_task(
@@ -1097,11 +1103,7 @@ impl Inner {
     fn enqueue(&self, submission: Submission, prepared: Vec<Prepared>) -> Result<Vec<RawRef>> {
         let mut st = self.lock();
         if let Err(e) = self.admit(&st, &submission) {
-            for arg in prepared {
-                if let Prepared::Value(stored) = arg {
-                    self.discard(stored);
-                }
-            }
+            self.discard_prepared(prepared);
             return Err(e);
         }
         let args = self.task_args(&mut st, prepared)?;
@@ -1184,11 +1186,7 @@ impl Inner {
             Ok(())
         };
         if let Err(e) = refused {
-            for arg in prepared {
-                if let Prepared::Value(stored) = arg {
-                    self.discard(stored);
-                }
-            }
+            self.discard_prepared(prepared);
             return Err(e);
         }
         let args = self.task_args(&mut st, prepared)?;

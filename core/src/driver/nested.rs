@@ -219,30 +219,15 @@ impl Inner {
     /// A nested submission's arguments, ready: values adopted as results are, references
     /// to objects the worker holds.
     fn nested_args(&self, args: Vec<proto::NestedArg>) -> Result<Vec<Prepared>> {
-        let mut out = Vec::with_capacity(args.len());
-        for arg in args {
-            let prepared = match arg.kind {
-                Some(proto::nested_arg::Kind::Value(value)) => {
-                    self.adopt_value(value).map(Prepared::Value)
-                }
-                Some(proto::nested_arg::Kind::Object(id)) => {
-                    id.parse().map(Prepared::Ref).map_err(Error::from)
-                }
-                None => Err(Error::Runtime("a nested argument without a value".into())),
-            };
-            match prepared {
-                Ok(p) => out.push(p),
-                Err(e) => {
-                    for done in out {
-                        if let Prepared::Value(stored) = done {
-                            self.discard(stored);
-                        }
-                    }
-                    return Err(e);
-                }
+        self.prepare_each(args.into_iter().map(|arg| match arg.kind {
+            Some(proto::nested_arg::Kind::Value(value)) => {
+                self.adopt_value(value).map(Prepared::Value)
             }
-        }
-        Ok(out)
+            Some(proto::nested_arg::Kind::Object(id)) => {
+                id.parse().map(Prepared::Ref).map_err(Error::from)
+            }
+            None => Err(Error::Runtime("a nested argument without a value".into())),
+        }))
     }
 
     /// Objects the worker named that cannot be made: each holds `reason` as its error.
