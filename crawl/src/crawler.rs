@@ -199,38 +199,38 @@ impl Shared {
         loop {
             let mut wake = None;
             while !self.paused.load(Ordering::SeqCst) && tasks.len() < self.config.concurrency {
-                let page = self.reserve_page();
+                // A page takes one of the budget when it comes out, under the partition's
+                // lock: the budget never runs ahead of the requests made.
                 let next = {
                     let mut frontier = self.frontier(index);
-                    let next = frontier.next(self.now_ms());
+                    let mut next = frontier.next(self.now_ms());
+                    if let Next::Page(host, queued) = &next
+                        && !self.reserve_page()
+                    {
+                        frontier.done(host);
+                        if let Ok(url) = Url::parse(&queued.url) {
+                            frontier.requeue(&url, queued.clone());
+                        }
+                        next = Next::Empty;
+                    }
                     if matches!(next, Next::Page(..) | Next::Robots(_)) {
                         self.in_flight.fetch_add(1, Ordering::SeqCst);
                         self.generation.fetch_add(1, Ordering::SeqCst);
                     }
                     next
                 };
-                if page && !matches!(next, Next::Page(..)) {
-                    self.pages.fetch_sub(1, Ordering::SeqCst);
-                }
                 match next {
-                    Next::Page(host, queued) if page => {
+                    Next::Page(host, queued) => {
+                        let slot = Slot::new(&self, index, &host);
                         let me = Arc::clone(&self);
                         let out = out.clone();
-                        tasks.spawn(async move { me.page(index, host, queued, out).await });
-                    }
-                    Next::Page(host, queued) => {
-                        // Out of budget: it goes back, untouched.
-                        let mut frontier = self.frontier(index);
-                        frontier.done(&host);
-                        drop(frontier);
-                        self.requeue(index, queued);
-                        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                        break;
+                        tasks.spawn(async move { me.page(slot, host, queued, out).await });
                     }
                     Next::Robots(host) => {
+                        let slot = Slot::new(&self, index, &host);
                         let me = Arc::clone(&self);
                         let out = out.clone();
-                        tasks.spawn(async move { me.robots(index, host, out).await });
+                        tasks.spawn(async move { me.robots(slot, host, out).await });
                     }
                     Next::Disallowed(host, queued) => {
                         let record = PageRecord {
@@ -248,6 +248,11 @@ impl Shared {
                     }
                     Next::Empty => break,
                 }
+            }
+            // Nobody reads the records any more: the crawl stops (the requests running are
+            // dropped, their slots given back).
+            if out.is_closed() {
+                return;
             }
             if tasks.is_empty() {
                 let out_of_budget = self.pages.load(Ordering::SeqCst) >= self.config.max_pages
@@ -271,14 +276,6 @@ impl Shared {
         }
     }
 
-    fn requeue(&self, index: usize, queued: Queued) {
-        // Put back at its host's queue's end, as seen already.
-        if let Ok(url) = Url::parse(&queued.url) {
-            let mut frontier = self.frontier(index);
-            frontier.requeue(&url, queued);
-        }
-    }
-
     fn record(&self, host: &str, queued: &Queued) -> PageRecord {
         PageRecord {
             url: queued.url.clone(),
@@ -291,7 +288,7 @@ impl Shared {
         }
     }
 
-    async fn robots(&self, index: usize, host: String, out: mpsc::Sender<PageRecord>) {
+    async fn robots(&self, slot: Slot, host: String, out: mpsc::Sender<PageRecord>) {
         let queued = Queued {
             url: format!("{host}/robots.txt"),
             depth: 0,
@@ -299,9 +296,14 @@ impl Shared {
         };
         let mut record = self.record(&host, &queued);
         let fetched = self.fetcher.fetch(&queued.url, true).await;
-        // A missing, failed or unreadable robots.txt allows everything.
+        // A missing or unreadable robots.txt allows everything; one the server cannot give
+        // (5xx, no answer) forbids everything, as RFC 9309 says. Past `ROBOTS_MAX` bytes,
+        // the rest of the file is not read.
         let text = if fetched.status == 200 && fetched.error_kind.is_empty() {
-            String::from_utf8_lossy(&fetched.body).into_owned()
+            let end = fetched.body.len().min(ROBOTS_MAX);
+            String::from_utf8_lossy(&fetched.body[..end]).into_owned()
+        } else if fetched.status >= 500 || fetched.status == 0 {
+            "User-agent: *\nDisallow: /\n".to_owned()
         } else {
             String::new()
         };
@@ -309,18 +311,12 @@ impl Shared {
         if record.error_kind.is_empty() || record.error_kind == error_kind::STATUS {
             record.error_kind = error_kind::ROBOTS_TXT.into();
         }
-        self.frontier(index).robots_done(&host, text);
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.frontier(slot.index).robots_done(&host, text);
+        slot.release(false);
         let _ = out.send(record).await;
     }
 
-    async fn page(
-        &self,
-        index: usize,
-        host: String,
-        queued: Queued,
-        out: mpsc::Sender<PageRecord>,
-    ) {
+    async fn page(&self, slot: Slot, host: String, queued: Queued, out: mpsc::Sender<PageRecord>) {
         let mut record = self.record(&host, &queued);
         let fetched = self.fetcher.fetch(&queued.url, false).await;
         fill(&mut record, &fetched);
@@ -363,8 +359,7 @@ impl Shared {
             }
         }
         // Links first, then the request's end: no worker sees the crawl over in between.
-        self.frontier(index).done(&host);
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        slot.release(true);
         let _ = out.send(record).await;
     }
 
@@ -392,6 +387,51 @@ impl Shared {
         }
         self.pages.store(snapshot.pages, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+/// robots.txt bytes read at most (Google reads 500 KiB).
+const ROBOTS_MAX: usize = 500 << 10;
+
+/// A request's hold on its host and on the crawl's count of requests running: given back
+/// when the request ends, or when its task is dropped or panics, so that a crawl never
+/// waits for a request that is gone.
+pub(crate) struct Slot {
+    shared: Arc<Shared>,
+    index: usize,
+    host: String,
+    held: bool,
+}
+
+impl Slot {
+    fn new(shared: &Arc<Shared>, index: usize, host: &str) -> Slot {
+        Slot {
+            shared: Arc::clone(shared),
+            index,
+            host: host.to_owned(),
+            held: true,
+        }
+    }
+
+    /// Gives the host back (`done`: its robots.txt path calls `robots_done` instead) and
+    /// counts the request as ended.
+    fn release(mut self, done: bool) {
+        self.give_back(done);
+    }
+
+    fn give_back(&mut self, done: bool) {
+        if std::mem::take(&mut self.held) {
+            if done {
+                self.shared.frontier(self.index).done(&self.host);
+            }
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.give_back(true);
     }
 }
 

@@ -1,10 +1,14 @@
 //! Links, title and text of an HTML page, with a real HTML parser (`scraper`, on
 //! html5ever), which reads malformed HTML as browsers do.
 
+use ego_tree::iter::Edge;
 use scraper::{Html, Node, Selector};
 use url::Url;
 
 use crate::normalize;
+
+/// Text kept of one page at most, in bytes (the rest is left out).
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
 
 /// What a page holds.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -12,7 +16,7 @@ pub struct Extracted {
     /// Its `<title>`.
     pub title: String,
     /// Its text: text nodes outside `script`, `style`, `noscript` and `template`, joined by
-    /// spaces.
+    /// spaces, at most [`MAX_TEXT_BYTES`].
     pub text: String,
     /// Its `a[href]` links, normalized against the page (or its `<base href>`), in order,
     /// without repeats.
@@ -46,27 +50,42 @@ pub fn extract(page: &Url, html: &str) -> Extracted {
             }
         }
     }
+    // One walk over the tree, counting the hidden elements it is inside: linear in the
+    // document, however deep it nests.
     let mut text = String::new();
-    for node in document.tree.nodes() {
-        let Node::Text(t) = node.value() else {
-            continue;
-        };
-        let hidden = node.ancestors().any(|a| {
-            a.value().as_element().is_some_and(|e| {
-                matches!(
-                    e.name(),
-                    "script" | "style" | "noscript" | "template" | "title"
-                )
-            })
-        });
-        let words = t.trim();
-        if hidden || words.is_empty() {
-            continue;
+    let mut hidden = 0usize;
+    let is_hidden = |node: &Node| {
+        node.as_element().is_some_and(|e| {
+            matches!(
+                e.name(),
+                "script" | "style" | "noscript" | "template" | "title"
+            )
+        })
+    };
+    for edge in document.tree.root().traverse() {
+        match edge {
+            Edge::Open(node) if is_hidden(node.value()) => hidden += 1,
+            Edge::Close(node) if is_hidden(node.value()) => hidden = hidden.saturating_sub(1),
+            Edge::Open(node) if hidden == 0 => {
+                if let Node::Text(t) = node.value() {
+                    let words = t.trim();
+                    if !words.is_empty() && text.len() < MAX_TEXT_BYTES {
+                        if !text.is_empty() {
+                            text.push(' ');
+                        }
+                        text.push_str(words);
+                    }
+                }
+            }
+            _ => {}
         }
-        if !text.is_empty() {
-            text.push(' ');
+    }
+    if text.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        text.push_str(words);
+        text.truncate(end);
     }
     Extracted { title, text, links }
 }

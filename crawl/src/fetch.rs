@@ -43,7 +43,8 @@ impl Fetcher {
         Ok(Fetcher {
             client,
             retries: config.retries,
-            backoff: Duration::from_millis(config.backoff_ms),
+            // A retry waits at least the host's delay: politeness holds for retries too.
+            backoff: Duration::from_millis(config.backoff_ms.max(config.per_host_delay_ms)),
             max_body: config.max_body_bytes,
             content_types: config.content_types.clone(),
         })

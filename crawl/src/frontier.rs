@@ -16,10 +16,16 @@ use crate::{CrawlConfig, CrawlError};
 
 /// Turns a link found on `base` into the URL it names, normalized: resolved against the page,
 /// without its fragment, with the scheme and host lowercased and a default port dropped (by
-/// the `url` crate). Only `http` and `https` URLs are kept.
+/// the `url` crate). Only `http` and `https` URLs of at most [`MAX_URL_BYTES`] are kept.
 pub fn normalize(base: &Url, href: &str) -> Option<Url> {
+    if href.len() > MAX_URL_BYTES {
+        return None;
+    }
     let mut url = base.join(href.trim()).ok()?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || url.as_str().len() > MAX_URL_BYTES
+    {
         return None;
     }
     url.set_fragment(None);
@@ -34,6 +40,12 @@ pub fn normalize(base: &Url, href: &str) -> Option<Url> {
 pub fn host_key(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
+
+/// A robots.txt `Crawl-delay` above this many seconds counts as this many.
+const MAX_CRAWL_DELAY_S: f64 = 60.0;
+
+/// URLs longer than this are not followed.
+pub const MAX_URL_BYTES: usize = 8 << 10;
 
 fn fingerprint(url: &Url) -> u64 {
     use std::hash::BuildHasher;
@@ -216,7 +228,8 @@ impl Frontier {
     fn start(&mut self, host: &str, now: u64) {
         *self.running.entry(host.to_owned()).or_default() += 1;
         let delay = self.delay_for(host);
-        self.not_before.insert(host.to_owned(), now + delay);
+        self.not_before
+            .insert(host.to_owned(), now.saturating_add(delay));
         self.reschedule(host);
     }
 
@@ -228,7 +241,9 @@ impl Frontier {
             .get(host)
             .and_then(|r| r.as_ref())
             .and_then(|r| r.delay)
-            .map_or(0, |seconds| (f64::from(seconds) * 1000.0) as u64);
+            .map_or(0, |seconds| {
+                (f64::from(seconds).clamp(0.0, MAX_CRAWL_DELAY_S) * 1000.0) as u64
+            });
         if self.delay_ms == 0 {
             0
         } else {

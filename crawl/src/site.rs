@@ -48,6 +48,8 @@ pub struct SiteSpec {
     pub garbage_robots: bool,
     /// A `Crawl-delay` (seconds) in every robots.txt.
     pub crawl_delay: Option<f32>,
+    /// Milliseconds each answer takes (so requests that overlap are seen overlapping).
+    pub latency_ms: u64,
     /// The random seed: the same spec makes the same site.
     pub seed: u64,
 }
@@ -64,6 +66,7 @@ impl Default for SiteSpec {
             private_per_mille: 50,
             garbage_robots: false,
             crawl_delay: None,
+            latency_ms: 0,
             seed: 7,
         }
     }
@@ -352,6 +355,10 @@ async fn answer(State((served, k)): State<(Arc<Served>, usize)>, request: Reques
     let now = served.running[k].fetch_add(1, Ordering::SeqCst) + 1;
     served.most[k].fetch_max(now, Ordering::SeqCst);
     let _running = Running(&served, k, path.clone(), served.started.elapsed());
+    let latency = served.site.spec.latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
     respond(&served, k, &path)
 }
 

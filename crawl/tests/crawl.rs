@@ -68,11 +68,12 @@ fn a_generated_site_is_crawled_politely_and_completely() {
     let _serial = one_at_a_time();
     let spec = SiteSpec {
         hosts: 8,
+        latency_ms: 3,
         ..SiteSpec::default()
     };
     let hosts = spec.hosts;
     let server = serve(spec);
-    let delay = 10;
+    let delay = 15;
     let records: Vec<PageRecord> = Crawl::start(config(&server).politeness(2, delay), 1)
         .expect("crawl")
         .records()
@@ -133,7 +134,8 @@ fn a_generated_site_is_crawled_politely_and_completely() {
         );
     }
 
-    // Politeness: at most 2 requests of a host at once, and starts `delay` apart, as the
+    // Politeness: at most 2 requests of a host at once (each takes 3 ms to answer, so
+    // overlaps show), and starts `delay` apart, as the
     // server saw them. A request may reach the server a little later than it was sent (a
     // new connection, a busy thread), so the rate is held over runs of requests: every 10
     // gaps span at least 9 delays.
@@ -154,6 +156,9 @@ fn a_generated_site_is_crawled_politely_and_completely() {
             );
         }
     }
+
+    // The check can fail: the crawl does use both of a host's slots.
+    assert!((0..hosts).any(|k| server.most_at_once(k) == 2));
 
     // The text of each page is its words: word counts per host equal the site's.
     let mut counted: HashMap<(String, String), u64> = HashMap::new();
@@ -207,7 +212,10 @@ fn a_stopped_crawl_resumes_from_its_snapshot_without_fetching_twice() {
     let hosts = spec.hosts;
     let server = serve(spec);
     let expected = server.site().reachable();
-    let mut run = Crawl::start(config(&server).politeness(2, 1), 2).expect("crawl");
+    // Few records wait for the reader: the crawl cannot run far ahead of it.
+    let mut stopped = config(&server).politeness(2, 1);
+    stopped.buffer = 8;
+    let mut run = Crawl::start(stopped, 2).expect("crawl");
     let mut first = Vec::new();
     while first.len() < 300 {
         first.push(run.next_record().expect("a record"));
