@@ -68,7 +68,7 @@ fn a_generated_site_is_crawled_politely_and_completely() {
     let _serial = one_at_a_time();
     let spec = SiteSpec {
         hosts: 8,
-        latency_ms: 3,
+        latency_ms: 40,
         ..SiteSpec::default()
     };
     let hosts = spec.hosts;
@@ -134,7 +134,7 @@ fn a_generated_site_is_crawled_politely_and_completely() {
         );
     }
 
-    // Politeness: at most 2 requests of a host at once (each takes 3 ms to answer, so
+    // Politeness: at most 2 requests of a host at once (each takes 40 ms to answer, so
     // overlaps show), and starts `delay` apart, as the
     // server saw them. A request may reach the server a little later than it was sent (a
     // new connection, a busy thread), so the rate is held over runs of requests: every 10
