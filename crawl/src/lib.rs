@@ -45,8 +45,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 pub use crawler::{Crawl, CrawlRun, CrawlSnapshot, CrawlStats};
-pub use extract::{Extracted, extract};
-pub use frontier::{Frontier, HostState, Next, Pushed, Queued, host_key, normalize};
+pub use extract::{Extracted, MAX_TEXT_BYTES, extract};
+pub use frontier::{Frontier, HostState, MAX_URL_BYTES, Next, Pushed, Queued, host_key, normalize};
 pub use source::CrawlSource;
 
 /// What can go wrong in a crawl (a page that cannot be fetched is a record, not an error).
