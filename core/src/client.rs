@@ -270,26 +270,46 @@ impl Client {
     }
 
     /// The values of `ids`, read here (in place from this node's store when kept there).
+    /// An object kept by a node that is gone is rebuilt by the driver from its lineage and
+    /// asked for again, a few times at most.
     fn values(&self, ids: &[ObjectId]) -> Result<Vec<crate::codec::ArgValue>> {
-        let reply = self.ask(Kind::Get(proto::Ids {
-            ids: ids.iter().map(ObjectId::to_string).collect(),
-        }))?;
-        reply
-            .values
-            .into_iter()
-            .map(|mut value| {
+        let mut attempts = 0;
+        loop {
+            let reply = self.ask(Kind::Get(proto::Ids {
+                ids: ids.iter().map(ObjectId::to_string).collect(),
+            }))?;
+            let mut out = Vec::with_capacity(reply.values.len());
+            let mut lost = None;
+            for (id, mut value) in ids.iter().zip(reply.values) {
                 // Fetched only when another node keeps it.
                 if matches!(&value.kind, Some(proto::value::Kind::Stored(_)))
                     && !value.address.is_empty()
                 {
                     let place = self.place.clone();
-                    value = self
+                    match self
                         .run(async move { localize(&place, &mut value).await.map(|()| value) })?
-                        .map_err(|e| Error::Runtime(format!("fetching an object: {e}")))?;
+                    {
+                        Ok(fetched) => value = fetched,
+                        Err(e) => {
+                            lost = Some((*id, e));
+                            break;
+                        }
+                    }
                 }
-                arg_value(&self.place.reader, value).map_err(Error::Runtime)
-            })
-            .collect()
+                out.push(arg_value(&self.place.reader, value).map_err(Error::Runtime)?);
+            }
+            let Some((id, why)) = lost else {
+                return Ok(out);
+            };
+            attempts += 1;
+            if attempts > 3 {
+                return Err(Error::Runtime(format!("fetching object {id}: {why}")));
+            }
+            self.ask(Kind::Lost(proto::Lost {
+                object: id.to_string(),
+                reason: why,
+            }))?;
+        }
     }
 
     pub(crate) fn get_serde<T: DeserializeOwned>(&self, ids: &[ObjectId]) -> Result<Vec<T>> {

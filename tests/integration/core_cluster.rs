@@ -125,6 +125,41 @@ fn nested_sums(n: usize) -> Result<u64, String> {
     Ok(sums[0])
 }
 
+/// Makes a large object on the other node than its own (SPREAD, tried until it lands
+/// there), writes that node's agent pid into `dir/agent`, waits for `dir/go`, then reads
+/// the object: by then its node is gone.
+#[remote]
+fn read_after_loss(dir: String, n: usize) -> Result<usize, String> {
+    let rt = Runtime::current().map_err(|e| e.to_string())?;
+    let mine = std::os::unix::process::parent_id();
+    for _ in 0..20 {
+        let (data, agent) = pattern_where::with(TaskOptions::new().spread())
+            .remote(&rt, n)
+            .map_err(|e| e.to_string())?;
+        let agent = rt.get(&agent).map_err(|e| e.to_string())?;
+        if agent == mine {
+            continue;
+        }
+        rt.wait(std::slice::from_ref(&data), 1, None)
+            .map_err(|e| e.to_string())?;
+        std::fs::write(format!("{dir}/agent"), agent.to_string()).map_err(|e| e.to_string())?;
+        let go = std::path::Path::new(&dir).join("go");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !go.exists() {
+            if std::time::Instant::now() > deadline {
+                return Err("no go".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let data = rt.get(&data).map_err(|e| e.to_string())?;
+        if data.iter().enumerate().any(|(i, b)| *b != (i % 253) as u8) {
+            return Err("the rebuilt object differs".into());
+        }
+        return Ok(data.len());
+    }
+    Err("the child never ran on the other node".into())
+}
+
 #[remote]
 fn sleep_long(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -299,4 +334,40 @@ fn tasks_objects_and_actors_run_on_the_agents_workers() {
 
 fn pattern_sum_of(n: usize) -> u64 {
     (0..n).map(|i| (i % 253) as u64).sum()
+}
+
+#[test]
+fn a_task_reads_an_object_lost_with_its_node() {
+    streamrun_core::serve_if_worker();
+    let cluster = LocalCluster::start(&[2, 2]);
+    let rt = runtime(
+        &cluster,
+        "core_cluster::a_task_reads_an_object_lost_with_its_node",
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().to_string_lossy().into_owned();
+    let n = 1_500_000usize;
+    let read = read_after_loss::remote(&rt, path, n).expect("submit");
+    let agent_file = dir.path().join("agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !agent_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never made its object"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent = std::fs::read_to_string(&agent_file).expect("agent pid");
+    std::process::Command::new("kill")
+        .args(["-9", agent.trim()])
+        .status()
+        .expect("kill the agent");
+    std::fs::write(dir.path().join("go"), b"go").expect("go");
+    assert_eq!(rt.get(&read).expect("read after the loss"), n);
+    assert_eq!(
+        rt.objects_rebuilt(),
+        1,
+        "the object was made again for the task"
+    );
+    rt.shutdown();
 }

@@ -85,6 +85,11 @@ pub(crate) async fn serve(
                     run();
                 }
             }
+            Kind::Lost(lost) => answer(tokio::task::block_in_place(|| {
+                let id = lost.object.parse::<ObjectId>().map_err(Error::from)?;
+                inner.rebuild(&id, &Error::Runtime(lost.reason))?;
+                Ok(NestedReply::default())
+            })),
             Kind::Results(results) => {
                 tokio::task::block_in_place(|| inner.done(slot, results.done));
             }
