@@ -166,7 +166,9 @@ struct Submission {
     retry_exceptions: bool,
     spread: bool,
     actor: Option<u64>,
-    depth: u32,
+    /// For a task a task submitted: the submitting worker's slot and the number of the
+    /// task it runs, whose depth this one's is one more than.
+    parent: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,7 +220,7 @@ struct Worker {
 }
 
 impl Worker {
-    /// A slot whose process a cluster's agent starts.
+    /// A slot whose process has not attached yet (on a cluster, an agent starts it).
     fn remote(actor: Option<u64>) -> Worker {
         Worker {
             tx: None,
@@ -627,17 +629,9 @@ impl Inner {
         st.workers.insert(
             slot,
             Worker {
-                tx: None,
                 pid: Some(child.id()),
                 child: Some(child),
-                in_flight: 0,
-                lease: None,
-                actor,
-                node: String::new(),
-                blocked: 0,
-                lent: false,
-                sent: 0,
-                doomed: false,
+                ..Worker::remote(actor)
             },
         );
         Ok(slot)
@@ -1030,7 +1024,7 @@ impl Inner {
             retry_exceptions: options.retry_exceptions,
             spread: options.spread,
             actor: None,
-            depth: 0,
+            parent: None,
         };
         // Checked before large arguments go into the store, and again with them.
         self.admit(&self.lock(), &submission)?;
@@ -1053,7 +1047,7 @@ impl Inner {
             retry_exceptions: false,
             spread: false,
             actor: Some(actor),
-            depth: 0,
+            parent: None,
         };
         self.admit(&self.lock(), &submission)?;
         let prepared = self.prepare(&args)?;
@@ -1124,8 +1118,18 @@ impl Inner {
         };
         let id = st.next_task;
         st.next_task += 1;
-        // Before every task less deep, after those as deep.
-        let at = st.pending.partition_point(|s| s.depth >= submission.depth);
+        // One deeper than the task that submitted it; an actor's calls keep the order they
+        // were made in, behind its constructor. Before every task less deep, after those
+        // as deep.
+        let depth = match (submission.actor, submission.parent) {
+            (None, Some(parent)) => st
+                .in_flight
+                .values()
+                .find(|sent| (sent.slot, sent.seq) == parent)
+                .map_or(1, |sent| sent.spec.depth + 1),
+            _ => 0,
+        };
+        let at = st.pending.partition_point(|s| s.depth >= depth);
         st.pending.insert(
             at,
             Spec {
@@ -1140,7 +1144,7 @@ impl Inner {
                 actor: submission.actor,
                 create: false,
                 rebuilds: 0,
-                depth: submission.depth,
+                depth,
             },
         );
         self.dispatch(&mut st);

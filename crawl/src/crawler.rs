@@ -27,6 +27,8 @@ const UNSTARTED_GRACE: Duration = Duration::from_secs(5);
 /// What a crawl's workers share (in one process).
 pub(crate) struct Shared {
     config: Arc<CrawlConfig>,
+    /// The seeds, parsed and normalized.
+    seeds: Vec<Url>,
     fetcher: Fetcher,
     frontiers: Vec<Mutex<Frontier>>,
     /// Partitions whose worker runs in this process.
@@ -87,6 +89,7 @@ impl Shared {
             dropped_full: AtomicU64::new(0),
             clock: Instant::now(),
             idle_since: Mutex::new(None),
+            seeds,
             config: Arc::new(config),
         }))
     }
@@ -104,11 +107,10 @@ impl Shared {
         self.owner.get(group as usize).copied().unwrap_or(0)
     }
 
-    pub(crate) fn seed(&self) -> Result<(), CrawlError> {
-        for seed in self.config.validate()? {
-            self.push(&seed, 0, 0);
+    pub(crate) fn seed(&self) {
+        for seed in &self.seeds {
+            self.push(seed, 0, 0);
         }
-        Ok(())
     }
 
     /// Queues `url` in the partition of its host, unless the crawl's bounds leave it out.
@@ -482,7 +484,7 @@ impl Crawl {
     /// Starts a crawl from its seeds on `workers` partitions of hosts.
     pub fn start(config: CrawlConfig, workers: usize) -> Result<CrawlRun, CrawlError> {
         let shared = Shared::new(config, workers)?;
-        shared.seed()?;
+        shared.seed();
         CrawlRun::launch(shared)
     }
 

@@ -67,7 +67,7 @@ impl Source for CrawlSource {
             if running.is_none() {
                 let shared = Shared::new(self.config.clone(), ctx.workers)
                     .map_err(|e| Error::Input(e.to_string()))?;
-                shared.seed().map_err(|e| Error::Input(e.to_string()))?;
+                shared.seed();
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(ctx.workers.clamp(1, 4))
                     .thread_name("streamrun-crawl")

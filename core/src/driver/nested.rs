@@ -264,18 +264,8 @@ impl Inner {
         let options = submit.options.unwrap_or_default();
         let mut shape: super::Shape = options.resources.into_iter().collect();
         shape.sort();
-        // An actor's calls keep the order they were made in, behind its constructor.
-        let depth = if submit.actor != 0 {
-            0
-        } else {
-            self.lock()
-                .in_flight
-                .values()
-                .find(|sent| (sent.slot, sent.seq) == parent)
-                .map_or(1, |sent| sent.spec.depth + 1)
-        };
         let submission = Submission {
-            depth,
+            parent: Some(parent),
             function: submit.function,
             returns: returns.clone(),
             shape,
