@@ -20,6 +20,9 @@ use crate::proto::{self, NestedReply, NestedRequest, nested_request::Kind};
 use crate::worker::{Place, RECLAIMED, RUNNING, arg_value, localize, result_value};
 use crate::{ActorOptions, Error, RawRef, RefInner, Result, TaskOptions, WeakBackend};
 
+/// Requests waiting to go to the driver at most.
+const REQUESTS: usize = 4096;
+
 /// Where this worker process's driver is, set when the process starts serving.
 static WORKER: OnceLock<(String, u64, Place)> = OnceLock::new();
 /// The client, connected on first use (a failed connection is tried again next time).
@@ -52,7 +55,7 @@ type Answers = Arc<Mutex<Option<HashMap<u64, std::sync::mpsc::SyncSender<NestedR
 
 pub(crate) struct Client {
     place: Place,
-    requests: mpsc::UnboundedSender<NestedRequest>,
+    requests: mpsc::Sender<NestedRequest>,
     answers: Answers,
     seq: AtomicU64,
     io: tokio::runtime::Runtime,
@@ -82,9 +85,9 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| format!("starting the worker's client thread: {e}"))?;
-        let (requests, outgoing) = mpsc::unbounded_channel::<NestedRequest>();
+        let (requests, outgoing) = mpsc::channel::<NestedRequest>(REQUESTS);
         requests
-            .send(NestedRequest {
+            .try_send(NestedRequest {
                 slot,
                 ..NestedRequest::default()
             })
@@ -97,9 +100,7 @@ impl Client {
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20);
             client
-                .nested(tokio_stream::wrappers::UnboundedReceiverStream::new(
-                    outgoing,
-                ))
+                .nested(tokio_stream::wrappers::ReceiverStream::new(outgoing))
                 .await
                 .map(tonic::Response::into_inner)
                 .map_err(|e| format!("opening the driver's API from a worker: {e}"))
@@ -131,13 +132,26 @@ impl Client {
     }
 
     fn send(&self, kind: Kind) -> Result<()> {
-        self.requests
-            .send(NestedRequest {
-                running: RUNNING.load(Ordering::Relaxed),
-                kind: Some(kind),
-                ..NestedRequest::default()
-            })
-            .map_err(|_| gone())
+        self.push(NestedRequest {
+            running: RUNNING.load(Ordering::Relaxed),
+            kind: Some(kind),
+            ..NestedRequest::default()
+        })
+    }
+
+    /// Queues a request for the driver; when `REQUESTS` wait already, waits for room (the
+    /// driver takes them as fast as it handles them: backpressure on a task that submits
+    /// faster).
+    fn push(&self, request: NestedRequest) -> Result<()> {
+        match self.requests.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(gone()),
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                let requests = self.requests.clone();
+                self.run(async move { requests.send(request).await })?
+                    .map_err(|_| gone())
+            }
+        }
     }
 
     /// Sends a request and waits for its answer; an error answer becomes the error. The
@@ -157,14 +171,12 @@ impl Client {
             .as_mut()
             .ok_or_else(gone)?
             .insert(seq, tx);
-        self.requests
-            .send(NestedRequest {
-                seq,
-                running: RUNNING.load(Ordering::Relaxed),
-                kind: Some(kind),
-                ..NestedRequest::default()
-            })
-            .map_err(|_| gone())?;
+        self.push(NestedRequest {
+            seq,
+            running: RUNNING.load(Ordering::Relaxed),
+            kind: Some(kind),
+            ..NestedRequest::default()
+        })?;
         let reply = rx.recv().map_err(|_| gone())?;
         if !reply.reclaimed.is_empty() {
             RECLAIMED

@@ -314,7 +314,7 @@ impl SiteServer {
         self.address(k).to_string()
     }
 
-    /// Every request host `k` answered so far.
+    /// Every request host `k` answered so far (the first `LOG_MAX`, a million, of them).
     pub fn log(&self, k: usize) -> Vec<Logged> {
         self.shared.log[k]
             .lock()
@@ -335,18 +335,22 @@ fn page_url(site: &Site, addresses: &[SocketAddr], n: usize) -> String {
 /// Counts a request as running on host k while it lives.
 struct Running<'a>(&'a Served, usize, String, Duration);
 
+/// Requests logged per host at most (the rest are answered, not logged).
+const LOG_MAX: usize = 1 << 20;
+
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         let served = self.0;
         served.running[self.1].fetch_sub(1, Ordering::SeqCst);
-        served.log[self.1]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Logged {
-                path: std::mem::take(&mut self.2),
-                start: self.3,
-                end: served.started.elapsed(),
-            });
+        let mut log = served.log[self.1].lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() >= LOG_MAX {
+            return;
+        }
+        log.push(Logged {
+            path: std::mem::take(&mut self.2),
+            start: self.3,
+            end: served.started.elapsed(),
+        });
     }
 }
 
