@@ -7,6 +7,19 @@
 //! * [`Files`]: read text, CSV, JSON lines and Parquet files matching a glob pattern
 //!   ([`FileSource`]), split across the workers of a job; write CSV, JSON lines and Parquet
 //!   files, one part file per worker, committed atomically ([`FileSink`]).
+//! * `Objects` (feature `object-store`): read CSV, JSON lines and Parquet objects matching a
+//!   URL pattern (`s3://bucket/in/*.csv`, `file:///data/*.parquet`) and write one part object
+//!   per worker, uploaded whole, on S3-compatible storage (credentials from the environment)
+//!   or the local file system (`ObjectSource`, `ObjectSink`).
+//! * `RedisStreams` (feature `redis`): read a Redis stream through a consumer group, append
+//!   to a stream. `NatsJetStream` (feature `nats`): read a JetStream stream through a durable
+//!   pull consumer, publish with the server's acknowledgement. Both carry one JSON record per
+//!   message, deliver at least once (a message is acknowledged once the job has taken it in,
+//!   see [`SourceReader::checkpoint`](streamrun_engine::SourceReader::checkpoint)), and
+//!   reconnect for a stated time when the server goes away.
+//! * `Postgres` (feature `postgres`): write rows into a PostgreSQL table with batched `COPY`,
+//!   or upsert them by key; rows the database refuses fail the job or go to a dead-letter
+//!   sink.
 //! * [`Stdout`]: print the result as a table once the job has ended.
 //! * [`Collect`]: keep the result in memory, for tests and for programs that use it;
 //!   [`Replay`]: replay batches held in memory, for benches that time the dataflow alone.
@@ -53,9 +66,26 @@
 mod files;
 mod generators;
 mod memory;
+mod messages;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "object-store")]
+mod object;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 mod stdout;
 
 pub use files::{FileFormat, FileSink, FileSource, Files};
 pub use generators::{DEFAULT_BASE_TIME_MS, Nexmark, NexmarkTable};
 pub use memory::{Collect, Replay};
+#[cfg(feature = "nats")]
+pub use nats::{NatsJetStream, NatsSink, NatsSource};
+#[cfg(feature = "object-store")]
+pub use object::{ObjectSink, ObjectSource, Objects};
+#[cfg(feature = "postgres")]
+pub use postgres::{Postgres, PostgresSink};
+#[cfg(feature = "redis")]
+pub use redis::{RedisStreamSink, RedisStreamSource, RedisStreams};
 pub use stdout::Stdout;

@@ -151,6 +151,27 @@ pub trait SourceReader {
     /// the source's idle timeout (`EventTimeSpec::idle_timeout_ms`) counts the partition as
     /// idle.
     fn read(&mut self, out: &mut SourceCollector) -> Result<bool>;
+
+    /// Closes a checkpoint over everything read so far and names it, for a source that
+    /// acknowledges what it read (a broker's ack, a stream's offset). `None` (the default):
+    /// nothing to acknowledge, or nothing read since the last checkpoint.
+    ///
+    /// The engine calls it after the reads of one step were sent downstream, and calls
+    /// [`SourceReader::acknowledge`] with the token once every operator of the job has taken
+    /// in those records (for a pipeline without state, once every sink wrote them). A source
+    /// keeps what a token stands for (the message ids, the offset) as its state until then:
+    /// what was read but not acknowledged is delivered again after a crash (at least once).
+    fn checkpoint(&mut self) -> Option<u64> {
+        None
+    }
+
+    /// Acknowledges the records of checkpoint `token` (and of every earlier one) to the
+    /// system they came from. Tokens come back in the order [`SourceReader::checkpoint`] gave
+    /// them. An error fails the job.
+    fn acknowledge(&mut self, token: u64) -> Result<()> {
+        let _ = token;
+        Ok(())
+    }
 }
 
 /// How many workers a node runs on.

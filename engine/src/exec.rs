@@ -1119,12 +1119,32 @@ fn build_source_stage<'s>(
             let mut quiet_since: Option<Instant> = None;
             // The times of the last MAX_EPOCHS_IN_FLIGHT reads, oldest first.
             let mut recent: VecDeque<Time> = VecDeque::new();
+            // Checkpoints of the reader not acknowledged yet, with the time they were sent at.
+            let mut unacked: VecDeque<(Time, u64)> = VecDeque::new();
+            // Set once the reader is exhausted but some of its checkpoints are not
+            // acknowledged: the capability is held until they are.
+            let mut draining = false;
             move |output| {
                 let Some(current) = cap.as_mut() else {
                     return;
                 };
                 if shared.aborted() {
                     cap = None;
+                    return;
+                }
+                if let Err(e) = acknowledge_passed(&mut unacked, reader.as_mut(), &pace) {
+                    shared.fail(name_error(&source_name, e));
+                    cap = None;
+                    return;
+                }
+                if draining {
+                    if unacked.is_empty() {
+                        cap = None;
+                    } else {
+                        activator
+                            .borrow()
+                            .activate_after(Duration::from_micros(200));
+                    }
                     return;
                 }
                 let now = *current.time();
@@ -1262,11 +1282,22 @@ fn build_source_stage<'s>(
                         session.give((0u32, Batch(batch)));
                     }
                 }
+                if let Some(token) = reader.as_mut().and_then(|r| r.checkpoint()) {
+                    unacked.push_back((now, token));
+                }
                 if !more {
                     if let Some(p) = partitions.as_ref() {
                         p.publish(index, now.watermark, PartitionState::Done);
                     }
-                    cap = None;
+                    if unacked.is_empty() {
+                        cap = None;
+                    } else {
+                        // Hold on until what was read is acknowledged, at a time past the
+                        // last read so that it can be seen to pass.
+                        current.downgrade(&Time::new(now.watermark, now.epoch + 1));
+                        draining = true;
+                        activator.borrow().activate();
+                    }
                     return;
                 }
                 let mut watermark = clock
@@ -1331,6 +1362,29 @@ fn build_source_stage<'s>(
         },
     );
     Ok(stream)
+}
+
+/// Acknowledges the reader's checkpoints whose time every output of the job has passed.
+fn acknowledge_passed(
+    unacked: &mut VecDeque<(Time, u64)>,
+    reader: Option<&mut Box<dyn SourceReader>>,
+    pace: &ProbeHandle<Time>,
+) -> Result<()> {
+    let Some(reader) = reader else {
+        unacked.clear();
+        return Ok(());
+    };
+    let mut last = None;
+    while let Some((time, token)) = unacked.front()
+        && !pace.less_equal(time)
+    {
+        last = Some(*token);
+        unacked.pop_front();
+    }
+    match last {
+        Some(token) => reader.acknowledge(token),
+        None => Ok(()),
+    }
 }
 
 /// Event time at a source: admits the records at or after the watermark, reports the late

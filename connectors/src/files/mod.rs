@@ -3,7 +3,7 @@
 mod infer;
 mod lines;
 mod parquet;
-mod reader;
+pub(crate) mod reader;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,10 @@ use serde_json::json;
 use streamrun_engine::{Descriptor, Error, Result, Source, SourceReader, WorkerContext};
 
 pub use sink::FileSink;
+
+/// How many records (CSV) or lines (JSON) schema inference reads.
+#[cfg(feature = "object-store")]
+pub(crate) use infer::INFER_RECORDS;
 
 /// The default number of rows in a batch.
 const DEFAULT_BATCH_SIZE: usize = 8192;

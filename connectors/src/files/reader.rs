@@ -384,7 +384,7 @@ impl CsvOptions<'_> {
 }
 
 /// Parses JSON lines into batches of at most `batch_size` rows.
-fn decode_json(
+pub(crate) fn decode_json(
     schema: &SchemaRef,
     bytes: &[u8],
     batch_size: usize,
@@ -417,7 +417,7 @@ fn decode_json(
 }
 
 /// Why a JSON line does not parse: not JSON, not an object, or not of the schema.
-fn json_reason(line: &[u8], error: &ArrowError) -> String {
+pub(crate) fn json_reason(line: &[u8], error: &ArrowError) -> String {
     match serde_json::from_slice::<serde_json::Value>(line) {
         Err(e) => format!("invalid JSON: {e}"),
         Ok(serde_json::Value::Object(_)) => {

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod services;
+
 use std::sync::Arc;
 
 use arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
@@ -141,4 +143,23 @@ pub fn sample(from: i64, to: i64) -> RecordBatch {
         ],
     )
     .unwrap()
+}
+
+/// Rows `0..n` of [`sample`], in batches of 5,000.
+pub fn sample_batches(n: i64) -> Vec<RecordBatch> {
+    (0..n)
+        .step_by(5_000)
+        .map(|from| sample(from, (from + 5_000).min(n)))
+        .collect()
+}
+
+/// The `id` column (the first) of every row, in order.
+pub fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            ids.values().to_vec()
+        })
+        .collect()
 }

@@ -1,0 +1,283 @@
+//! One worker's reader over its objects: each is downloaded to a local file, then read with
+//! the file connectors' readers.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use streamrun_engine::{
+    BadRecordPolicy, DeadLetter, Error, Result, Source, SourceCollector, SourceReader,
+    WorkerContext,
+};
+
+use super::store::{Client, Listed, Scratch};
+use crate::{FileFormat, FileSource, Files};
+
+/// How the objects are read: the options of the source they come from.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadOptions {
+    pub format: FileFormat,
+    pub schema: SchemaRef,
+    pub has_header: bool,
+    pub delimiter: u8,
+    pub batch_size: usize,
+    pub temp_dir: Option<PathBuf>,
+}
+
+/// A file source over the one local file `path`, with the CSV options of an object source.
+pub(crate) fn local_source(
+    format: FileFormat,
+    path: &str,
+    has_header: bool,
+    delimiter: u8,
+) -> FileSource {
+    let glob = glob::Pattern::escape(path);
+    let source = match format {
+        FileFormat::Text => Files::text(glob),
+        FileFormat::Csv => Files::csv(glob),
+        FileFormat::Json => Files::json(glob),
+        FileFormat::Parquet => Files::parquet(glob),
+    };
+    source.has_header(has_header).delimiter(delimiter)
+}
+
+/// The object being read.
+struct Current {
+    object: Listed,
+    /// Its local copy, as the file readers name it.
+    local: String,
+    reader: Box<dyn SourceReader>,
+}
+
+impl Current {
+    /// `text` with the local copy named as the object.
+    fn rename(&self, text: &str) -> String {
+        text.replace(&self.local, &self.object.url)
+    }
+}
+
+/// One worker's reader over its objects, in order.
+pub(crate) struct ObjectReader {
+    job: String,
+    options: ReadOptions,
+    client: Client,
+    objects: VecDeque<Listed>,
+    scratch: Option<Scratch>,
+    /// How many objects it has downloaded (names the local copies).
+    downloads: u64,
+    current: Option<Current>,
+    /// What the file reader of the current object read, before it is renamed and passed
+    /// on. It keeps bad records: the policy is applied to them once renamed.
+    inner: SourceCollector,
+}
+
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("options", &self.options)
+            .field("objects", &self.objects)
+            .field("current", &self.current.as_ref().map(|c| &c.object.url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectReader {
+    pub fn new(
+        ctx: &WorkerContext,
+        options: ReadOptions,
+        client: Client,
+        objects: Vec<Listed>,
+    ) -> Self {
+        ObjectReader {
+            job: ctx.job.clone(),
+            options,
+            client,
+            objects: objects.into(),
+            scratch: None,
+            downloads: 0,
+            current: None,
+            inner: SourceCollector::new(BadRecordPolicy::DeadLetter),
+        }
+    }
+
+    /// Downloads `object` and opens a file reader over its local copy.
+    fn open_object(&mut self, object: Listed) -> Result<Current> {
+        let scratch = match &mut self.scratch {
+            Some(scratch) => scratch,
+            none => none.insert(Scratch::create(self.options.temp_dir.as_deref())?),
+        };
+        self.downloads += 1;
+        let path = scratch.path().join(format!(
+            "object-{}.{}",
+            self.downloads,
+            self.options.format.extension()
+        ));
+        let local = path.to_str().map(str::to_string).ok_or_else(|| {
+            Error::Plan(format!(
+                "the temporary directory {} is not a UTF-8 path",
+                path.display()
+            ))
+        })?;
+        let opened = self.client.download(&object, &path, None).and_then(|()| {
+            self.open_local(&object, &local)
+                .map_err(|e| rename_error(e, &local, &object.url))
+        });
+        match opened {
+            Ok(reader) => Ok(Current {
+                object,
+                local,
+                reader,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    fn open_local(&self, object: &Listed, local: &str) -> Result<Box<dyn SourceReader>> {
+        let options = &self.options;
+        // Read whole by one worker; CSV and JSON with the source's schema (Parquet and text
+        // files carry or fix theirs).
+        let mut source = local_source(options.format, local, options.has_header, options.delimiter)
+            .batch_size(options.batch_size)
+            .splittable(false);
+        if matches!(options.format, FileFormat::Csv | FileFormat::Json) {
+            source = source.schema(Arc::clone(&options.schema));
+        }
+        if self.options.format == FileFormat::Parquet {
+            let schema = Source::schema(&source)?;
+            if schema.fields() != self.options.schema.fields() {
+                return Err(Error::Input(format!(
+                    "{} does not have the schema of the first object: expected {}, found {}",
+                    object.url,
+                    fields_text(&self.options.schema),
+                    fields_text(&schema)
+                )));
+            }
+        }
+        let ctx = WorkerContext {
+            job: self.job.clone(),
+            index: 0,
+            workers: 1,
+        };
+        source.open(&ctx)
+    }
+
+    /// Closes the current object and removes its local copy.
+    fn close_current(&mut self) {
+        if let Some(current) = self.current.take() {
+            drop(current.reader);
+            // Best effort: the scratch directory goes too, at the end.
+            let _ = std::fs::remove_file(&current.local);
+        }
+    }
+
+    /// Passes on what the file reader read, naming the object instead of its local copy.
+    /// Returns whether there was anything.
+    fn forward(&mut self, out: &mut SourceCollector) -> Result<bool> {
+        let (batches, dead) = self.inner.take();
+        let (_, mut bytes) = self.inner.take_counts();
+        let produced = !batches.is_empty() || !dead.is_empty() || bytes > 0;
+        for batch in batches {
+            let batch = self.conform(batch)?;
+            out.emit(batch, std::mem::take(&mut bytes));
+        }
+        if bytes > 0 {
+            out.emit(
+                RecordBatch::new_empty(Arc::clone(&self.options.schema)),
+                bytes,
+            );
+        }
+        for letter in dead {
+            let letter = match &self.current {
+                Some(current) => DeadLetter {
+                    location: current.rename(&letter.location),
+                    reason: current.rename(&letter.reason),
+                    record: letter.record,
+                },
+                None => letter,
+            };
+            out.bad_record(letter)?;
+        }
+        Ok(produced)
+    }
+
+    /// A batch with the source's schema (Parquet objects may differ in metadata).
+    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if batch.schema() == self.options.schema {
+            return Ok(batch);
+        }
+        RecordBatch::try_new(Arc::clone(&self.options.schema), batch.columns().to_vec()).map_err(
+            |e| {
+                let url = self.current.as_ref().map_or("", |c| c.object.url.as_str());
+                Error::arrow(format!("reading {url}"), e)
+            },
+        )
+    }
+}
+
+impl SourceReader for ObjectReader {
+    fn read(&mut self, out: &mut SourceCollector) -> Result<bool> {
+        loop {
+            let current = match &mut self.current {
+                Some(current) => current,
+                None => {
+                    let Some(object) = self.objects.pop_front() else {
+                        return Ok(false);
+                    };
+                    let current = self.open_object(object)?;
+                    self.current.insert(current)
+                }
+            };
+            let more = current
+                .reader
+                .read(&mut self.inner)
+                .map_err(|e| rename_error(e, &current.local, &current.object.url))?;
+            let produced = self.forward(out)?;
+            if !more {
+                self.close_current();
+            }
+            if produced || more {
+                return Ok(self.current.is_some() || !self.objects.is_empty());
+            }
+        }
+    }
+}
+
+impl Drop for ObjectReader {
+    fn drop(&mut self) {
+        self.close_current();
+    }
+}
+
+/// `e` with the local path `local` named as `url`.
+pub(crate) fn rename_error(e: Error, local: &str, url: &str) -> Error {
+    let rename = |text: String| text.replace(local, url);
+    match e {
+        Error::Plan(m) => Error::Plan(rename(m)),
+        Error::Input(m) => Error::Input(rename(m)),
+        Error::Internal(m) => Error::Internal(rename(m)),
+        Error::Io { context, source } => Error::Io {
+            context: rename(context),
+            source,
+        },
+        Error::Arrow { context, source } => Error::Arrow {
+            context: rename(context),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// The fields of a schema as `(name: type, …)`.
+fn fields_text(schema: &Schema) -> String {
+    let fields: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    format!("({})", fields.join(", "))
+}
