@@ -4,7 +4,7 @@
 //! name = "wordcount"
 //!
 //! [source]
-//! format = "text"              # text | csv | json | parquet
+//! format = "text"              # text | csv | json | parquet | crawl
 //! path = "../data/*.txt"       # relative to this file
 //!
 //! [[steps]]
@@ -22,11 +22,16 @@
 //! ```
 //!
 //! Steps: `select` (`columns`), `where` (`column`, `cmp` one of `== != < <= > >=`, `value`),
-//! `split_words` (`column`, `output`), `aggregate` (`keys`, `aggs` of `{ fn, column, as }`
+//! `split_words` (`column`, `output`, `keep`), `aggregate` (`keys`, `aggs` of `{ fn, column, as }`
 //! with `fn` one of count, sum, min, max, mean), `top_k` (`k`, `by`, `ascending`),
 //! `rebalance`, `broadcast`, and `window` (`kind` one of tumbling, sliding, session; `size_ms`,
 //! `slide_ms`, `gap_ms`; `keys`; `aggs`), which needs `[source] event_time = { column,
 //! max_delay_ms }`. Every error names the file and the line of the key at fault.
+//!
+//! A crawl is a source too: `format = "crawl"` with a `[source.crawl]` table of the crawl's
+//! settings (`seeds`, `max_pages`, `max_depth`, `allowed_hosts`, `per_host_delay_ms`, …, as
+//! `streamrun_crawl::CrawlConfig`); its rows are the fetch records (`url`, `host`, `status`,
+//! `fetched_at`, `text`, `links`, …), `fetched_at` being the event time for windows.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +78,8 @@ pub enum SourceFormat {
     Json,
     /// Parquet.
     Parquet,
+    /// A web crawl (settings in `[source.crawl]`).
+    Crawl,
 }
 
 /// `[source]`.
@@ -81,8 +88,12 @@ pub enum SourceFormat {
 pub struct SourceSpec {
     /// The format.
     pub format: SourceFormat,
-    /// A file or glob, relative to the spec's directory.
-    pub path: String,
+    /// A file or glob, relative to the spec's directory (files only).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The crawl's settings (`format = "crawl"` only).
+    #[serde(default)]
+    pub crawl: Option<streamrun_crawl::CrawlConfig>,
     /// CSV: whether the first line is a header (default true).
     #[serde(default)]
     pub has_header: Option<bool>,
@@ -160,6 +171,9 @@ pub enum StepSpec {
         column: String,
         /// The word column's name.
         output: String,
+        /// Columns carried to each word's row.
+        #[serde(default)]
+        keep: Vec<String>,
     },
     /// Aggregate by key.
     Aggregate {
@@ -316,38 +330,58 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
 
     let source_line = at(spec.source.span());
     let source = spec.source.get_ref();
-    let mut files = match source.format {
-        SourceFormat::Text => Files::text(resolve(base, &source.path)),
-        SourceFormat::Csv => Files::csv(resolve(base, &source.path)),
-        SourceFormat::Json => Files::json(resolve(base, &source.path)),
-        SourceFormat::Parquet => Files::parquet(resolve(base, &source.path)),
-    };
-    if let Some(h) = source.has_header {
-        files = files.has_header(h);
-    }
-    if let Some(d) = &source.delimiter {
-        match d.as_bytes() {
-            [b] => files = files.delimiter(*b),
-            _ => {
+    let (source_descriptor, source_impl) = match (source.format, &source.path, &source.crawl) {
+        (SourceFormat::Crawl, None, Some(config)) => {
+            let unused = [
+                ("has_header", source.has_header.is_some()),
+                ("delimiter", source.delimiter.is_some()),
+                ("batch_size", source.batch_size.is_some()),
+                ("splittable", source.splittable.is_some()),
+            ];
+            if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
                 return Err(fail(
                     source_line,
-                    format!("source.delimiter must be one ASCII character, not {d:?}"),
+                    format!("source.{key} is for files: a crawl does not take it"),
                 ));
             }
+            config
+                .validate()
+                .map_err(|e| fail(source_line, format!("source.crawl: {e}")))?;
+            streamrun_crawl::CrawlSource::new(config.clone()).into_parts()
         }
-    }
-    if let Some(n) = source.batch_size {
-        if n == 0 {
+        (SourceFormat::Crawl, _, None) => {
             return Err(fail(
                 source_line,
-                "source.batch_size must be at least 1".into(),
+                "format = \"crawl\" needs a [source.crawl] table (seeds = [...], ...)".into(),
             ));
         }
-        files = files.batch_size(n);
-    }
-    if let Some(s) = source.splittable {
-        files = files.splittable(s);
-    }
+        (SourceFormat::Crawl, Some(_), Some(_)) => {
+            return Err(fail(
+                source_line,
+                "a crawl has no source.path: its seeds are in [source.crawl]".into(),
+            ));
+        }
+        (_, _, Some(_)) => {
+            return Err(fail(
+                source_line,
+                "[source.crawl] is for format = \"crawl\"".into(),
+            ));
+        }
+        (_, None, None) => {
+            return Err(fail(
+                source_line,
+                "source.path is missing: the files to read (a path or glob)".into(),
+            ));
+        }
+        (format, Some(path), None) => {
+            let files = file_source(format, &resolve(base, path), source)
+                .map_err(|m| fail(source_line, m))?;
+            (
+                files.descriptor(),
+                Arc::new(files) as Arc<dyn streamrun_engine::Source>,
+            )
+        }
+    };
     let dead_letters = match (&source.on_bad_record, &source.dead_letters) {
         (BadRecordPolicy::DeadLetter, Some(dl)) => Some(
             build_sink(dl, base)
@@ -370,8 +404,8 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
     lines.push(("source".to_owned(), source_line));
     let mut stream: Stream = job.add_source(
         "source",
-        files.descriptor(),
-        Arc::new(files) as Arc<dyn streamrun_engine::Source>,
+        source_descriptor,
+        source_impl,
         source.on_bad_record,
         dead_letters,
     );
@@ -408,8 +442,12 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
                 let op = Compare::new(column.clone(), *cmp, value);
                 stream.operator(&name, simple(op.descriptor(), Arc::new(op)))
             }
-            StepSpec::SplitWords { column, output } => {
-                let op = SplitWords::new(column.clone(), output.clone());
+            StepSpec::SplitWords {
+                column,
+                output,
+                keep,
+            } => {
+                let op = SplitWords::new(column.clone(), output.clone()).keep(keep.clone());
                 stream.operator(&name, simple(op.descriptor(), Arc::new(op)))
             }
             StepSpec::Aggregate { keys, aggs } => {
@@ -530,4 +568,41 @@ fn build_sink(
 
 fn file_sink(sink: FileSink) -> (Descriptor, Arc<dyn Sink>) {
     sink.into_sink()
+}
+
+/// The file source `[source]` declares (the error says what is wrong, without the line).
+fn file_source(
+    format: SourceFormat,
+    path: &str,
+    source: &SourceSpec,
+) -> std::result::Result<streamrun_connectors::FileSource, String> {
+    let mut files = match format {
+        SourceFormat::Text => Files::text(path),
+        SourceFormat::Csv => Files::csv(path),
+        SourceFormat::Json => Files::json(path),
+        SourceFormat::Parquet | SourceFormat::Crawl => Files::parquet(path),
+    };
+    if let Some(h) = source.has_header {
+        files = files.has_header(h);
+    }
+    if let Some(d) = &source.delimiter {
+        match d.as_bytes() {
+            [b] => files = files.delimiter(*b),
+            _ => {
+                return Err(format!(
+                    "source.delimiter must be one ASCII character, not {d:?}"
+                ));
+            }
+        }
+    }
+    if let Some(n) = source.batch_size {
+        if n == 0 {
+            return Err("source.batch_size must be at least 1".into());
+        }
+        files = files.batch_size(n);
+    }
+    if let Some(s) = source.splittable {
+        files = files.splittable(s);
+    }
+    Ok(files)
 }

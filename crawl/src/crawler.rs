@@ -438,7 +438,7 @@ impl Drop for Slot {
 }
 
 /// `host[:port]` of a URL.
-fn authority(url: &Url) -> String {
+pub(crate) fn authority(url: &Url) -> String {
     match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),

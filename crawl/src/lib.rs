@@ -189,6 +189,17 @@ impl CrawlConfig {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if !self.allowed_hosts.is_empty()
+            && let Some(seed) = seeds
+                .iter()
+                .find(|s| !self.allowed_hosts.contains(&crate::crawler::authority(s)))
+        {
+            return Err(CrawlError::Config(format!(
+                "seeds: '{seed}' is not on an allowed host: allowed_hosts names `host:port` \
+                 (with the port when it is not the scheme's), and holds {:?}",
+                self.allowed_hosts
+            )));
+        }
         for (field, zero) in [
             ("concurrency", self.concurrency == 0),
             ("buffer", self.buffer == 0),

@@ -52,6 +52,9 @@ pub struct SiteSpec {
     pub latency_ms: u64,
     /// The random seed: the same spec makes the same site.
     pub seed: u64,
+    /// The port every host listens on (each host has its own address, 127.0.0.k); 0 picks a
+    /// free port per host.
+    pub port: u16,
 }
 
 impl Default for SiteSpec {
@@ -68,6 +71,7 @@ impl Default for SiteSpec {
             crawl_delay: None,
             latency_ms: 0,
             seed: 7,
+            port: 0,
         }
     }
 }
@@ -230,12 +234,13 @@ impl Site {
             .build()
             .map_err(|e| CrawlError::Site(format!("starting its runtime: {e}")))?;
         let hosts = self.spec.hosts.max(1);
+        let port = self.spec.port;
         let listeners = (0..hosts)
             .map(|k| {
                 let ip = format!("127.0.0.{}", k + 1);
                 runtime
-                    .block_on(tokio::net::TcpListener::bind((ip.as_str(), 0)))
-                    .map_err(|e| CrawlError::Site(format!("binding {ip}: {e}")))
+                    .block_on(tokio::net::TcpListener::bind((ip.as_str(), port)))
+                    .map_err(|e| CrawlError::Site(format!("binding {ip}:{port}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let addresses = listeners

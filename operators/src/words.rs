@@ -10,13 +10,17 @@ use streamrun_engine::{
 };
 
 /// Splits a text column into words: split on Unicode whitespace, lowercase, trim leading and
-/// trailing characters that are not alphanumeric, drop what is left empty. Emits one column.
+/// trailing characters that are not alphanumeric, drop what is left empty. Emits the word
+/// column, after the columns it [keeps](SplitWords::keep) (repeated for each word of their row).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SplitWords {
     /// The text column read.
     pub column: String,
     /// The name of the word column written.
     pub output: String,
+    /// Columns of the input carried to each word's row (before the word column).
+    #[serde(default)]
+    pub keep: Vec<String>,
 }
 
 impl SplitWords {
@@ -25,14 +29,21 @@ impl SplitWords {
         SplitWords {
             column: column.into(),
             output: output.into(),
+            keep: Vec::new(),
         }
+    }
+
+    /// Carries these input columns to each word's row (a page's host with its words).
+    pub fn keep<S: Into<String>>(mut self, columns: impl IntoIterator<Item = S>) -> Self {
+        self.keep = columns.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The plan descriptor.
     pub fn descriptor(&self) -> Descriptor {
         Descriptor::new(
             "split_words",
-            serde_json::json!({ "column": self.column, "output": self.output }),
+            serde_json::json!({ "column": self.column, "output": self.output, "keep": self.keep }),
         )
     }
 
@@ -171,16 +182,22 @@ pub fn push_words(text: &str, lower: &mut String, out: &mut StringBuilder) -> us
 impl OperatorFactory for SplitWords {
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
         self.index(input)?;
-        Ok(Arc::new(Schema::new(vec![Field::new(
-            &self.output,
-            DataType::Utf8,
-            false,
-        )])))
+        let kept = column_indices(input, &self.keep, "split_words")?;
+        let mut fields: Vec<Field> = kept.iter().map(|&k| input.field(k).clone()).collect();
+        if fields.iter().any(|f| f.name() == &self.output) {
+            return Err(Error::Plan(format!(
+                "split_words: the word column '{}' is also a kept column",
+                self.output
+            )));
+        }
+        fields.push(Field::new(&self.output, DataType::Utf8, false));
+        Ok(Arc::new(Schema::new(fields)))
     }
 
     fn create(&self, _ctx: &WorkerContext, input: &SchemaRef) -> Result<Box<dyn Operator>> {
         Ok(Box::new(SplitWordsInstance {
             index: self.index(input)?,
+            kept: column_indices(input, &self.keep, "split_words")?,
             schema: self.output_schema(input)?,
             lower: String::new(),
         }))
@@ -189,6 +206,7 @@ impl OperatorFactory for SplitWords {
 
 struct SplitWordsInstance {
     index: usize,
+    kept: Vec<usize>,
     schema: SchemaRef,
     lower: String,
 }
@@ -201,10 +219,28 @@ impl Operator for SplitWordsInstance {
             .downcast_ref::<StringArray>()
             .ok_or_else(|| Error::Internal("split_words input is not Utf8".into()))?;
         let mut words = StringBuilder::with_capacity(text.len() * 8, text.values().len());
-        for line in text.iter().flatten() {
-            push_words(line, &mut self.lower, &mut words);
+        let mut columns: Vec<arrow::array::ArrayRef> = Vec::with_capacity(self.kept.len() + 1);
+        if self.kept.is_empty() {
+            for line in text.iter().flatten() {
+                push_words(line, &mut self.lower, &mut words);
+            }
+        } else {
+            // The row each word came from, to repeat the kept columns.
+            let mut rows = Vec::new();
+            for (row, line) in text.iter().enumerate() {
+                let n = line.map_or(0, |l| push_words(l, &mut self.lower, &mut words));
+                rows.extend(std::iter::repeat_n(row as u32, n));
+            }
+            let rows = arrow::array::UInt32Array::from(rows);
+            for &k in &self.kept {
+                columns.push(
+                    arrow::compute::take(batch.column(k), &rows, None)
+                        .map_err(|e| Error::arrow("split_words", e))?,
+                );
+            }
         }
-        let words = RecordBatch::try_new(Arc::clone(&self.schema), vec![Arc::new(words.finish())])
+        columns.push(Arc::new(words.finish()));
+        let words = RecordBatch::try_new(Arc::clone(&self.schema), columns)
             .map_err(|e| Error::arrow("split_words", e))?;
         out.emit(words);
         Ok(())
@@ -227,5 +263,53 @@ mod tests {
         let words = b.finish();
         let got: Vec<&str> = words.iter().flatten().collect();
         assert_eq!(got, vec!["hello", "world", "don't", "ünïcode—dash"]);
+    }
+
+    #[test]
+    fn kept_columns_repeat_for_each_word_of_their_row() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("host", DataType::Utf8, false),
+            Field::new("text", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),
+                Arc::new(StringArray::from(vec![
+                    Some("one Two"),
+                    None,
+                    Some(" -- "),
+                    Some("three"),
+                ])),
+            ],
+        )
+        .expect("batch");
+        let split = SplitWords::new("text", "word").keep(["host"]);
+        let mut op = split
+            .create(
+                &WorkerContext {
+                    job: "t".into(),
+                    index: 0,
+                    workers: 1,
+                },
+                &schema,
+            )
+            .expect("create");
+        let mut out = Collector::new();
+        op.process_batch(batch, &mut out).expect("process");
+        let got = out.take();
+        let got = &got[0];
+        assert_eq!(got.schema().field(0).name(), "host");
+        let column = |i: usize| -> Vec<String> {
+            got.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("text")
+                .iter()
+                .map(|v| v.unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(column(0), ["a", "a", "d"]);
+        assert_eq!(column(1), ["one", "two", "three"]);
     }
 }

@@ -91,3 +91,92 @@ fn a_crawl_job_on_many_workers_equals_one_worker_and_the_site() {
         assert_eq!(many_counts, counts);
     }
 }
+
+/// The crawl as a job spec run by `stream-run run`: words counted per host, written as JSON
+/// lines, equal the site's own counts; and a spec whose seed is not on an allowed host is
+/// refused naming the line.
+#[test]
+fn a_crawl_job_spec_counts_the_sites_words() {
+    let server = Site::generate(SiteSpec {
+        pages: 300,
+        hosts: 2,
+        seed: 5,
+        ..SiteSpec::default()
+    })
+    .serve()
+    .expect("serve");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts: Vec<String> = (0..2).map(|k| format!("{:?}", server.host(k))).collect();
+    let spec = format!(
+        "name = \"crawl\"\n\
+         [source]\n\
+         format = \"crawl\"\n\
+         [source.crawl]\n\
+         seeds = [\"{seed}\"]\n\
+         allowed_hosts = [{hosts}]\n\
+         max_depth = 1000\n\
+         per_host_delay_ms = 0\n\
+         per_host_concurrency = 4\n\
+         [[steps]]\n\
+         op = \"where\"\n\
+         column = \"error_kind\"\n\
+         cmp = \"==\"\n\
+         value = \"\"\n\
+         [[steps]]\n\
+         op = \"split_words\"\n\
+         column = \"text\"\n\
+         output = \"word\"\n\
+         keep = [\"host\"]\n\
+         [[steps]]\n\
+         op = \"aggregate\"\n\
+         keys = [\"host\", \"word\"]\n\
+         aggs = [{{ fn = \"count\", as = \"count\" }}]\n\
+         [sink]\n\
+         format = \"json\"\n\
+         path = \"words\"\n",
+        seed = server.url(0),
+        hosts = hosts.join(", "),
+    );
+    let path = dir.path().join("crawl.toml");
+    std::fs::write(&path, &spec).expect("write spec");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_stream-run"))
+        .args(["run", "--workers", "2"])
+        .arg(&path)
+        .output()
+        .expect("stream-run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut counts: HashMap<(String, String), u64> = HashMap::new();
+    for part in std::fs::read_dir(dir.path().join("words")).expect("words") {
+        let text = std::fs::read_to_string(part.expect("part").path()).expect("read part");
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            let key = (
+                row["host"].as_str().expect("host").to_owned(),
+                row["word"].as_str().expect("word").to_owned(),
+            );
+            counts.insert(key, row["count"].as_u64().expect("count"));
+        }
+    }
+    assert_eq!(counts, word_counts(&server, &server.site().reachable()));
+
+    // A seed outside the allowed hosts is named, at its line.
+    let bad = spec
+        .replace(&hosts[1], "\"elsewhere:1\"")
+        .replace(&hosts[0], "\"nowhere:1\"");
+    std::fs::write(&path, bad).expect("write spec");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_stream-run"))
+        .arg("run")
+        .arg(&path)
+        .output()
+        .expect("stream-run");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("crawl.toml:2") && stderr.contains("not on an allowed host"),
+        "{stderr}"
+    );
+}

@@ -81,6 +81,26 @@ enum Command {
     /// Follow the cluster's jobs: list, status, logs, stop.
     #[command(subcommand)]
     Job(cluster::JobCommand),
+    /// Serve a generated web site to crawl, until stopped (Ctrl-C): seeded pages of words and
+    /// links over several hosts (127.0.0.1, 127.0.0.2, …), some links broken, some through
+    /// redirects, and a robots.txt disallowing /private/. `examples/jobs/crawl.toml` crawls it.
+    Site {
+        /// Pages.
+        #[arg(long, default_value_t = 2_000)]
+        pages: usize,
+        /// Hosts the pages are spread over (addresses 127.0.0.1 to 127.0.0.N).
+        #[arg(long, default_value_t = 4)]
+        hosts: usize,
+        /// The port every host listens on.
+        #[arg(long, default_value_t = 8089)]
+        port: u16,
+        /// The random seed: the same seed makes the same site.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Milliseconds each answer takes.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
@@ -245,6 +265,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { connection, json } => cluster::status(&connection, json)?,
         Command::Submit(args) => cluster::submit(args)?,
         Command::Job(command) => cluster::job(command)?,
+        Command::Site {
+            pages,
+            hosts,
+            port,
+            seed,
+            latency_ms,
+        } => serve_site(pages, hosts, port, seed, latency_ms)?,
     }
+    Ok(())
+}
+
+/// Serves a generated site until Ctrl-C.
+fn serve_site(
+    pages: usize,
+    hosts: usize,
+    port: u16,
+    seed: u64,
+    latency_ms: u64,
+) -> anyhow::Result<()> {
+    use streamrun_crawl::site::{Site, SiteSpec};
+    anyhow::ensure!(pages > 0, "--pages must be at least 1");
+    anyhow::ensure!((1..=254).contains(&hosts), "--hosts must be 1 to 254");
+    let spec = SiteSpec {
+        pages,
+        hosts,
+        seed,
+        port,
+        latency_ms,
+        ..SiteSpec::default()
+    };
+    let server = Site::generate(spec)
+        .serve()
+        .with_context(|| format!("serving the site on port {port}"))?;
+    let reachable = server.site().reachable().len();
+    eprintln!(
+        "serving {pages} pages ({reachable} reachable from the first) on {hosts} hosts: {}",
+        (0..hosts)
+            .map(|k| format!("http://{}/", server.address(k)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    eprintln!("seed: {}   (Ctrl-C stops)", server.url(0));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime to wait for Ctrl-C")?;
+    runtime
+        .block_on(tokio::signal::ctrl_c())
+        .context("waiting for Ctrl-C")?;
     Ok(())
 }
