@@ -341,6 +341,13 @@ pub fn execute_plan(
                 )));
             }
         }
+        if shared.aborted() {
+            // Timely steps a worker's dataflows until they complete once this closure
+            // returns; a failed job's may never (an operator unwound mid-step, a peer gone).
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+        }
     })
     .map_err(|e| Error::Internal(format!("starting {workers} workers: {e}")))?;
     for result in guards.join() {
