@@ -328,6 +328,23 @@ impl Stream {
         )
     }
 
+    /// PageRank of the directed graph whose edges are this stream's `src`, `dst` (integer
+    /// node ids), `iterations` rounds with `damping`, kept up to date with differential
+    /// dataflow's `iterate` as edges arrive (or are retracted, in a change stream). Ranks are
+    /// computed in whole surfers, exactly the same on any number of workers; see
+    /// [`streamrun_operators::PageRank`]. Output is a change stream
+    /// `node, rank, surfers, diff`.
+    pub fn pagerank(&self, src: &str, dst: &str, damping: f64, iterations: u64) -> Stream {
+        let op = streamrun_operators::PageRank::new(src, dst)
+            .damping(damping)
+            .iterations(iterations);
+        let descriptor = Descriptor::new(
+            "pagerank",
+            serde_json::json!({ "src": src, "dst": dst, "damping": damping, "iterations": iterations }),
+        );
+        self.dataflow(&[self.node], "pagerank", descriptor, Arc::new(op))
+    }
+
     /// Rows per key, kept up to date with differential dataflow as rows arrive. Output is a
     /// change stream: the key columns, `count`, `diff` (a key going from 2 to 3 rows gives
     /// `(key, 2, -1)` and `(key, 3, +1)`).

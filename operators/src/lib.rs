@@ -18,6 +18,7 @@
 //! | [`IntervalJoin`] | inner join of two keyed streams on `right.t - left.t` within bounds |
 //! | [`StreamJoin`] | inner join of two keyed streams over everything seen so far |
 //! | [`ConnectedComponents`] | incremental connected components (differential `iterate`) |
+//! | [`PageRank`] | incremental PageRank in whole surfers, a fixed number of rounds (differential `iterate`) |
 //! | [`IncrementalCount`] | rows per key as a change stream (differential `count`) |
 //! | [`IncrementalDistinct`], [`IncrementalReduce`], [`IncrementalJoin`] | `distinct`, keyed sum/min/max and equi-join of changing collections (differential) |
 //!
@@ -67,7 +68,7 @@ mod words;
 pub use actor::{Actor, ActorInstance, ActorOperator, KeyContext};
 pub use aggregate::{Agg, AggFn, Aggregate, DEFAULT_MAX_PARTIAL_GROUPS, Phase};
 pub use batchfn::MapBatches;
-pub use incremental::{ConnectedComponents, IncrementalCount};
+pub use incremental::{ConnectedComponents, IncrementalCount, PageRank};
 pub use interval::IntervalJoin;
 pub use join::{JoinKind, StreamJoin, WindowJoin};
 pub use relational::{IncrementalDistinct, IncrementalJoin, IncrementalReduce};

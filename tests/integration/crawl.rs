@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow::array::AsArray;
+use arrow::array::{AsArray, RecordBatch};
+use streamrun::operators::PageRank;
 use streamrun::prelude::*;
-use streamrun_crawl::site::{Site, SiteSpec, word_counts};
+use streamrun_crawl::site::{Link, Site, SiteSpec, word_counts};
 use streamrun_crawl::{CrawlConfig, CrawlSource};
 
 /// (url, status, error kind) of every fetch, and the pages' words counted per host.
@@ -179,4 +180,113 @@ fn a_crawl_job_spec_counts_the_sites_words() {
         stderr.contains("crawl.toml:2") && stderr.contains("not on an allowed host"),
         "{stderr}"
     );
+}
+
+/// Page `n`'s number, from a URL of the generated site's pages (`…/p/n.html`).
+fn page_number(url: &str) -> Option<i64> {
+    let path = url::Url::parse(url).ok()?.path().to_owned();
+    path.strip_prefix("/p/")?
+        .strip_suffix(".html")?
+        .parse()
+        .ok()
+}
+
+/// One edge (`src`, `dst`: page numbers) per link of a crawled page to a page.
+fn page_edges(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let urls = batch.column(0).as_string::<i32>();
+    let links = batch.column(1).as_list::<i32>();
+    let (mut src, mut dst) = (Vec::new(), Vec::new());
+    for i in 0..batch.num_rows() {
+        let Some(from) = page_number(urls.value(i)) else {
+            continue;
+        };
+        for to in links.value(i).as_string::<i32>().iter().flatten() {
+            if let Some(to) = page_number(to) {
+                src.push(from);
+                dst.push(to);
+            }
+        }
+    }
+    RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("src", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("dst", arrow::datatypes::DataType::Int64, false),
+        ])),
+        vec![
+            std::sync::Arc::new(arrow::array::Int64Array::from(src)),
+            std::sync::Arc::new(arrow::array::Int64Array::from(dst)),
+        ],
+    )
+}
+
+/// PageRank of the crawled link graph, on differential `iterate` as the crawl streams in,
+/// equals the same arithmetic run as a plain loop over the generated site's own links
+/// between reachable pages, on 1 and 3 workers.
+#[test]
+fn pagerank_of_a_crawl_equals_the_sites_own() {
+    let server = Site::generate(SiteSpec {
+        pages: 600,
+        hosts: 3,
+        seed: 11,
+        ..SiteSpec::default()
+    })
+    .serve()
+    .expect("serve");
+    let site = server.site();
+    let reachable = site.reachable();
+    let mut edges = Vec::new();
+    for &n in &reachable {
+        // A page's links are deduplicated when it is parsed.
+        let mut targets: Vec<usize> = site.pages[n]
+            .links
+            .iter()
+            .filter_map(|l| match *l {
+                Link::Page(t) if !site.pages[t].private => Some(t),
+                _ => None,
+            })
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        edges.extend(targets.into_iter().map(|t| (n as i64, t as i64)));
+    }
+    let expected = PageRank::by_loop(&edges, 0.85, 20);
+
+    let hosts: Vec<String> = (0..3).map(|k| server.host(k)).collect();
+    for workers in [1, 3] {
+        let config = CrawlConfig::new([server.url(0)])
+            .allowed_hosts(hosts.clone())
+            .max_depth(1_000_000)
+            .politeness(4, 0);
+        let job = Job::new("crawl_pagerank");
+        let ranks = Collect::new();
+        job.source(CrawlSource::new(config).into_parts())
+            .where_("error_kind", CmpOp::Eq, "")
+            .select(["url", "links"])
+            .map_batches("edges", page_edges)
+            .pagerank("src", "dst", 0.85, 20)
+            .sink(ranks.clone());
+        crate::common::run(&job, workers);
+        // The change stream netted out: each node's final surfers.
+        let mut net: HashMap<(i64, i64), i64> = HashMap::new();
+        for b in ranks.batches() {
+            let (node, surfers, diff) = (
+                b.column(0).as_primitive::<arrow::datatypes::Int64Type>(),
+                b.column(2).as_primitive::<arrow::datatypes::Int64Type>(),
+                b.column(3).as_primitive::<arrow::datatypes::Int64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                *net.entry((node.value(i), surfers.value(i))).or_default() += diff.value(i);
+            }
+        }
+        let got: HashMap<i64, i64> = net
+            .into_iter()
+            .filter(|(_, d)| *d != 0)
+            .map(|((node, surfers), d)| {
+                assert_eq!(d, 1, "node {node} nets to {d} rows");
+                (node, surfers)
+            })
+            .collect();
+        assert_eq!(got.len(), expected.len(), "{workers} workers: nodes");
+        assert_eq!(got, expected, "{workers} workers");
+    }
 }
