@@ -87,10 +87,10 @@ impl SourceReader for NumbersReader {
             .lock()
             .map_err(|_| Error::Internal("lock".into()))?;
         for (t, values) in self.unacked.iter().filter(|(t, _)| *t <= token) {
-            if let Some(missing) = values.iter().find(|v| !written.contains(v)) {
-                if let Ok(mut early) = self.log.early.lock() {
-                    early.push(format!("checkpoint {t}: {missing} not written"));
-                }
+            if let Some(missing) = values.iter().find(|v| !written.contains(v))
+                && let Ok(mut early) = self.log.early.lock()
+            {
+                early.push(format!("checkpoint {t}: {missing} not written"));
             }
         }
         drop(written);
