@@ -60,6 +60,7 @@ impl RedisStreams {
             batch_size: 1024,
             end_when_idle: None,
             reconnect_for: DEFAULT_RECONNECT,
+            claim_after: Duration::from_secs(60),
         }
     }
 
@@ -99,9 +100,20 @@ pub struct RedisStreamSource {
     batch_size: usize,
     end_when_idle: Option<Duration>,
     reconnect_for: Duration,
+    claim_after: Duration,
 }
 
 impl RedisStreamSource {
+    /// Claims (`XAUTOCLAIM`) the entries another consumer of the group was given and has
+    /// not acknowledged for this long (default 60 s): those of a worker that died, or of a
+    /// consumer of an earlier run with more workers. The reader looks for them when it finds
+    /// no new entry, at most every 1 s. An entry whose acknowledgement is merely late is
+    /// then read twice (at least once).
+    pub fn claim_after(mut self, idle: Duration) -> Self {
+        self.claim_after = idle;
+        self
+    }
+
     /// The most entries read at once (default 1,024).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size;
@@ -153,6 +165,8 @@ impl Source for RedisStreamSource {
             consumer: format!("{}-{}", ctx.job, ctx.index),
             decoder: MessageDecoder::new(self.schema.clone()),
             pending_after: Some("0".into()),
+            claim_cursor: "0-0".into(),
+            last_claim: None,
             last_entry: Instant::now(),
             read: Vec::new(),
             unacked: VecDeque::new(),
@@ -198,12 +212,67 @@ struct RedisReader {
     /// While the entries given to this consumer earlier and not acknowledged are read again
     /// (after a start or a lost connection): the id to read after. `None`: new entries.
     pending_after: Option<String>,
+    /// Where the last `XAUTOCLAIM` stopped, and when it ran.
+    claim_cursor: String,
+    last_claim: Option<Instant>,
     last_entry: Instant,
     /// Ids read since the last checkpoint.
     read: Vec<String>,
     /// Checkpoints not acknowledged yet: their token and ids, oldest first.
     unacked: VecDeque<(u64, Vec<String>)>,
     next_token: u64,
+}
+
+impl RedisReader {
+    /// Claims entries other consumers left unacknowledged for `claim_after`, at most every
+    /// second.
+    fn claim(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
+        if self
+            .last_claim
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(Vec::new());
+        }
+        self.last_claim = Some(Instant::now());
+        let (stream, group, consumer, cursor) = (
+            self.source.stream.clone(),
+            self.source.group.clone(),
+            self.consumer.clone(),
+            self.claim_cursor.clone(),
+        );
+        let idle = u64::try_from(self.source.claim_after.as_millis()).unwrap_or(u64::MAX);
+        let count = self.source.batch_size;
+        let reply = self.connection.run(&self.source.describe(), |c| {
+            redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(&group)
+                .arg(&consumer)
+                .arg(idle)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(count)
+                .query::<Value>(c)
+        })?;
+        let unexpected = |reason: String| {
+            Error::Input(format!(
+                "{}: unexpected XAUTOCLAIM reply: {reason}",
+                self.source.describe()
+            ))
+        };
+        let Value::Array(mut parts) = reply else {
+            return Err(unexpected("not an array".into()));
+        };
+        if parts.len() < 2 {
+            return Err(unexpected(format!("{} parts", parts.len())));
+        }
+        let entries = parts.swap_remove(1);
+        self.claim_cursor = match parts.swap_remove(0) {
+            Value::BulkString(c) => String::from_utf8_lossy(&c).into_owned(),
+            Value::SimpleString(c) => c,
+            other => return Err(unexpected(format!("a cursor of {other:?}"))),
+        };
+        stream_entries(entries).map_err(unexpected)
+    }
 }
 
 impl SourceReader for RedisReader {
@@ -246,6 +315,11 @@ impl SourceReader for RedisReader {
                 return Ok(true);
             }
         }
+        let entries = if entries.is_empty() && self.pending_after.is_none() {
+            self.claim()?
+        } else {
+            entries
+        };
         if entries.is_empty() {
             if self.pending_after.take().is_some() {
                 return Ok(true);
@@ -322,30 +396,37 @@ fn entries_of(reply: Value) -> std::result::Result<Vec<(String, Vec<u8>)>, Strin
     };
     let mut entries = Vec::new();
     for stream in streams {
-        let Value::Array(items) = stream else {
-            return Err("entries are not an array".into());
+        entries.extend(stream_entries(stream)?);
+    }
+    Ok(entries)
+}
+
+/// The entries of one stream in a reply: `[[id, [field, value, …]], …]`.
+fn stream_entries(stream: Value) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+    let Value::Array(items) = stream else {
+        return Err("entries are not an array".into());
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            return Err("an entry is not an array".into());
         };
-        for item in items {
-            let Value::Array(mut pair) = item else {
-                return Err("an entry is not an array".into());
-            };
-            if pair.len() != 2 {
-                return Err("an entry is not an id and fields".into());
-            }
-            let fields = pair.pop();
-            let id = match pair.pop() {
-                Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
-                Some(Value::SimpleString(id)) => id,
-                other => return Err(format!("an entry id of {other:?}")),
-            };
-            let payload = match fields {
-                Some(Value::Array(fields)) => data_field(fields),
-                // An entry deleted while pending comes back without fields.
-                Some(Value::Nil) => None,
-                other => return Err(format!("the fields of entry {id}: {other:?}")),
-            };
-            entries.push((id, payload.unwrap_or_default()));
+        if pair.len() != 2 {
+            return Err("an entry is not an id and fields".into());
         }
+        let fields = pair.pop();
+        let id = match pair.pop() {
+            Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
+            Some(Value::SimpleString(id)) => id,
+            other => return Err(format!("an entry id of {other:?}")),
+        };
+        let payload = match fields {
+            Some(Value::Array(fields)) => data_field(fields),
+            // An entry deleted while pending comes back without fields.
+            Some(Value::Nil) => None,
+            other => return Err(format!("the fields of entry {id}: {other:?}")),
+        };
+        entries.push((id, payload.unwrap_or_default()));
     }
     Ok(entries)
 }

@@ -248,3 +248,53 @@ fn a_sink_fails_clearly_when_the_server_is_away() {
     assert!(error.contains("appending to stream 'nowhere'"), "{error}");
     assert!(error.contains("unreachable"), "{error}");
 }
+
+#[test]
+fn entries_a_dead_consumer_left_unacknowledged_are_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = redis_server(dir.path()) else {
+        return;
+    };
+    write(&server, "claims", 3_000);
+    // A consumer of the group takes 1,000 entries and dies without acknowledging them.
+    let _: () = query(
+        &server,
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("claims")
+            .arg("g")
+            .arg("0"),
+    );
+    let _: redis::Value = query(
+        &server,
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("dead")
+            .arg("COUNT")
+            .arg(1_000)
+            .arg("STREAMS")
+            .arg("claims")
+            .arg(">"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let source = RedisStreams::source(url(&server), "claims", "g", sample_schema())
+        .claim_after(Duration::from_millis(200))
+        .end_when_idle(Duration::from_millis(1_500));
+    let collect = Collect::new();
+    pipe(
+        Arc::new(source.clone()),
+        source.descriptor(),
+        Arc::new(collect.clone()),
+        collect.descriptor(),
+        2,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        sorted_rows(&collect.batches()),
+        sorted_rows(&sample_batches(3_000))
+    );
+    let pending: Vec<redis::Value> = query(&server, redis::cmd("XPENDING").arg("claims").arg("g"));
+    assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
+}
