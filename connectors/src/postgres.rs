@@ -149,7 +149,20 @@ impl Sink for PostgresSink {
                 )));
             }
         }
+        let mut config: postgres::Config = self.connection.parse().map_err(|e| {
+            Error::Plan(format!(
+                "the PostgreSQL sink of table '{}': invalid connection string: {e}",
+                self.table
+            ))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        // A connection that goes quiet is found dead in about 30 s rather than never.
+        config.keepalives_idle(Duration::from_secs(15));
+        config.tcp_user_timeout(Duration::from_secs(30));
         let mut writer = PostgresWriter {
+            config,
             sink: self.clone(),
             schema: schema.clone(),
             client: None,
@@ -159,8 +172,14 @@ impl Sink for PostgresSink {
             dead: None,
             ctx: ctx.clone(),
         };
-        if self.create_table && ctx.index == 0 {
-            let ddl = create_table_sql(&self.table, schema, &self.key)?;
+        if self.create_table {
+            // Every worker, under one lock: none writes before the table is there, and
+            // concurrent `CREATE TABLE IF NOT EXISTS` do not collide.
+            let ddl = format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext({})); {}; COMMIT",
+                quote_literal(&self.table),
+                create_table_sql(&self.table, schema, &self.key)?
+            );
             writer.with_client(|c| Ok(c.batch_execute(&ddl)?))?;
         }
         Ok(Box::new(writer))
@@ -168,6 +187,7 @@ impl Sink for PostgresSink {
 }
 
 struct PostgresWriter {
+    config: postgres::Config,
     sink: PostgresSink,
     schema: SchemaRef,
     client: Option<postgres::Client>,
@@ -197,7 +217,7 @@ impl PostgresWriter {
         loop {
             let result = match self.client.as_mut() {
                 Some(c) => op(c),
-                None => match postgres::Client::connect(&self.sink.connection, postgres::NoTls) {
+                None => match self.config.connect(postgres::NoTls) {
                     Ok(mut c) => {
                         let result = op(&mut c);
                         self.client = Some(c);
@@ -214,12 +234,19 @@ impl PostgresWriter {
                 Err(e) if is_connection_error(&e, self.client.as_ref()) => {
                     self.client = None;
                     if !self.reconnect.retry() {
-                        return Err(Error::Input(format!(
-                            "{}: the server is unreachable for {:?}: {}",
+                        // An I/O error, not `Input`: the rows were not refused, and do not
+                        // go to the dead letters.
+                        return Err(Error::io(
                             self.what(),
-                            self.reconnect.budget(),
-                            message(&e)
-                        )));
+                            std::io::Error::new(
+                                std::io::ErrorKind::NotConnected,
+                                format!(
+                                    "the server is unreachable for {:?}: {}",
+                                    self.reconnect.budget(),
+                                    message(&e)
+                                ),
+                            ),
+                        ));
                     }
                     tracing::warn!("{}: {}; connecting again", self.what(), message(&e));
                 }
@@ -255,7 +282,7 @@ impl PostgresWriter {
         } else {
             table.clone()
         };
-        let copy = format!("COPY {target} ({columns}) FROM STDIN (FORMAT csv, NULL '\\N')");
+        let copy = format!("COPY {target} ({columns}) FROM STDIN (FORMAT csv)");
         let merge = upsert.then(|| upsert_sql(&self.schema, &self.sink.table, &key));
         // The staging table of an upsert lives as long as its connection (which may be new).
         let stage = format!(
@@ -322,13 +349,17 @@ impl SinkWriter for PostgresWriter {
         self.rows += batch.num_rows();
         self.pending.push(batch.clone());
         if self.rows >= self.sink.batch_rows {
-            self.flush()?;
+            PostgresWriter::flush(self)?;
         }
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<()> {
+        PostgresWriter::flush(self)
+    }
+
     fn finish(&mut self) -> Result<()> {
-        self.flush()?;
+        PostgresWriter::flush(self)?;
         if let Some(dead) = self.dead.as_mut() {
             dead.finish()?;
         }
@@ -382,26 +413,54 @@ impl From<postgres::Error> for Failure {
     }
 }
 
-/// The rows as CSV without a header, nulls as `\N`.
+/// The rows as PostgreSQL CSV without a header: a null is an empty field, every other value
+/// is quoted (so an empty string, or a text `\N`, stays a value).
 fn to_csv(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    use std::fmt::Write as _;
+    let options = arrow::util::display::FormatOptions::default();
     let mut out = Vec::new();
-    {
-        let mut writer = arrow::csv::WriterBuilder::new()
-            .with_header(false)
-            .with_null("\\N".to_string())
-            .build(&mut out);
-        for batch in batches {
-            if batch.schema().fields() != schema.fields() {
-                return Err(Error::Internal(
-                    "a batch of another schema reached the PostgreSQL sink".into(),
-                ));
+    let mut value = String::new();
+    for batch in batches {
+        if batch.schema().fields() != schema.fields() {
+            return Err(Error::Internal(
+                "a batch of another schema reached the PostgreSQL sink".into(),
+            ));
+        }
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::arrow("encoding rows for COPY", e))?;
+        for row in 0..batch.num_rows() {
+            for (i, (column, format)) in batch.columns().iter().zip(&formatters).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if column.is_null(row) {
+                    continue;
+                }
+                value.clear();
+                write!(value, "{}", format.value(row))
+                    .map_err(|e| Error::Internal(format!("formatting a value for COPY: {e}")))?;
+                out.push(b'"');
+                for b in value.bytes() {
+                    if b == b'"' {
+                        out.push(b'"');
+                    }
+                    out.push(b);
+                }
+                out.push(b'"');
             }
-            writer
-                .write(batch)
-                .map_err(|e| Error::arrow("encoding rows for COPY", e))?;
+            out.push(b'\n');
         }
     }
     Ok(out)
+}
+
+/// A string literal quoted for SQL.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// An identifier quoted for SQL.

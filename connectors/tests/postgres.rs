@@ -167,11 +167,15 @@ fn refused_rows_fail_the_job_or_go_to_the_dead_letters() {
     assert_eq!(letters.len(), 500);
     assert!(
         letters.iter().all(|l| l.contains("\"small\"")),
-        "{letters:?}"
+        "{:?}",
+        letters.first()
     );
     assert!(
-        letters.iter().any(|l| l.contains("999,x999,999.25")),
-        "{letters:?}"
+        letters
+            .iter()
+            .any(|l| l.contains(r#""999","x999","999.25","true""#)),
+        "{:?}",
+        letters.last()
     );
 }
 
@@ -238,9 +242,96 @@ fn an_unreachable_server_is_a_clear_error() {
         "anything",
     )
     .reconnect_for(Duration::from_secs(1));
+    let dead = Collect::new();
+    let sink = sink.dead_letters(Arc::new(dead.clone()));
     let error = write(vec![sample(0, 10)], &sink, 1)
         .unwrap_err()
         .to_string();
     assert!(error.contains("writing to table 'anything'"), "{error}");
     assert!(error.contains("unreachable"), "{error}");
+    // Rows the server never saw are not rows it refused.
+    assert_eq!(dead.rows(), 0);
+
+    // A connection string that cannot be read is a plan error, at once.
+    let sink = Postgres::sink("host=127.0.0.1 port=notaport", "anything");
+    let error = write(vec![sample(0, 10)], &sink, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("invalid connection string"), "{error}");
+}
+
+#[test]
+fn empty_text_a_text_backslash_n_quotes_and_line_breaks_are_values_and_nulls_stay_null() {
+    let Some(db) = server("streamrun_values") else {
+        return;
+    };
+    fresh(&db, "texts");
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new("t", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new("n", arrow::datatypes::DataType::Int32, true),
+        arrow::datatypes::Field::new(
+            "at",
+            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]));
+    let texts = vec![
+        Some(""),
+        Some("\\N"),
+        None,
+        Some("a,\"b\"\nc"),
+        Some("NULL"),
+    ];
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(arrow::array::Int64Array::from((0..5).collect::<Vec<i64>>())),
+            Arc::new(arrow::array::StringArray::from(texts.clone())),
+            Arc::new(arrow::array::Int32Array::from(vec![
+                Some(1),
+                None,
+                Some(-3),
+                None,
+                Some(0),
+            ])),
+            Arc::new(arrow::array::TimestampMillisecondArray::from(vec![
+                Some(1_700_000_000_123),
+                None,
+                Some(0),
+                None,
+                None,
+            ])),
+        ],
+    )
+    .unwrap();
+    let replay = Replay::new(Arc::clone(&schema), vec![batch]);
+    let sink = Postgres::sink(&db, "texts").create_table(true);
+    pipe(
+        Arc::new(replay.clone()),
+        replay.descriptor(),
+        Arc::new(sink.clone()),
+        sink.descriptor(),
+        1,
+        None,
+    )
+    .unwrap();
+    let rows = client(&db)
+        .query(
+            "SELECT t, n, (extract(epoch FROM at) * 1000)::bigint FROM texts ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    let got: Vec<(Option<String>, Option<i32>, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(Option<String>, Option<i32>, Option<i64>)> = vec![
+        (Some(String::new()), Some(1), Some(1_700_000_000_123)),
+        (Some("\\N".into()), None, None),
+        (None, Some(-3), Some(0)),
+        (Some("a,\"b\"\nc".into()), None, None),
+        (Some("NULL".into()), Some(0), None),
+    ];
+    assert_eq!(got, want);
 }

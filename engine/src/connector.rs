@@ -202,4 +202,13 @@ pub trait SinkWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<()>;
     /// Commits what was written (renames a temporary file into place, flushes, prints).
     fn finish(&mut self) -> Result<()>;
+
+    /// Makes what was written so far durable, when the writer buffers: the engine calls it
+    /// whenever the sink's input frontier moves on, before the sink's progress can let a
+    /// source acknowledge those records (see [`SourceReader::checkpoint`]). Writers that
+    /// write through, or that can only commit whole (files), keep the default, which does
+    /// nothing.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -639,6 +639,8 @@ enum Signal {
     Watermark(u64),
     /// The input ended.
     Finish,
+    /// The input frontier moved on: sinks make durable what they hold.
+    Flush,
 }
 
 fn signal_chain(chain: &mut [ChainOp], signal: Signal, out: &mut Vec<RecordBatch>) -> Result<()> {
@@ -648,6 +650,7 @@ fn signal_chain(chain: &mut [ChainOp], signal: Signal, out: &mut Vec<RecordBatch
         match signal {
             Signal::Watermark(w) => op.op.on_watermark(w, &mut collector),
             Signal::Finish => op.op.finish(&mut collector),
+            Signal::Flush => op.op.flush(),
         }
         .map_err(|e| name_error(&op.name, e))?;
         for batch in collector.take() {
@@ -664,6 +667,8 @@ struct StageRun {
     held: Option<Capability<Time>>,
     watermark: u64,
     finished: bool,
+    /// The input frontier last seen, to flush sinks when it moves.
+    frontier: Option<Time>,
     shared: Arc<Shared>,
 }
 
@@ -694,6 +699,12 @@ impl StageRun {
             self.signal(Signal::Watermark(least.watermark), emit);
             // What was emitted may have released holds: follow the frontier again.
             self.follow(frontier);
+        }
+        if frontier != self.frontier && !self.finished {
+            self.frontier = frontier;
+            if frontier.is_some() && !self.shared.aborted() {
+                self.signal(Signal::Flush, emit);
+            }
         }
         if frontier.is_none() && !self.finished {
             self.finished = true;
@@ -759,6 +770,7 @@ where
                 held: blocking.then_some(capability),
                 watermark: 0,
                 finished: false,
+                frontier: None,
                 shared,
             };
             move |(input, frontier), output| {
@@ -840,6 +852,7 @@ where
                 held: Some(capability),
                 watermark: 0,
                 finished: false,
+                frontier: None,
                 shared,
             };
             move |(left, left_frontier), (right, right_frontier), output| {
@@ -1028,6 +1041,13 @@ impl StreamOperator for SinkOperator {
     fn finish(&mut self, _out: &mut Collector) -> Result<()> {
         let schema = Arc::clone(&self.schema);
         self.writer(&schema)?.finish()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self.writer.as_mut() {
+            Some(writer) => writer.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1340,6 +1360,13 @@ fn build_source_stage<'s>(
                     activator
                         .borrow()
                         .activate_after(Duration::from_micros(micros));
+                    return;
+                }
+                // Sinks fused behind the source make durable what they were given before
+                // the source's time moves past it.
+                if let Err(e) = signal_chain(&mut chain, Signal::Flush, &mut Vec::new()) {
+                    shared.fail(e);
+                    cap = None;
                     return;
                 }
                 recent.push_back(now);

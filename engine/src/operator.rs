@@ -81,6 +81,14 @@ pub trait Operator {
     fn finish(&mut self, _out: &mut Collector) -> Result<()> {
         Ok(())
     }
+
+    /// Called when the operator's input frontier has moved on, before the engine lets its
+    /// own output frontier follow: no batch of an earlier time will come. Sinks make durable
+    /// what they were given ([`crate::SinkWriter::flush`]), so that a source acknowledging
+    /// what passed the job's frontier never acknowledges what a sink still buffers.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Creates the instances of an operator, one per worker, and describes its output.

@@ -1,5 +1,7 @@
 //! Acknowledgements: a source's checkpoint is acknowledged only after every record read
-//! before it was written by the sink, and every checkpoint is acknowledged by the end.
+//! before it was made durable by the sink (a sink that buffers until it is flushed), and
+//! every checkpoint is acknowledged by the end; both with the sink behind an exchange and
+//! fused behind the source.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -128,38 +130,49 @@ impl Operator for Slow {
     }
 }
 
+/// A sink that buffers what it is given until it is flushed (as a database sink batching
+/// rows does): only then are the values written.
 struct Record(Arc<Log>);
+struct RecordWriter(Arc<Log>, Vec<i64>);
 
 impl Sink for Record {
     fn open(&self, _ctx: &WorkerContext, _schema: &SchemaRef) -> Result<Box<dyn SinkWriter>> {
-        Ok(Box::new(Record(Arc::clone(&self.0))))
+        Ok(Box::new(RecordWriter(Arc::clone(&self.0), Vec::new())))
     }
 }
 
-impl SinkWriter for Record {
+impl SinkWriter for RecordWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let values = batch
             .column(0)
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| Error::Internal("not Int64".into()))?;
+        self.1.extend((0..values.len()).map(|i| values.value(i)));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
         let mut written = self
             .0
             .written
             .lock()
             .map_err(|_| Error::Internal("lock".into()))?;
-        for i in 0..values.len() {
-            written.insert(values.value(i));
-        }
+        written.extend(self.1.drain(..));
         Ok(())
     }
     fn finish(&mut self) -> Result<()> {
-        Ok(())
+        self.flush()
     }
 }
 
 #[test]
 fn checkpoints_are_acknowledged_after_their_records_are_written() {
+    for slow in [true, false] {
+        acknowledged_after_written(slow);
+    }
+}
+
+fn acknowledged_after_written(slow: bool) {
     let workers = 2;
     let log = Arc::new(Log::default());
     let mut graph = JobGraph::new("acknowledge");
@@ -173,18 +186,22 @@ fn checkpoints_are_acknowledged_after_their_records_are_written() {
             event_time: None,
         },
     );
-    let slow = graph.add_operator(
-        source,
-        "slow",
-        OperatorDecl {
-            descriptor: Descriptor::new("slow", serde_json::Value::Null),
-            op: Arc::new(Slow),
-            combiner: None,
-            parallelism: Parallelism::Single,
-        },
-    );
+    let input = if slow {
+        graph.add_operator(
+            source,
+            "slow",
+            OperatorDecl {
+                descriptor: Descriptor::new("slow", serde_json::Value::Null),
+                op: Arc::new(Slow),
+                combiner: None,
+                parallelism: Parallelism::Single,
+            },
+        )
+    } else {
+        source
+    };
     graph.add_sink(
-        slow,
+        input,
         "record",
         Descriptor::new("record", serde_json::Value::Null),
         Arc::new(Record(Arc::clone(&log))),

@@ -43,7 +43,11 @@ impl SplitWords {
     pub fn descriptor(&self) -> Descriptor {
         Descriptor::new(
             "split_words",
-            serde_json::json!({ "column": self.column, "output": self.output, "keep": self.keep }),
+            if self.keep.is_empty() {
+                serde_json::json!({ "column": self.column, "output": self.output })
+            } else {
+                serde_json::json!({ "column": self.column, "output": self.output, "keep": self.keep })
+            },
         )
     }
 
