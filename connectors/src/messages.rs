@@ -161,3 +161,15 @@ impl Reconnect {
         self.budget
     }
 }
+
+/// The URL without its password, for messages and plans.
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(crate) fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

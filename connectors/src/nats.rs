@@ -18,7 +18,7 @@ use streamrun_engine::{
     WorkerContext,
 };
 
-use crate::messages::{MessageDecoder, Reconnect, encode_rows};
+use crate::messages::{MessageDecoder, Reconnect, encode_rows, redacted};
 
 /// How long the server may be away before the source or sink fails (default).
 const DEFAULT_RECONNECT: Duration = Duration::from_secs(30);
@@ -144,7 +144,7 @@ impl NatsSource {
         Descriptor::new(
             "nats.jetstream",
             json!({
-                "url": self.url,
+                "url": redacted(&self.url),
                 "stream": self.stream,
                 "consumer": self.consumer,
                 "batch_size": self.batch_size,
@@ -155,7 +155,9 @@ impl NatsSource {
     fn describe(&self) -> String {
         format!(
             "reading stream '{}' of {} (consumer '{}')",
-            self.stream, self.url, self.consumer
+            self.stream,
+            redacted(&self.url),
+            self.consumer
         )
     }
 }
@@ -227,24 +229,47 @@ struct NatsReader {
     next_token: u64,
 }
 
+/// The longest a pull may take: it asks for at most 200 ms of waiting, so this only ends
+/// a pull whose answer never comes.
+const PULL_LIMIT: Duration = Duration::from_secs(10);
+
+/// The longest acknowledging a checkpoint, or publishing one chunk, may take.
+const SEND_LIMIT: Duration = Duration::from_secs(15);
+
+impl NatsReader {
+    /// Pulls what the consumer has, up to `batch_size` messages.
+    async fn pull(&self) -> std::result::Result<Vec<jetstream::Message>, String> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(self.source.batch_size)
+            .expires(Duration::from_millis(200))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| e.to_string())?);
+        }
+        Ok(messages)
+    }
+}
+
 impl SourceReader for NatsReader {
     fn read(&mut self, out: &mut SourceCollector) -> Result<bool> {
         let what = self.source.describe();
-        let pulled = self.runtime.block_on(async {
-            let mut batch = self
-                .consumer
-                .fetch()
-                .max_messages(self.source.batch_size)
-                .expires(Duration::from_millis(200))
-                .messages()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = Vec::new();
-            while let Some(message) = batch.next().await {
-                messages.push(message.map_err(|e| e.to_string())?);
-            }
-            Ok::<_, String>(messages)
-        });
+        // While the client is away (it connects again by itself), a pull returns nothing
+        // rather than an error: count the time away against the budget.
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let pulled = if !connected {
+            Err("the connection to the server is lost".to_string())
+        } else {
+            self.runtime.block_on(async {
+                tokio::time::timeout(PULL_LIMIT, self.pull())
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer to a pull in {PULL_LIMIT:?}")))
+            })
+        };
         let messages = match pulled {
             Ok(messages) => {
                 self.reconnect.ok();
@@ -309,19 +334,27 @@ impl SourceReader for NatsReader {
             }
         }
         let what = self.source.describe();
-        self.runtime.block_on(async {
+        let client = self.client.clone();
+        let work = async move {
             for acker in &ackers {
                 // An acknowledgement that does not reach the server only means the message
                 // comes again after `ack_wait`: at least once.
-                if let Err(e) = acker.ack_with(AckKind::Ack).await {
-                    tracing::warn!("{what}: acknowledging: {e}");
-                    break;
-                }
+                acker.ack_with(AckKind::Ack).await?;
             }
-            if let Err(e) = self.client.flush().await {
-                tracing::warn!("{what}: sending acknowledgements: {e}");
-            }
-        });
+            client.flush().await?;
+            Ok::<(), async_nats::Error>(())
+        };
+        // The timer is made inside the runtime.
+        let sent = self
+            .runtime
+            .block_on(async move { tokio::time::timeout(SEND_LIMIT, work).await });
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("{what}: acknowledging: {e}; the messages come again"),
+            Err(_) => tracing::warn!(
+                "{what}: acknowledging took over {SEND_LIMIT:?}; the messages come again"
+            ),
+        }
         Ok(())
     }
 }
@@ -362,12 +395,16 @@ impl NatsSink {
     pub fn descriptor(&self) -> Descriptor {
         Descriptor::new(
             "nats.jetstream",
-            json!({ "url": self.url, "subject": self.subject, "stream": self.create_stream }),
+            json!({ "url": redacted(&self.url), "subject": self.subject, "stream": self.create_stream }),
         )
     }
 
     fn describe(&self) -> String {
-        format!("publishing to '{}' on {}", self.subject, self.url)
+        format!(
+            "publishing to '{}' on {}",
+            self.subject,
+            redacted(&self.url)
+        )
     }
 }
 
@@ -378,7 +415,7 @@ impl Sink for NatsSink {
         let client = runtime.block_on(connect(&self.url, &what))?;
         let context = {
             let _runtime = runtime.enter();
-            jetstream::new(client)
+            jetstream::new(client.clone())
         };
         if let Some(name) = &self.create_stream {
             let config = stream::Config {
@@ -395,6 +432,7 @@ impl Sink for NatsSink {
         }
         Ok(Box::new(NatsWriter {
             runtime,
+            client,
             context,
             sink: self.clone(),
         }))
@@ -403,8 +441,31 @@ impl Sink for NatsSink {
 
 struct NatsWriter {
     runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
     context: jetstream::Context,
     sink: NatsSink,
+}
+
+impl NatsWriter {
+    /// Publishes `rows` in order, then waits for the server's acknowledgements.
+    async fn publish(&self, rows: &[Vec<u8>]) -> std::result::Result<(), String> {
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let ack = self
+                .context
+                .publish(
+                    self.sink.subject.clone(),
+                    bytes::Bytes::copy_from_slice(row),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 impl SinkWriter for NatsWriter {
@@ -414,24 +475,19 @@ impl SinkWriter for NatsWriter {
         let mut reconnect = Reconnect::new(self.sink.reconnect_for);
         for chunk in rows.chunks(1024) {
             loop {
-                let sent = self.runtime.block_on(async {
-                    let mut acks = Vec::with_capacity(chunk.len());
-                    for row in chunk {
-                        let ack = self
-                            .context
-                            .publish(
-                                self.sink.subject.clone(),
-                                bytes::Bytes::copy_from_slice(row),
-                            )
+                let connected =
+                    self.client.connection_state() == async_nats::connection::State::Connected;
+                let sent = if !connected {
+                    Err("the connection to the server is lost".to_string())
+                } else {
+                    self.runtime.block_on(async {
+                        tokio::time::timeout(SEND_LIMIT, self.publish(chunk))
                             .await
-                            .map_err(|e| e.to_string())?;
-                        acks.push(ack);
-                    }
-                    for ack in acks {
-                        ack.await.map_err(|e| e.to_string())?;
-                    }
-                    Ok::<(), String>(())
-                });
+                            .unwrap_or_else(|_| {
+                                Err(format!("no acknowledgement in {SEND_LIMIT:?}"))
+                            })
+                    })
+                };
                 match sent {
                     Ok(()) => {
                         reconnect.ok();

@@ -17,7 +17,7 @@ use streamrun_engine::{
     WorkerContext,
 };
 
-use crate::messages::{MessageDecoder, Reconnect, encode_rows};
+use crate::messages::{MessageDecoder, Reconnect, encode_rows, redacted};
 
 /// The field of an entry that holds its record.
 pub const DATA_FIELD: &str = "data";
@@ -226,7 +226,7 @@ struct RedisReader {
 impl RedisReader {
     /// Claims entries other consumers left unacknowledged for `claim_after`, at most every
     /// second.
-    fn claim(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
+    fn claim(&mut self) -> Result<Vec<Entry>> {
         if self
             .last_claim
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
@@ -308,12 +308,11 @@ impl SourceReader for RedisReader {
         })?;
         if self.connection.reconnected() && self.pending_after.is_none() {
             // A new connection: entries sent on the lost one may not have arrived, and are
-            // pending for this consumer. Read them again first (those already read come
+            // pending for this consumer, before the ones this read returned. Read them all
+            // again from the start of the pending list, in id order (those already read come
             // twice: at least once).
             self.pending_after = Some("0".into());
-            if entries.is_empty() {
-                return Ok(true);
-            }
+            return Ok(true);
         }
         let entries = if entries.is_empty() && self.pending_after.is_none() {
             self.claim()?
@@ -331,11 +330,15 @@ impl SourceReader for RedisReader {
         }
         self.last_entry = Instant::now();
         let url = redacted(&self.source.url);
-        let located = entries.iter().map(|(id, payload)| {
-            (
-                format!("{url}/{}#{id}", self.source.stream),
-                payload.as_slice(),
-            )
+        // An entry deleted from the stream while pending comes back without fields: there
+        // is nothing to read, and it is acknowledged with the others.
+        let located = entries.iter().filter_map(|(id, payload)| {
+            payload.as_ref().map(|payload| {
+                (
+                    format!("{url}/{}#{id}", self.source.stream),
+                    payload.as_slice(),
+                )
+            })
         });
         self.decoder.decode(located, out)?;
         if let (Some(after), Some((last, _))) = (self.pending_after.as_mut(), entries.last()) {
@@ -380,8 +383,11 @@ impl SourceReader for RedisReader {
     }
 }
 
+/// An entry's id and its `data` payload (`None`: deleted from the stream).
+type Entry = (String, Option<Vec<u8>>);
+
 /// The entries of an `XREADGROUP` reply: id and `data` payload.
-fn entries_of(reply: Value) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+fn entries_of(reply: Value) -> std::result::Result<Vec<Entry>, String> {
     let streams = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(streams) => streams
@@ -402,7 +408,7 @@ fn entries_of(reply: Value) -> std::result::Result<Vec<(String, Vec<u8>)>, Strin
 }
 
 /// The entries of one stream in a reply: `[[id, [field, value, …]], …]`.
-fn stream_entries(stream: Value) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+fn stream_entries(stream: Value) -> std::result::Result<Vec<Entry>, String> {
     let Value::Array(items) = stream else {
         return Err("entries are not an array".into());
     };
@@ -421,12 +427,13 @@ fn stream_entries(stream: Value) -> std::result::Result<Vec<(String, Vec<u8>)>, 
             other => return Err(format!("an entry id of {other:?}")),
         };
         let payload = match fields {
-            Some(Value::Array(fields)) => data_field(fields),
+            // An entry without a `data` field reads as an empty (bad) record.
+            Some(Value::Array(fields)) => Some(data_field(fields).unwrap_or_default()),
             // An entry deleted while pending comes back without fields.
             Some(Value::Nil) => None,
             other => return Err(format!("the fields of entry {id}: {other:?}")),
         };
-        entries.push((id, payload.unwrap_or_default()));
+        entries.push((id, payload));
     }
     Ok(entries)
 }
@@ -605,16 +612,5 @@ impl Connection {
     /// Whether a new connection was opened since the last call.
     fn reconnected(&mut self) -> bool {
         std::mem::take(&mut self.renewed)
-    }
-}
-
-/// The URL without its password, for messages and plans.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
     }
 }

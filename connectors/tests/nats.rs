@@ -72,6 +72,15 @@ fn a_round_trip_of_100k_records_keeps_their_order_and_acknowledges_them() {
     let one = read(&server, "EVENTS", "one", 1);
     assert_eq!(ids(&one), (0..N).collect::<Vec<_>>());
     assert_eq!(sorted_rows(&one), sorted_rows(&sample_batches(N)));
+    // Every message was acknowledged by the end of the job.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pending = runtime.block_on(async {
+        let client = async_nats::connect(url(&server)).await.unwrap();
+        let context = async_nats::jetstream::new(client);
+        let stream = context.get_stream("EVENTS").await.unwrap();
+        stream.consumer_info("one").await.unwrap().num_ack_pending
+    });
+    assert_eq!(pending, 0);
 
     // Three workers pulling from another consumer share the stream: each message once.
     let three = read(&server, "EVENTS", "three", 3);
@@ -239,4 +248,40 @@ fn a_sink_publishes_on_when_the_server_comes_back() {
     let got = ids(&read(&server, "SINK", "check", 1));
     let distinct: HashSet<i64> = got.iter().copied().collect();
     assert_eq!(distinct.len(), N as usize, "every row was published");
+}
+
+#[test]
+fn a_server_gone_for_good_mid_stream_fails_the_job_rather_than_ending_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut server) = nats_server(dir.path()) else {
+        return;
+    };
+    write(&server, "GONE", "gone", 20_000);
+    let source = NatsJetStream::source(url(&server), "GONE", "g", sample_schema())
+        .batch_size(100)
+        .reconnect_for(Duration::from_secs(2))
+        .end_when_idle(Duration::from_millis(500));
+    let collect = Collect::new();
+    let job = std::thread::spawn({
+        let (source, collect) = (source.clone(), collect.clone());
+        move || {
+            pipe(
+                Arc::new(source.clone()),
+                source.descriptor(),
+                Arc::new(collect.clone()),
+                collect.descriptor(),
+                1,
+                None,
+            )
+        }
+    });
+    while collect.rows() < 5_000 {
+        assert!(!job.is_finished(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    server.stop();
+    let error = job.join().unwrap().unwrap_err().to_string();
+    assert!(collect.rows() < 20_000);
+    assert!(error.contains("unreachable"), "{error}");
+    assert!(error.contains("stream 'GONE'"), "{error}");
 }
