@@ -173,3 +173,61 @@ pub(crate) fn redacted(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// What a reader read and has not had acknowledged: the handles (ids, acknowledgers) read
+/// since the last checkpoint, and those of each checkpoint not acknowledged yet, oldest
+/// first. This is the reader's state for at-least-once delivery; its size is bounded by the
+/// engine's pacing (a few steps of reads) and the broker's own limit on unacknowledged
+/// messages.
+#[derive(Debug)]
+pub(crate) struct Unacked<T> {
+    read: Vec<T>,
+    checkpoints: std::collections::VecDeque<(u64, Vec<T>)>,
+    next: u64,
+}
+
+impl<T> Unacked<T> {
+    pub(crate) fn new() -> Self {
+        Unacked {
+            read: Vec::new(),
+            checkpoints: std::collections::VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    /// Notes one more handle read.
+    pub(crate) fn push(&mut self, handle: T) {
+        self.read.push(handle);
+    }
+
+    /// Closes a checkpoint over what was read since the last one (see
+    /// `SourceReader::checkpoint`); `None` when nothing was.
+    pub(crate) fn checkpoint(&mut self) -> Option<u64> {
+        if self.read.is_empty() {
+            return None;
+        }
+        let token = self.next;
+        self.next += 1;
+        self.checkpoints
+            .push_back((token, std::mem::take(&mut self.read)));
+        Some(token)
+    }
+
+    /// Takes the handles of checkpoint `token` and of every earlier one, to acknowledge.
+    pub(crate) fn take_through(&mut self, token: u64) -> Vec<T> {
+        let mut handles = Vec::new();
+        while let Some((t, _)) = self.checkpoints.front()
+            && *t <= token
+        {
+            if let Some((_, batch)) = self.checkpoints.pop_front() {
+                handles.extend(batch);
+            }
+        }
+        handles
+    }
+
+    /// Whether a checkpoint waits for its acknowledgement.
+    pub(crate) fn waiting(&self) -> bool {
+        !self.checkpoints.is_empty()
+    }
+}

@@ -5,7 +5,6 @@
 //! it with the source's schema and sends a message it cannot read, with the reason and the
 //! message's stream sequence, to the dead letters).
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -18,7 +17,7 @@ use streamrun_engine::{
     WorkerContext,
 };
 
-use crate::messages::{MessageDecoder, Reconnect, encode_rows, redacted};
+use crate::messages::{MessageDecoder, Reconnect, Unacked, encode_rows, redacted};
 
 /// How long the server may be away before the source or sink fails (default).
 const DEFAULT_RECONNECT: Duration = Duration::from_secs(30);
@@ -207,9 +206,7 @@ impl Source for NatsSource {
             reconnect: Reconnect::new(self.reconnect_for),
             source: self.clone(),
             last_message: Instant::now(),
-            read: Vec::new(),
-            unacked: VecDeque::new(),
-            next_token: 0,
+            unacked: Unacked::new(),
         }))
     }
 }
@@ -222,11 +219,8 @@ struct NatsReader {
     reconnect: Reconnect,
     source: NatsSource,
     last_message: Instant,
-    /// Acknowledgers of the messages read since the last checkpoint.
-    read: Vec<jetstream::message::Acker>,
-    /// Checkpoints not acknowledged yet, oldest first.
-    unacked: VecDeque<(u64, Vec<jetstream::message::Acker>)>,
-    next_token: u64,
+    /// What was read and is not acknowledged yet.
+    unacked: Unacked<jetstream::message::Acker>,
 }
 
 /// The longest a pull may take: it asks for at most 200 ms of waiting, so this only ends
@@ -288,7 +282,7 @@ impl SourceReader for NatsReader {
         };
         if messages.is_empty() {
             return Ok(match self.source.end_when_idle {
-                Some(idle) => self.last_message.elapsed() < idle || !self.unacked.is_empty(),
+                Some(idle) => self.last_message.elapsed() < idle || self.unacked.waiting(),
                 None => true,
             });
         }
@@ -301,7 +295,7 @@ impl SourceReader for NatsReader {
                 .unwrap_or_default();
             let (message, acker) = message.split();
             payloads.push((sequence, message.payload));
-            self.read.push(acker);
+            self.unacked.push(acker);
         }
         let (url, stream) = (&self.source.url, &self.source.stream);
         self.decoder.decode(
@@ -314,25 +308,11 @@ impl SourceReader for NatsReader {
     }
 
     fn checkpoint(&mut self) -> Option<u64> {
-        if self.read.is_empty() {
-            return None;
-        }
-        let token = self.next_token;
-        self.next_token += 1;
-        self.unacked
-            .push_back((token, std::mem::take(&mut self.read)));
-        Some(token)
+        self.unacked.checkpoint()
     }
 
     fn acknowledge(&mut self, token: u64) -> Result<()> {
-        let mut ackers = Vec::new();
-        while let Some((t, _)) = self.unacked.front()
-            && *t <= token
-        {
-            if let Some((_, batch)) = self.unacked.pop_front() {
-                ackers.extend(batch);
-            }
-        }
+        let ackers = self.unacked.take_through(token);
         let what = self.source.describe();
         let client = self.client.clone();
         let work = async move {

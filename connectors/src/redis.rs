@@ -5,7 +5,6 @@
 //! the source decodes it with the source's schema, and sends an entry it cannot read, with
 //! the reason and the entry's id, to the dead letters).
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -17,7 +16,7 @@ use streamrun_engine::{
     WorkerContext,
 };
 
-use crate::messages::{MessageDecoder, Reconnect, encode_rows, redacted};
+use crate::messages::{MessageDecoder, Reconnect, Unacked, encode_rows, redacted};
 
 /// The field of an entry that holds its record.
 pub const DATA_FIELD: &str = "data";
@@ -168,9 +167,7 @@ impl Source for RedisStreamSource {
             claim_cursor: "0-0".into(),
             last_claim: None,
             last_entry: Instant::now(),
-            read: Vec::new(),
-            unacked: VecDeque::new(),
-            next_token: 0,
+            unacked: Unacked::new(),
         };
         let stream = self.stream.clone();
         let group = self.group.clone();
@@ -216,11 +213,8 @@ struct RedisReader {
     claim_cursor: String,
     last_claim: Option<Instant>,
     last_entry: Instant,
-    /// Ids read since the last checkpoint.
-    read: Vec<String>,
-    /// Checkpoints not acknowledged yet: their token and ids, oldest first.
-    unacked: VecDeque<(u64, Vec<String>)>,
-    next_token: u64,
+    /// What was read and is not acknowledged yet.
+    unacked: Unacked<String>,
 }
 
 impl RedisReader {
@@ -324,7 +318,7 @@ impl SourceReader for RedisReader {
                 return Ok(true);
             }
             return Ok(match self.source.end_when_idle {
-                Some(idle) => self.last_entry.elapsed() < idle || !self.unacked.is_empty(),
+                Some(idle) => self.last_entry.elapsed() < idle || self.unacked.waiting(),
                 None => true,
             });
         }
@@ -345,30 +339,18 @@ impl SourceReader for RedisReader {
             // Pending entries are read by id: go on after the last one.
             after.clone_from(last);
         }
-        self.read.extend(entries.into_iter().map(|(id, _)| id));
+        for (id, _) in entries {
+            self.unacked.push(id);
+        }
         Ok(true)
     }
 
     fn checkpoint(&mut self) -> Option<u64> {
-        if self.read.is_empty() {
-            return None;
-        }
-        let token = self.next_token;
-        self.next_token += 1;
-        self.unacked
-            .push_back((token, std::mem::take(&mut self.read)));
-        Some(token)
+        self.unacked.checkpoint()
     }
 
     fn acknowledge(&mut self, token: u64) -> Result<()> {
-        let mut ids = Vec::new();
-        while let Some((t, _)) = self.unacked.front()
-            && *t <= token
-        {
-            if let Some((_, batch)) = self.unacked.pop_front() {
-                ids.extend(batch);
-            }
-        }
+        let ids = self.unacked.take_through(token);
         let (stream, group) = (self.source.stream.clone(), self.source.group.clone());
         for chunk in ids.chunks(4096) {
             self.connection.run(&self.source.describe(), |c| {

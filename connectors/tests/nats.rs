@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use common::services::{Server, pipe, restart_mid_stream};
+use common::services::{Server, into_collect, pipe, replay_into, restart_mid_stream};
 use common::*;
 use streamrun_connectors::{Collect, NatsJetStream, Replay};
 
@@ -31,15 +31,13 @@ fn url(server: &Server) -> String {
 
 /// Publishes rows `0..n` to `subject`, captured by the stream `stream`, from one worker.
 fn write(server: &Server, stream: &str, subject: &str, n: i64) {
-    let replay = Replay::new(sample_schema(), sample_batches(n));
     let sink = NatsJetStream::sink(url(server), subject).create_stream(stream);
-    pipe(
-        Arc::new(replay.clone()),
-        replay.descriptor(),
-        Arc::new(sink.clone()),
+    replay_into(
+        sample_schema(),
+        sample_batches(n),
+        &sink,
         sink.descriptor(),
         1,
-        None,
     )
     .unwrap();
 }
@@ -48,15 +46,7 @@ fn read(server: &Server, stream: &str, consumer: &str, workers: usize) -> Vec<Re
     let source = NatsJetStream::source(url(server), stream, consumer, sample_schema())
         .end_when_idle(Duration::from_millis(600));
     let collect = Collect::new();
-    pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(collect.clone()),
-        collect.descriptor(),
-        workers,
-        None,
-    )
-    .unwrap();
+    into_collect(&source, source.descriptor(), &collect, workers, None).unwrap();
     collect.batches()
 }
 
@@ -117,15 +107,7 @@ fn messages_that_are_not_records_go_to_the_dead_letters() {
         .end_when_idle(Duration::from_millis(500));
     let good = Collect::new();
     let dead = Collect::new();
-    pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(good.clone()),
-        good.descriptor(),
-        1,
-        Some(&dead),
-    )
-    .unwrap();
+    into_collect(&source, source.descriptor(), &good, 1, Some(&dead)).unwrap();
     assert_eq!(good.rows(), 15);
     let letters = sorted_rows(&dead.batches());
     assert_eq!(letters.len(), 2, "{letters:?}");
@@ -144,16 +126,9 @@ fn messages_that_are_not_records_go_to_the_dead_letters() {
     let source = NatsJetStream::source(url(&server), "MIXED", "strict", sample_schema())
         .end_when_idle(Duration::from_millis(500));
     let collect = Collect::new();
-    let error = pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(collect.clone()),
-        collect.descriptor(),
-        1,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let error = into_collect(&source, source.descriptor(), &collect, 1, None)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("MIXED#11"), "{error}");
 }
 
@@ -171,16 +146,7 @@ fn a_source_reads_on_when_the_server_comes_back_and_fails_when_it_does_not() {
     let collect = Collect::new();
     let (done, seen_at_stop) = restart_mid_stream(&mut server, &collect, 10_000, {
         let (source, collect) = (source.clone(), collect.clone());
-        move || {
-            pipe(
-                Arc::new(source.clone()),
-                source.descriptor(),
-                Arc::new(collect.clone()),
-                collect.descriptor(),
-                1,
-                None,
-            )
-        }
+        move || into_collect(&source, source.descriptor(), &collect, 1, None)
     });
     done.unwrap();
     let got = ids(&collect.batches());
@@ -196,16 +162,9 @@ fn a_source_reads_on_when_the_server_comes_back_and_fails_when_it_does_not() {
     let source = NatsJetStream::source(url(&server), "RESTART", "g2", sample_schema())
         .reconnect_for(Duration::from_secs(1));
     let collect = Collect::new();
-    let error = pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(collect.clone()),
-        collect.descriptor(),
-        1,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let error = into_collect(&source, source.descriptor(), &collect, 1, None)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("stream 'RESTART'"), "{error}");
     assert!(error.contains("cannot connect"), "{error}");
 }
@@ -264,16 +223,7 @@ fn a_server_gone_for_good_mid_stream_fails_the_job_rather_than_ending_it() {
     let collect = Collect::new();
     let job = std::thread::spawn({
         let (source, collect) = (source.clone(), collect.clone());
-        move || {
-            pipe(
-                Arc::new(source.clone()),
-                source.descriptor(),
-                Arc::new(collect.clone()),
-                collect.descriptor(),
-                1,
-                None,
-            )
-        }
+        move || into_collect(&source, source.descriptor(), &collect, 1, None)
     });
     while collect.rows() < 5_000 {
         assert!(!job.is_finished(), "the job ended early");

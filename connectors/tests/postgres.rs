@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use common::services::{pipe, services_required};
+use common::services::{replay_into, services_required};
 use common::*;
-use streamrun_connectors::{Collect, Postgres, Replay};
+use streamrun_connectors::{Collect, Postgres};
 
 const N: i64 = 100_000;
 
@@ -71,15 +71,7 @@ fn write(
     sink: &streamrun_connectors::PostgresSink,
     workers: usize,
 ) -> streamrun_engine::Result<streamrun_engine::JobReport> {
-    let replay = Replay::new(sample_schema(), batches);
-    pipe(
-        Arc::new(replay.clone()),
-        replay.descriptor(),
-        Arc::new(sink.clone()),
-        sink.descriptor(),
-        workers,
-        None,
-    )
+    replay_into(sample_schema(), batches, sink, sink.descriptor(), workers)
 }
 
 #[test]
@@ -305,15 +297,13 @@ fn empty_text_a_text_backslash_n_quotes_and_line_breaks_are_values_and_nulls_sta
         ],
     )
     .unwrap();
-    let replay = Replay::new(Arc::clone(&schema), vec![batch]);
     let sink = Postgres::sink(&db, "texts").create_table(true);
-    pipe(
-        Arc::new(replay.clone()),
-        replay.descriptor(),
-        Arc::new(sink.clone()),
+    replay_into(
+        Arc::clone(&schema),
+        vec![batch],
+        &sink,
         sink.descriptor(),
         1,
-        None,
     )
     .unwrap();
     let rows = client(&db)

@@ -6,13 +6,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use common::services::{Server, pipe, restart_mid_stream};
+use common::services::{Server, into_collect, replay_into, restart_mid_stream};
 use common::*;
-use streamrun_connectors::{Collect, RedisStreams, Replay};
+use streamrun_connectors::{Collect, RedisStreams};
 
 const N: i64 = 100_000;
 
@@ -50,15 +49,13 @@ fn query<T: redis::FromRedisValue>(server: &Server, cmd: &mut redis::Cmd) -> T {
 
 /// Writes rows `0..n` to `stream` from one worker.
 fn write(server: &Server, stream: &str, n: i64) {
-    let replay = Replay::new(sample_schema(), sample_batches(n));
     let sink = RedisStreams::sink(url(server), stream);
-    pipe(
-        Arc::new(replay.clone()),
-        replay.descriptor(),
-        Arc::new(sink.clone()),
+    replay_into(
+        sample_schema(),
+        sample_batches(n),
+        &sink,
         sink.descriptor(),
         1,
-        None,
     )
     .unwrap();
 }
@@ -67,15 +64,7 @@ fn read(server: &Server, stream: &str, group: &str, workers: usize) -> Vec<Recor
     let source = RedisStreams::source(url(server), stream, group, sample_schema())
         .end_when_idle(Duration::from_millis(500));
     let collect = Collect::new();
-    pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(collect.clone()),
-        collect.descriptor(),
-        workers,
-        None,
-    )
-    .unwrap();
+    into_collect(&source, source.descriptor(), &collect, workers, None).unwrap();
     collect.batches()
 }
 
@@ -135,15 +124,7 @@ fn entries_that_are_not_records_go_to_the_dead_letters() {
         .end_when_idle(Duration::from_millis(300));
     let good = Collect::new();
     let dead = Collect::new();
-    pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(good.clone()),
-        good.descriptor(),
-        1,
-        Some(&dead),
-    )
-    .unwrap();
+    into_collect(&source, source.descriptor(), &good, 1, Some(&dead)).unwrap();
     assert_eq!(good.rows(), 15);
     let letters = sorted_rows(&dead.batches());
     assert_eq!(letters.len(), 2, "{letters:?}");
@@ -158,16 +139,9 @@ fn entries_that_are_not_records_go_to_the_dead_letters() {
     let source = RedisStreams::source(url(&server), "mixed", "strict", sample_schema())
         .end_when_idle(Duration::from_millis(300));
     let collect = Collect::new();
-    let error = pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(collect.clone()),
-        collect.descriptor(),
-        1,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let error = into_collect(&source, source.descriptor(), &collect, 1, None)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains(&format!("mixed#{bad}")), "{error}");
 }
 
@@ -185,16 +159,7 @@ fn a_source_reads_on_when_the_server_comes_back_and_fails_when_it_does_not() {
     let collect = Collect::new();
     let (done, seen_at_stop) = restart_mid_stream(&mut server, &collect, 10_000, {
         let (source, collect) = (source.clone(), collect.clone());
-        move || {
-            pipe(
-                Arc::new(source.clone()),
-                source.descriptor(),
-                Arc::new(collect.clone()),
-                collect.descriptor(),
-                1,
-                None,
-            )
-        }
+        move || into_collect(&source, source.descriptor(), &collect, 1, None)
     });
     done.unwrap();
     let got = ids(&collect.batches());
@@ -212,16 +177,9 @@ fn a_source_reads_on_when_the_server_comes_back_and_fails_when_it_does_not() {
         .reconnect_for(Duration::from_secs(1))
         .end_when_idle(Duration::from_millis(300));
     let collect = Collect::new();
-    let error = pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(collect.clone()),
-        collect.descriptor(),
-        1,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let error = into_collect(&source, source.descriptor(), &collect, 1, None)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("unreachable"), "{error}");
     assert!(error.contains("stream 'restart'"), "{error}");
 }
@@ -233,15 +191,13 @@ fn a_sink_fails_clearly_when_the_server_is_away() {
         return;
     };
     server.stop();
-    let replay = Replay::new(sample_schema(), sample_batches(100));
     let sink = RedisStreams::sink(url(&server), "nowhere").reconnect_for(Duration::from_secs(1));
-    let error = pipe(
-        Arc::new(replay.clone()),
-        replay.descriptor(),
-        Arc::new(sink.clone()),
+    let error = replay_into(
+        sample_schema(),
+        sample_batches(100),
+        &sink,
         sink.descriptor(),
         1,
-        None,
     )
     .unwrap_err()
     .to_string();
@@ -282,15 +238,7 @@ fn entries_a_dead_consumer_left_unacknowledged_are_claimed() {
         .claim_after(Duration::from_millis(200))
         .end_when_idle(Duration::from_millis(1_500));
     let collect = Collect::new();
-    pipe(
-        Arc::new(source.clone()),
-        source.descriptor(),
-        Arc::new(collect.clone()),
-        collect.descriptor(),
-        2,
-        None,
-    )
-    .unwrap();
+    into_collect(&source, source.descriptor(), &collect, 2, None).unwrap();
     assert_eq!(
         sorted_rows(&collect.batches()),
         sorted_rows(&sample_batches(3_000))

@@ -186,3 +186,47 @@ where
     server.restart();
     (job.join().unwrap(), at_stop)
 }
+
+/// Runs a job reading `source` into `collect` on `workers` workers (see [`pipe`]).
+pub fn into_collect<S>(
+    source: &S,
+    descriptor: streamrun_engine::Descriptor,
+    collect: &streamrun_connectors::Collect,
+    workers: usize,
+    dead_letters: Option<&streamrun_connectors::Collect>,
+) -> streamrun_engine::Result<streamrun_engine::JobReport>
+where
+    S: streamrun_engine::Source + Clone + 'static,
+{
+    pipe(
+        std::sync::Arc::new(source.clone()),
+        descriptor,
+        std::sync::Arc::new(collect.clone()),
+        collect.descriptor(),
+        workers,
+        dead_letters,
+    )
+}
+
+/// Runs a job replaying `batches` of `schema` into `sink` on `workers` workers (see
+/// [`pipe`]).
+pub fn replay_into<S>(
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<arrow::array::RecordBatch>,
+    sink: &S,
+    descriptor: streamrun_engine::Descriptor,
+    workers: usize,
+) -> streamrun_engine::Result<streamrun_engine::JobReport>
+where
+    S: streamrun_engine::Sink + Clone + 'static,
+{
+    let replay = streamrun_connectors::Replay::new(schema, batches);
+    pipe(
+        std::sync::Arc::new(replay.clone()),
+        replay.descriptor(),
+        std::sync::Arc::new(sink.clone()),
+        descriptor,
+        workers,
+        None,
+    )
+}
