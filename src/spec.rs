@@ -32,10 +32,20 @@
 //! settings (`seeds`, `max_pages`, `max_depth`, `allowed_hosts`, `per_host_delay_ms`, …, as
 //! `streamrun_crawl::CrawlConfig`); its rows are the fetch records (`url`, `host`, `status`,
 //! `fetched_at`, `text`, `links`, …), `fetched_at` being the event time for windows.
+//!
+//! Object storage: a file format's `path` may be a URL, `s3://bucket/in/*.csv` or
+//! `file:///data/*.parquet`, for sources and sinks (credentials from the environment).
+//! Brokers: `format = "redis"` (`url`, `stream`, `group`) or `format = "nats"` (`url`,
+//! `stream`, `consumer`), with `schema = ["id: Int64", "name: Utf8"]` (Arrow's type names)
+//! and optionally `end_when_idle_ms`; sinks `format = "redis"` (`url`, `stream`),
+//! `format = "nats"` (`url`, `subject`, optional `stream` to create) and
+//! `format = "postgres"` (`connection`, `table`, optional `upsert_key = [...]` and
+//! `create_table = true`). These need the binary's default features.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use serde::Deserialize;
 use streamrun_connectors::{FileSink, Files, Stdout};
 use streamrun_engine::{
@@ -80,6 +90,11 @@ pub enum SourceFormat {
     Parquet,
     /// A web crawl (settings in `[source.crawl]`).
     Crawl,
+    /// A Redis stream (`url`, `stream`, `group`, `schema`), one JSON record per entry.
+    Redis,
+    /// A NATS JetStream stream (`url`, `stream`, `consumer`, `schema`), one JSON record per
+    /// message.
+    Nats,
 }
 
 /// `[source]`.
@@ -94,6 +109,27 @@ pub struct SourceSpec {
     /// The crawl's settings (`format = "crawl"` only).
     #[serde(default)]
     pub crawl: Option<streamrun_crawl::CrawlConfig>,
+    /// Brokers: the server's URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Brokers: the stream read.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Redis: the consumer group (default: the job's name).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// NATS: the durable consumer (default: the job's name).
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Brokers (and CSV or JSON files, instead of inferring it): the records' schema, as
+    /// `"name: Type"` strings in Arrow's notation (`"id: Int64"`, `"name: Utf8"`,
+    /// `"at: Timestamp(Millisecond, None)"`); a field is nullable.
+    #[serde(default)]
+    pub schema: Option<Vec<String>>,
+    /// Brokers: end once nothing arrived for this long (a bounded run); by default the
+    /// source never ends.
+    #[serde(default)]
+    pub end_when_idle_ms: Option<u64>,
     /// CSV: whether the first line is a header (default true).
     #[serde(default)]
     pub has_header: Option<bool>,
@@ -243,6 +279,12 @@ pub enum SinkFormat {
     Json,
     /// Parquet part files in a directory.
     Parquet,
+    /// A PostgreSQL table (`connection`, `table`, optional `upsert_key`, `create_table`).
+    Postgres,
+    /// A Redis stream (`url`, `stream`).
+    Redis,
+    /// A NATS subject (`url`, `subject`, optional `stream` to create).
+    Nats,
 }
 
 /// `[sink]` (and `dead_letters`).
@@ -257,6 +299,27 @@ pub struct SinkSpec {
     /// stdout: rows shown (default 100).
     #[serde(default)]
     pub max_rows: Option<usize>,
+    /// Redis, NATS: the server's URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Redis: the stream appended to; NATS: a stream to create for the subject when missing.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// NATS: the subject published to.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// PostgreSQL: the connection string (`host=… user=… dbname=…`).
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// PostgreSQL: the table.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// PostgreSQL: upsert by these columns instead of appending.
+    #[serde(default)]
+    pub upsert_key: Vec<String>,
+    /// PostgreSQL: create the table when missing (default false).
+    #[serde(default)]
+    pub create_table: bool,
 }
 
 /// A spec loaded into a job, with what is needed to point errors at lines of the file.
@@ -366,6 +429,18 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
                 source_line,
                 "[source.crawl] is for format = \"crawl\"".into(),
             ));
+        }
+        (SourceFormat::Redis | SourceFormat::Nats, None, None) => {
+            connectors::broker_source(&spec.name, source).map_err(|m| fail(source_line, m))?
+        }
+        (SourceFormat::Redis | SourceFormat::Nats, Some(_), None) => {
+            return Err(fail(
+                source_line,
+                "a broker source has no source.path: it reads source.stream at source.url".into(),
+            ));
+        }
+        (format, Some(path), None) if is_object_url(path) => {
+            connectors::object_source(format, path, source).map_err(|m| fail(source_line, m))?
         }
         (_, None, None) => {
             return Err(fail(
@@ -560,10 +635,289 @@ fn build_sink(
             }
             s.into_sink()
         }
+        SinkFormat::Csv | SinkFormat::Json | SinkFormat::Parquet
+            if spec.path.as_deref().is_some_and(is_object_url) =>
+        {
+            let url = spec.path.clone().unwrap_or_default();
+            connectors::object_sink(spec.format, url)?
+        }
         SinkFormat::Csv => file_sink(Files::write_csv(dir("csv")?)),
         SinkFormat::Json => file_sink(Files::write_json(dir("json")?)),
         SinkFormat::Parquet => file_sink(Files::write_parquet(dir("parquet")?)),
+        SinkFormat::Postgres => connectors::postgres_sink(spec)?,
+        SinkFormat::Redis => connectors::redis_sink(spec)?,
+        SinkFormat::Nats => connectors::nats_sink(spec)?,
     })
+}
+
+/// Whether a path names object storage rather than a local file.
+fn is_object_url(path: &str) -> bool {
+    ["s3://", "s3a://", "file://"]
+        .iter()
+        .any(|scheme| path.starts_with(scheme))
+}
+
+/// A `"name: Type"` list as a schema (every field nullable).
+fn parse_schema(fields: &[String]) -> std::result::Result<SchemaRef, String> {
+    let mut out = Vec::with_capacity(fields.len());
+    for field in fields {
+        let (name, kind) = field
+            .split_once(':')
+            .ok_or_else(|| format!("schema: {field:?} is not \"name: Type\""))?;
+        let kind: arrow::datatypes::DataType = kind
+            .trim()
+            .parse()
+            .map_err(|e| format!("schema: {field:?}: {e}"))?;
+        out.push(arrow::datatypes::Field::new(name.trim(), kind, true));
+    }
+    if out.is_empty() {
+        return Err("schema: at least one field is needed".into());
+    }
+    Ok(Arc::new(arrow::datatypes::Schema::new(out)))
+}
+
+/// The connectors behind features: each built when its feature is on, and a clear error
+/// naming the feature otherwise.
+mod connectors {
+    use super::*;
+
+    /// What a spec asks for that this build leaves out.
+    #[allow(dead_code)]
+    fn missing(feature: &str) -> String {
+        format!(
+            "stream-run was built without the \"{feature}\" feature (build it with --features {feature})"
+        )
+    }
+
+    /// A required key of a connector's table.
+    #[allow(dead_code)]
+    pub(super) fn required<'a>(
+        value: &'a Option<String>,
+        key: &str,
+        format: &str,
+    ) -> std::result::Result<&'a str, String> {
+        value
+            .as_deref()
+            .ok_or_else(|| format!("format \"{format}\" needs {key}"))
+    }
+
+    #[cfg(feature = "object-store")]
+    pub(super) fn object_sink(
+        format: SinkFormat,
+        url: String,
+    ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
+        use streamrun_connectors::Objects;
+        let sink = match format {
+            SinkFormat::Csv => Objects::write_csv(url),
+            SinkFormat::Json => Objects::write_json(url),
+            _ => Objects::write_parquet(url),
+        };
+        Ok((sink.descriptor(), Arc::new(sink)))
+    }
+
+    #[cfg(not(feature = "object-store"))]
+    pub(super) fn object_sink(
+        _format: SinkFormat,
+        _url: String,
+    ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
+        Err(missing("object-store"))
+    }
+
+    #[cfg(feature = "object-store")]
+    pub(super) fn object_source(
+        format: SourceFormat,
+        url: &str,
+        source: &SourceSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn streamrun_engine::Source>), String> {
+        use streamrun_connectors::Objects;
+        let mut objects = match format {
+            SourceFormat::Text => Objects::text(url),
+            SourceFormat::Csv => Objects::csv(url),
+            SourceFormat::Json => Objects::json(url),
+            _ => Objects::parquet(url),
+        };
+        if let Some(h) = source.has_header {
+            objects = objects.has_header(h);
+        }
+        if let Some(d) = &source.delimiter {
+            match d.as_bytes() {
+                [b] => objects = objects.delimiter(*b),
+                _ => {
+                    return Err(format!(
+                        "source.delimiter must be one ASCII character, not {d:?}"
+                    ));
+                }
+            }
+        }
+        if let Some(n) = source.batch_size {
+            objects = objects.batch_size(n);
+        }
+        if let Some(fields) = &source.schema {
+            objects = objects.schema(parse_schema(fields)?);
+        }
+        Ok((objects.descriptor(), Arc::new(objects)))
+    }
+
+    #[cfg(not(feature = "object-store"))]
+    pub(super) fn object_source(
+        _format: SourceFormat,
+        _url: &str,
+        _source: &SourceSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn streamrun_engine::Source>), String> {
+        Err(missing("object-store"))
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(super) fn postgres_sink(
+        spec: &SinkSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
+        let connection = required(&spec.connection, "connection", "postgres")?;
+        let table = required(&spec.table, "table", "postgres")?;
+        let mut sink =
+            streamrun_connectors::Postgres::sink(connection, table).create_table(spec.create_table);
+        if !spec.upsert_key.is_empty() {
+            sink = sink.upsert(spec.upsert_key.clone());
+        }
+        Ok((sink.descriptor(), Arc::new(sink)))
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    pub(super) fn postgres_sink(
+        _spec: &SinkSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
+        Err(missing("postgres"))
+    }
+
+    #[cfg(feature = "redis")]
+    pub(super) fn redis_sink(
+        spec: &SinkSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
+        let sink = streamrun_connectors::RedisStreams::sink(
+            required(&spec.url, "url", "redis")?,
+            required(&spec.stream, "stream", "redis")?,
+        );
+        Ok((sink.descriptor(), Arc::new(sink)))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    pub(super) fn redis_sink(
+        _spec: &SinkSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
+        Err(missing("redis"))
+    }
+
+    #[cfg(feature = "nats")]
+    pub(super) fn nats_sink(
+        spec: &SinkSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
+        let mut sink = streamrun_connectors::NatsJetStream::sink(
+            required(&spec.url, "url", "nats")?,
+            required(&spec.subject, "subject", "nats")?,
+        );
+        if let Some(stream) = &spec.stream {
+            sink = sink.create_stream(stream);
+        }
+        Ok((sink.descriptor(), Arc::new(sink)))
+    }
+
+    #[cfg(not(feature = "nats"))]
+    pub(super) fn nats_sink(
+        _spec: &SinkSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
+        Err(missing("nats"))
+    }
+
+    /// A broker source: Redis or NATS.
+    pub(super) fn broker_source(
+        job: &str,
+        source: &SourceSpec,
+    ) -> std::result::Result<(Descriptor, Arc<dyn streamrun_engine::Source>), String> {
+        let format = if source.format == SourceFormat::Redis {
+            "redis"
+        } else {
+            "nats"
+        };
+        let url = required(&source.url, "url", format)?;
+        let stream = required(&source.stream, "stream", format)?;
+        let fields = source
+            .schema
+            .as_deref()
+            .ok_or_else(|| format!("format \"{format}\" needs schema = [\"name: Type\", ...]"))?;
+        let schema = parse_schema(fields)?;
+        let idle = source.end_when_idle_ms.map(Duration::from_millis);
+        match source.format {
+            SourceFormat::Redis => {
+                let group = source.group.as_deref().unwrap_or(job);
+                redis_source(url, stream, group, schema, idle, source.batch_size)
+            }
+            _ => {
+                let consumer = source.consumer.as_deref().unwrap_or(job);
+                nats_source(url, stream, consumer, schema, idle, source.batch_size)
+            }
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    fn redis_source(
+        url: &str,
+        stream: &str,
+        group: &str,
+        schema: SchemaRef,
+        idle: Option<Duration>,
+        batch: Option<usize>,
+    ) -> std::result::Result<(Descriptor, Arc<dyn streamrun_engine::Source>), String> {
+        let mut source = streamrun_connectors::RedisStreams::source(url, stream, group, schema);
+        if let Some(idle) = idle {
+            source = source.end_when_idle(idle);
+        }
+        if let Some(n) = batch {
+            source = source.batch_size(n);
+        }
+        Ok((source.descriptor(), Arc::new(source)))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn redis_source(
+        _url: &str,
+        _stream: &str,
+        _group: &str,
+        _schema: SchemaRef,
+        _idle: Option<Duration>,
+        _batch: Option<usize>,
+    ) -> std::result::Result<(Descriptor, Arc<dyn streamrun_engine::Source>), String> {
+        Err(missing("redis"))
+    }
+
+    #[cfg(feature = "nats")]
+    fn nats_source(
+        url: &str,
+        stream: &str,
+        consumer: &str,
+        schema: SchemaRef,
+        idle: Option<Duration>,
+        batch: Option<usize>,
+    ) -> std::result::Result<(Descriptor, Arc<dyn streamrun_engine::Source>), String> {
+        let mut source = streamrun_connectors::NatsJetStream::source(url, stream, consumer, schema);
+        if let Some(idle) = idle {
+            source = source.end_when_idle(idle);
+        }
+        if let Some(n) = batch {
+            source = source.batch_size(n);
+        }
+        Ok((source.descriptor(), Arc::new(source)))
+    }
+
+    #[cfg(not(feature = "nats"))]
+    fn nats_source(
+        _url: &str,
+        _stream: &str,
+        _consumer: &str,
+        _schema: SchemaRef,
+        _idle: Option<Duration>,
+        _batch: Option<usize>,
+    ) -> std::result::Result<(Descriptor, Arc<dyn streamrun_engine::Source>), String> {
+        Err(missing("nats"))
+    }
 }
 
 fn file_sink(sink: FileSink) -> (Descriptor, Arc<dyn Sink>) {
@@ -580,7 +934,9 @@ fn file_source(
         SourceFormat::Text => Files::text(path),
         SourceFormat::Csv => Files::csv(path),
         SourceFormat::Json => Files::json(path),
-        SourceFormat::Parquet | SourceFormat::Crawl => Files::parquet(path),
+        SourceFormat::Parquet | SourceFormat::Crawl | SourceFormat::Redis | SourceFormat::Nats => {
+            Files::parquet(path)
+        }
     };
     if let Some(h) = source.has_header {
         files = files.has_header(h);
@@ -603,6 +959,21 @@ fn file_source(
     }
     if let Some(s) = source.splittable {
         files = files.splittable(s);
+    }
+    if let Some(fields) = &source.schema {
+        files = files.schema(parse_schema(fields)?);
+    }
+    let broker_keys = [
+        ("url", source.url.is_some()),
+        ("stream", source.stream.is_some()),
+        ("group", source.group.is_some()),
+        ("consumer", source.consumer.is_some()),
+        ("end_when_idle_ms", source.end_when_idle_ms.is_some()),
+    ];
+    if let Some((key, _)) = broker_keys.iter().find(|(_, set)| *set) {
+        return Err(format!(
+            "source.{key} is for format = \"redis\" or \"nats\", not files"
+        ));
     }
     Ok(files)
 }

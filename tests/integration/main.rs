@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod common;
+mod connector_specs;
 mod core_cluster;
 mod crawl;
 mod edges;
