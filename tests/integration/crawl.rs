@@ -219,14 +219,14 @@ fn page_edges(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowErro
     )
 }
 
-/// PageRank of the crawled link graph, on differential `iterate` as the crawl streams in,
+/// PageRank of a crawled 2,000-page site's link graph, on differential `iterate` as the crawl streams in,
 /// equals the same arithmetic run as a plain loop over the generated site's own links
 /// between reachable pages, on 1 and 3 workers.
 #[test]
 fn pagerank_of_a_crawl_equals_the_sites_own() {
     let server = Site::generate(SiteSpec {
-        pages: 600,
-        hosts: 3,
+        pages: 2_000,
+        hosts: 4,
         seed: 11,
         ..SiteSpec::default()
     })
@@ -251,7 +251,7 @@ fn pagerank_of_a_crawl_equals_the_sites_own() {
     }
     let expected = PageRank::by_loop(&edges, 0.85, 20);
 
-    let hosts: Vec<String> = (0..3).map(|k| server.host(k)).collect();
+    let hosts: Vec<String> = (0..4).map(|k| server.host(k)).collect();
     for workers in [1, 3] {
         let config = CrawlConfig::new([server.url(0)])
             .allowed_hosts(hosts.clone())
