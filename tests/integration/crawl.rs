@@ -219,9 +219,9 @@ fn page_edges(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowErro
     )
 }
 
-/// PageRank of a crawled 2,000-page site's link graph, on differential `iterate` as the crawl streams in,
-/// equals the same arithmetic run as a plain loop over the generated site's own links
-/// between reachable pages, on 1 and 3 workers.
+/// PageRank of a crawled 2,000-page site's link graph, on differential `iterate` as the
+/// crawl streams in, equals the same arithmetic run as a plain loop over the generated
+/// site's own links between reachable pages, on 1 and 3 workers.
 #[test]
 fn pagerank_of_a_crawl_equals_the_sites_own() {
     let server = Site::generate(SiteSpec {
