@@ -246,3 +246,43 @@ fn entries_a_dead_consumer_left_unacknowledged_are_claimed() {
     let pending: Vec<redis::Value> = query(&server, redis::cmd("XPENDING").arg("claims").arg("g"));
     assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
 }
+
+#[test]
+fn an_entry_deleted_while_pending_is_acknowledged_not_a_bad_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = redis_server(dir.path()) else {
+        return;
+    };
+    write(&server, "deleted", 10);
+    // The job's own consumer (`test-0`, as the job `test` names it) took every entry in an
+    // earlier run and stopped; then one of them was deleted from the stream. Reading its
+    // pending entries again gives that one without fields.
+    let _: () = query(
+        &server,
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("deleted")
+            .arg("g")
+            .arg("0"),
+    );
+    let taken: Vec<(String, Vec<(String, Vec<String>)>)> = query(
+        &server,
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("test-0")
+            .arg("STREAMS")
+            .arg("deleted")
+            .arg(">"),
+    );
+    let id = taken[0].1[0].0.clone();
+    let _: i64 = query(&server, redis::cmd("XDEL").arg("deleted").arg(&id));
+    // The default policy fails on a bad record: the deleted entry must not be one.
+    let source = RedisStreams::source(url(&server), "deleted", "g", sample_schema())
+        .end_when_idle(Duration::from_millis(500));
+    let collect = Collect::new();
+    into_collect(&source, source.descriptor(), &collect, 1, None).unwrap();
+    assert_eq!(collect.rows(), 9);
+    let pending: Vec<redis::Value> = query(&server, redis::cmd("XPENDING").arg("deleted").arg("g"));
+    assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
+}
