@@ -15,6 +15,9 @@ use streamrun_connectors::{Collect, RedisStreams};
 
 const N: i64 = 100_000;
 
+/// One stream of an `XREADGROUP` reply: its name, and its entries' ids and fields.
+type StreamReply = (String, Vec<(String, Vec<String>)>);
+
 fn redis_server(dir: &std::path::Path) -> Option<Server> {
     let dir = dir.display().to_string();
     Server::start(
@@ -265,7 +268,7 @@ fn an_entry_deleted_while_pending_is_acknowledged_not_a_bad_record() {
             .arg("g")
             .arg("0"),
     );
-    let taken: Vec<(String, Vec<(String, Vec<String>)>)> = query(
+    let taken: Vec<StreamReply> = query(
         &server,
         redis::cmd("XREADGROUP")
             .arg("GROUP")
