@@ -31,16 +31,18 @@ impl MessageDecoder {
         }
     }
 
-    /// Decodes `messages` (where each came from, and its payload) into one batch emitted to
-    /// `out`; messages that are not a JSON object of the schema go to `out` as bad records.
+    /// Decodes `payloads` into one batch emitted to `out`; those that are not a JSON object
+    /// of the schema go to `out` as bad records, `location(i)` naming where payload `i` came
+    /// from (only made for a bad one).
     pub(crate) fn decode<'a>(
         &mut self,
-        messages: impl Iterator<Item = (String, &'a [u8])> + Clone,
+        payloads: impl Iterator<Item = &'a [u8]> + Clone,
+        location: impl Fn(usize) -> String,
         out: &mut SourceCollector,
     ) -> Result<()> {
         self.joined.clear();
         let mut count = 0;
-        for (_, payload) in messages.clone() {
+        for payload in payloads.clone() {
             self.joined.extend_from_slice(payload);
             self.joined.push(b'\n');
             count += 1;
@@ -53,7 +55,7 @@ impl MessageDecoder {
             Ok(batches) if rows(&batches) == count => batches,
             _ => {
                 let mut good = Vec::with_capacity(count);
-                for (location, payload) in messages {
+                for (i, payload) in payloads.enumerate() {
                     let reason = match decode_json(&self.schema, payload, 1) {
                         Ok(batches) if rows(&batches) == 1 => {
                             good.extend(batches);
@@ -66,7 +68,7 @@ impl MessageDecoder {
                         Err(e) => json_reason(payload, &e),
                     };
                     out.bad_record(DeadLetter {
-                        location,
+                        location: location(i),
                         reason,
                         record: String::from_utf8_lossy(payload).into_owned(),
                     })?;
@@ -159,6 +161,27 @@ impl Reconnect {
     /// The budget, for messages.
     pub(crate) fn budget(&self) -> std::time::Duration {
         self.budget
+    }
+
+    /// The error once the budget is spent: `what` was being done, `cause` the last failure.
+    pub(crate) fn gave_up(&self, what: &str, cause: impl std::fmt::Display) -> String {
+        format!(
+            "{what}: the server is unreachable for {:?}: {cause}",
+            self.budget
+        )
+    }
+}
+
+/// Whether a broker source that found nothing new goes on: always, unless it ends after
+/// `end_when_idle` without a message since `last` (and nothing waits to be acknowledged).
+pub(crate) fn keep_reading(
+    end_when_idle: Option<std::time::Duration>,
+    last: std::time::Instant,
+    waiting: bool,
+) -> bool {
+    match end_when_idle {
+        Some(idle) => last.elapsed() < idle || waiting,
+        None => true,
     }
 }
 

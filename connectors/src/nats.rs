@@ -17,7 +17,7 @@ use streamrun_engine::{
     WorkerContext,
 };
 
-use crate::messages::{MessageDecoder, Reconnect, Unacked, encode_rows, redacted};
+use crate::messages::{MessageDecoder, Reconnect, Unacked, encode_rows, keep_reading, redacted};
 
 /// How long the server may be away before the source or sink fails (default).
 const DEFAULT_RECONNECT: Duration = Duration::from_secs(30);
@@ -204,6 +204,8 @@ impl Source for NatsSource {
             consumer,
             decoder: MessageDecoder::new(self.schema.clone()),
             reconnect: Reconnect::new(self.reconnect_for),
+            located: format!("{}/{}#", redacted(&self.url), self.stream),
+            what,
             source: self.clone(),
             last_message: Instant::now(),
             unacked: Unacked::new(),
@@ -217,6 +219,9 @@ struct NatsReader {
     consumer: consumer::Consumer<consumer::pull::Config>,
     decoder: MessageDecoder,
     reconnect: Reconnect,
+    /// What it does and where messages come from, for messages (made once).
+    what: String,
+    located: String,
     source: NatsSource,
     last_message: Instant,
     /// What was read and is not acknowledged yet.
@@ -251,7 +256,6 @@ impl NatsReader {
 
 impl SourceReader for NatsReader {
     fn read(&mut self, out: &mut SourceCollector) -> Result<bool> {
-        let what = self.source.describe();
         // While the client is away (it connects again by itself), a pull returns nothing
         // rather than an error: count the time away against the budget.
         let connected = self.client.connection_state() == async_nats::connection::State::Connected;
@@ -271,20 +275,18 @@ impl SourceReader for NatsReader {
             }
             Err(e) => {
                 if self.reconnect.retry() {
-                    tracing::warn!("{what}: {e}; trying again");
+                    tracing::warn!("{}: {e}; trying again", self.what);
                     return Ok(true);
                 }
-                return Err(Error::Input(format!(
-                    "{what}: the server is unreachable for {:?}: {e}",
-                    self.reconnect.budget()
-                )));
+                return Err(Error::Input(self.reconnect.gave_up(&self.what, e)));
             }
         };
         if messages.is_empty() {
-            return Ok(match self.source.end_when_idle {
-                Some(idle) => self.last_message.elapsed() < idle || self.unacked.waiting(),
-                None => true,
-            });
+            return Ok(keep_reading(
+                self.source.end_when_idle,
+                self.last_message,
+                self.unacked.waiting(),
+            ));
         }
         self.last_message = Instant::now();
         let mut payloads = Vec::with_capacity(messages.len());
@@ -297,11 +299,10 @@ impl SourceReader for NatsReader {
             payloads.push((sequence, message.payload));
             self.unacked.push(acker);
         }
-        let (url, stream) = (&self.source.url, &self.source.stream);
+        let located = &self.located;
         self.decoder.decode(
-            payloads
-                .iter()
-                .map(|(sequence, payload)| (format!("{url}/{stream}#{sequence}"), &payload[..])),
+            payloads.iter().map(|(_, payload)| &payload[..]),
+            |i| format!("{located}{}", payloads[i].0),
             out,
         )?;
         Ok(true)
@@ -313,7 +314,7 @@ impl SourceReader for NatsReader {
 
     fn acknowledge(&mut self, token: u64) -> Result<()> {
         let ackers = self.unacked.take_through(token);
-        let what = self.source.describe();
+        let what = &self.what;
         let client = self.client.clone();
         let work = async move {
             for acker in &ackers {
@@ -476,12 +477,7 @@ impl SinkWriter for NatsWriter {
                     Err(e) if reconnect.retry() => {
                         tracing::warn!("{what}: {e}; publishing again");
                     }
-                    Err(e) => {
-                        return Err(Error::Input(format!(
-                            "{what}: the server is unreachable for {:?}: {e}",
-                            reconnect.budget()
-                        )));
-                    }
+                    Err(e) => return Err(Error::Input(reconnect.gave_up(&what, e))),
                 }
             }
         }

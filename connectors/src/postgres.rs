@@ -255,7 +255,9 @@ impl PostgresWriter {
         }
     }
 
-    fn flush(&mut self) -> Result<()> {
+    /// Writes the rows kept so far, in one transaction (or, when the database refuses some
+    /// and there is a dead-letter sink, one row at a time).
+    fn write_pending(&mut self) -> Result<()> {
         if self.rows == 0 {
             return Ok(());
         }
@@ -349,17 +351,17 @@ impl SinkWriter for PostgresWriter {
         self.rows += batch.num_rows();
         self.pending.push(batch.clone());
         if self.rows >= self.sink.batch_rows {
-            PostgresWriter::flush(self)?;
+            self.write_pending()?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        PostgresWriter::flush(self)
+        self.write_pending()
     }
 
     fn finish(&mut self) -> Result<()> {
-        PostgresWriter::flush(self)?;
+        self.write_pending()?;
         if let Some(dead) = self.dead.as_mut() {
             dead.finish()?;
         }

@@ -16,7 +16,7 @@ use streamrun_engine::{
     WorkerContext,
 };
 
-use crate::messages::{MessageDecoder, Reconnect, Unacked, encode_rows, redacted};
+use crate::messages::{MessageDecoder, Reconnect, Unacked, encode_rows, keep_reading, redacted};
 
 /// The field of an entry that holds its record.
 pub const DATA_FIELD: &str = "data";
@@ -160,6 +160,8 @@ impl Source for RedisStreamSource {
         }
         let mut reader = RedisReader {
             connection: Connection::new(&self.url, self.reconnect_for)?,
+            what: self.describe(),
+            located: format!("{}/{}#", redacted(&self.url), self.stream),
             source: self.clone(),
             consumer: format!("{}-{}", ctx.job, ctx.index),
             decoder: MessageDecoder::new(self.schema.clone()),
@@ -171,7 +173,7 @@ impl Source for RedisStreamSource {
         };
         let stream = self.stream.clone();
         let group = self.group.clone();
-        let created = reader.connection.run(&self.describe(), |c| {
+        let created = reader.connection.run(&reader.what, |c| {
             let created = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&stream)
@@ -203,6 +205,9 @@ impl RedisStreamSource {
 /// One worker's consumer.
 struct RedisReader {
     connection: Connection,
+    /// What it does and where entries come from, for messages (made once).
+    what: String,
+    located: String,
     source: RedisStreamSource,
     consumer: String,
     decoder: MessageDecoder,
@@ -228,31 +233,22 @@ impl RedisReader {
             return Ok(Vec::new());
         }
         self.last_claim = Some(Instant::now());
-        let (stream, group, consumer, cursor) = (
-            self.source.stream.clone(),
-            self.source.group.clone(),
-            self.consumer.clone(),
-            self.claim_cursor.clone(),
-        );
         let idle = u64::try_from(self.source.claim_after.as_millis()).unwrap_or(u64::MAX);
-        let count = self.source.batch_size;
-        let reply = self.connection.run(&self.source.describe(), |c| {
+        let (source, consumer, cursor) = (&self.source, &self.consumer, &self.claim_cursor);
+        let reply = self.connection.run(&self.what, |c| {
             redis::cmd("XAUTOCLAIM")
-                .arg(&stream)
-                .arg(&group)
-                .arg(&consumer)
+                .arg(&source.stream)
+                .arg(&source.group)
+                .arg(consumer)
                 .arg(idle)
-                .arg(&cursor)
+                .arg(cursor)
                 .arg("COUNT")
-                .arg(count)
+                .arg(source.batch_size)
                 .query::<Value>(c)
         })?;
-        let unexpected = |reason: String| {
-            Error::Input(format!(
-                "{}: unexpected XAUTOCLAIM reply: {reason}",
-                self.source.describe()
-            ))
-        };
+        let what = &self.what;
+        let unexpected =
+            |reason: String| Error::Input(format!("{what}: unexpected XAUTOCLAIM reply: {reason}"));
         let Value::Array(mut parts) = reply else {
             return Err(unexpected("not an array".into()));
         };
@@ -271,35 +267,22 @@ impl RedisReader {
 
 impl SourceReader for RedisReader {
     fn read(&mut self, out: &mut SourceCollector) -> Result<bool> {
-        let from = self.pending_after.clone().unwrap_or_else(|| ">".into());
-        let (stream, group, consumer) = (
-            self.source.stream.clone(),
-            self.source.group.clone(),
-            self.consumer.clone(),
-        );
-        let count = self.source.batch_size;
-        let reply = self.connection.run(&self.source.describe(), |c| {
+        let from = self.pending_after.as_deref().unwrap_or(">");
+        let (source, consumer) = (&self.source, &self.consumer);
+        let reply = self.connection.run(&self.what, |c| {
             redis::cmd("XREADGROUP")
                 .arg("GROUP")
-                .arg(&group)
-                .arg(&consumer)
+                .arg(&source.group)
+                .arg(consumer)
                 .arg("COUNT")
-                .arg(count)
+                .arg(source.batch_size)
                 .arg("STREAMS")
-                .arg(&stream)
-                .arg(&from)
+                .arg(&source.stream)
+                .arg(from)
                 .query::<Value>(c)
-        });
-        let entries = match reply {
-            Ok(reply) => entries_of(reply),
-            Err(e) => return Err(e),
-        }
-        .map_err(|reason| {
-            Error::Input(format!(
-                "{}: unexpected reply: {reason}",
-                self.source.describe()
-            ))
         })?;
+        let entries = entries_of(reply)
+            .map_err(|reason| Error::Input(format!("{}: unexpected reply: {reason}", self.what)))?;
         if self.connection.reconnected() && self.pending_after.is_none() {
             // A new connection: entries sent on the lost one may not have arrived, and are
             // pending for this consumer, before the ones this read returned. Read them all
@@ -317,24 +300,25 @@ impl SourceReader for RedisReader {
             if self.pending_after.take().is_some() {
                 return Ok(true);
             }
-            return Ok(match self.source.end_when_idle {
-                Some(idle) => self.last_entry.elapsed() < idle || self.unacked.waiting(),
-                None => true,
-            });
+            return Ok(keep_reading(
+                self.source.end_when_idle,
+                self.last_entry,
+                self.unacked.waiting(),
+            ));
         }
         self.last_entry = Instant::now();
-        let url = redacted(&self.source.url);
         // An entry deleted from the stream while pending comes back without fields: there
         // is nothing to read, and it is acknowledged with the others.
-        let located = entries.iter().filter_map(|(id, payload)| {
-            payload.as_ref().map(|payload| {
-                (
-                    format!("{url}/{}#{id}", self.source.stream),
-                    payload.as_slice(),
-                )
-            })
-        });
-        self.decoder.decode(located, out)?;
+        let present: Vec<(&String, &[u8])> = entries
+            .iter()
+            .filter_map(|(id, payload)| payload.as_deref().map(|p| (id, p)))
+            .collect();
+        let located = &self.located;
+        self.decoder.decode(
+            present.iter().map(|(_, payload)| *payload),
+            |i| format!("{located}{}", present[i].0),
+            out,
+        )?;
         if let (Some(after), Some((last, _))) = (self.pending_after.as_mut(), entries.last()) {
             // Pending entries are read by id: go on after the last one.
             after.clone_from(last);
@@ -351,12 +335,12 @@ impl SourceReader for RedisReader {
 
     fn acknowledge(&mut self, token: u64) -> Result<()> {
         let ids = self.unacked.take_through(token);
-        let (stream, group) = (self.source.stream.clone(), self.source.group.clone());
+        let source = &self.source;
         for chunk in ids.chunks(4096) {
-            self.connection.run(&self.source.describe(), |c| {
+            self.connection.run(&self.what, |c| {
                 redis::cmd("XACK")
-                    .arg(&stream)
-                    .arg(&group)
+                    .arg(&source.stream)
+                    .arg(&source.group)
                     .arg(chunk)
                     .query::<()>(c)
             })?;
@@ -579,10 +563,7 @@ impl Connection {
                 {
                     self.connection = None;
                     if !self.reconnect.retry() {
-                        return Err(Error::Input(format!(
-                            "{what}: the server is unreachable for {:?}: {e}",
-                            self.reconnect.budget()
-                        )));
+                        return Err(Error::Input(self.reconnect.gave_up(what, e)));
                     }
                     tracing::warn!("{what}: {e}; connecting again");
                 }
