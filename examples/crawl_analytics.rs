@@ -80,9 +80,7 @@ fn main() -> anyhow::Result<()> {
         .source(CrawlSource::new(config).into_parts())
         .event_time("fetched_at", Duration::from_secs(1));
     let pages = fetches.where_("error_kind", CmpOp::Eq, "");
-    let words = pages
-        .select(["host", "text", "fetched_at"])
-        .map_batches("words_per_host", host_words);
+    let words = pages.split_words_keeping("text", "word", ["host", "fetched_at"]);
     words
         .key_by(["host", "word"])
         .window(Tumbling::of(Duration::from_secs(1)))
@@ -151,45 +149,6 @@ fn main() -> anyhow::Result<()> {
         args.out
     );
     Ok(())
-}
-
-/// One row per word of each page's text, with its host and fetch time (words as
-/// `split_words` makes them: split on whitespace, lowercased, trimmed of punctuation).
-fn host_words(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let hosts = batch.column(0).as_string::<i32>();
-    let texts = batch.column(1).as_string::<i32>();
-    let times = batch
-        .column(2)
-        .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
-    let (mut host, mut word, mut time) = (
-        arrow::array::StringBuilder::new(),
-        arrow::array::StringBuilder::new(),
-        Vec::new(),
-    );
-    for i in 0..batch.num_rows() {
-        for w in texts.value(i).split_whitespace() {
-            let w = w
-                .trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase();
-            if !w.is_empty() {
-                host.append_value(hosts.value(i));
-                word.append_value(w);
-                time.push(times.value(i));
-            }
-        }
-    }
-    RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
-            arrow::datatypes::Field::new("host", arrow::datatypes::DataType::Utf8, false),
-            arrow::datatypes::Field::new("word", arrow::datatypes::DataType::Utf8, false),
-            batch.schema().field(2).clone(),
-        ])),
-        vec![
-            std::sync::Arc::new(host.finish()),
-            std::sync::Arc::new(word.finish()),
-            std::sync::Arc::new(arrow::array::TimestampMillisecondArray::from(time)),
-        ],
-    )
 }
 
 /// A stable 63-bit id of a URL (FNV-1a, top bit cleared so it is a non-negative Int64).

@@ -449,7 +449,18 @@ impl Stream {
 
     /// Splits the text column `column` into one row per word, in a column named `output`.
     pub fn split_words(&self, column: &str, output: &str) -> Stream {
-        let op = SplitWords::new(column, output);
+        self.split_words_keeping(column, output, Vec::<String>::new())
+    }
+
+    /// [`Stream::split_words`], carrying the `keep` columns to each word's row (before the
+    /// word column): a page's host and time with its words.
+    pub fn split_words_keeping(
+        &self,
+        column: &str,
+        output: &str,
+        keep: impl IntoColumns,
+    ) -> Stream {
+        let op = SplitWords::new(column, output).keep(keep.into_columns());
         self.simple("split_words", op.descriptor(), Arc::new(op))
     }
 

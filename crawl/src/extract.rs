@@ -3,6 +3,8 @@
 
 use ego_tree::iter::Edge;
 use scraper::{Html, Node, Selector};
+use std::sync::LazyLock;
+
 use url::Url;
 
 use crate::normalize;
@@ -23,30 +25,38 @@ pub struct Extracted {
     pub links: Vec<String>,
 }
 
+/// The selectors `extract` uses, parsed once.
+static BASE: LazyLock<Option<Selector>> = LazyLock::new(|| Selector::parse("base[href]").ok());
+static TITLE: LazyLock<Option<Selector>> = LazyLock::new(|| Selector::parse("title").ok());
+static ANCHORS: LazyLock<Option<Selector>> = LazyLock::new(|| Selector::parse("a[href]").ok());
+
 /// Parses `html`, the page at `page`.
 pub fn extract(page: &Url, html: &str) -> Extracted {
     let document = Html::parse_document(html);
-    let select = |css: &str| Selector::parse(css).ok();
-    let base = select("base[href]")
-        .and_then(|s| document.select(&s).next())
+    let base = BASE
+        .as_ref()
+        .and_then(|s| document.select(s).next())
         .and_then(|e| e.value().attr("href"))
         .and_then(|href| page.join(href).ok())
         .unwrap_or_else(|| page.clone());
-    let title = select("title")
-        .and_then(|s| document.select(&s).next())
+    let title = TITLE
+        .as_ref()
+        .and_then(|s| document.select(s).next())
         .map(|e| e.text().collect::<String>().trim().to_owned())
         .unwrap_or_default();
     let mut links = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    if let Some(anchors) = select("a[href]") {
-        for anchor in document.select(&anchors) {
+    if let Some(anchors) = ANCHORS.as_ref() {
+        for anchor in document.select(anchors) {
             if let Some(url) = anchor
                 .value()
                 .attr("href")
                 .and_then(|h| normalize(&base, h))
-                && seen.insert(url.to_string())
             {
-                links.push(url.to_string());
+                let url = String::from(url);
+                if seen.insert(url.clone()) {
+                    links.push(url);
+                }
             }
         }
     }

@@ -105,11 +105,12 @@ impl Fetcher {
                 ..Fetched::default()
             };
         }
+        let lowered = content_type.to_ascii_lowercase();
         let wanted = any_type
             || self
                 .content_types
                 .iter()
-                .any(|t| content_type.to_ascii_lowercase().starts_with(t.as_str()));
+                .any(|t| lowered.starts_with(t.as_str()));
         if !wanted {
             return Fetched {
                 status,
@@ -161,18 +162,12 @@ impl Fetcher {
                 }
             }
         }
-        let ok = (200..300).contains(&status);
+        // A status that is not a success returned above: this is a page.
         Fetched {
             status,
             content_type,
             bytes: body.len() as u64,
             body,
-            error_kind: if ok { "" } else { error_kind::STATUS },
-            error: if ok {
-                String::new()
-            } else {
-                format!("status {status}")
-            },
             ..Fetched::default()
         }
     }

@@ -64,30 +64,31 @@ impl Source for CrawlSource {
     fn open(&self, ctx: &WorkerContext) -> Result<Box<dyn SourceReader>> {
         let (shared, runtime) = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if running.is_none() {
-                let shared = Shared::new(self.config.clone(), ctx.workers)
-                    .map_err(|e| Error::Input(e.to_string()))?;
-                shared.seed();
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(ctx.workers.clamp(1, 4))
-                    .thread_name("streamrun-crawl")
-                    .enable_all()
-                    .build()
-                    .map_err(|e| Error::Input(format!("starting the crawl's runtime: {e}")))?;
-                *running = Some(Running {
-                    shared,
-                    runtime: Arc::new(runtime),
-                });
-            }
-            let r = running
-                .as_ref()
-                .ok_or_else(|| Error::Input("crawl not started".into()))?;
+            let r = match &mut *running {
+                Some(r) => r,
+                none => {
+                    let shared = Shared::new(self.config.clone(), ctx.workers)
+                        .map_err(|e| Error::Input(e.to_string()))?;
+                    shared.seed();
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(ctx.workers.clamp(1, 4))
+                        .thread_name("streamrun-crawl")
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::Input(format!("starting the crawl's runtime: {e}")))?;
+                    none.insert(Running {
+                        shared,
+                        runtime: Arc::new(runtime),
+                    })
+                }
+            };
             (Arc::clone(&r.shared), Arc::clone(&r.runtime))
         };
         let (tx, rx) = mpsc::channel(self.config.buffer);
-        runtime.spawn(Arc::clone(&shared).run_worker(ctx.index % shared.workers(), tx));
+        let task = runtime.spawn(Arc::clone(&shared).run_worker(ctx.index % shared.workers(), tx));
         Ok(Box::new(CrawlReader {
             records: rx,
+            task,
             _runtime: runtime,
         }))
     }
@@ -95,7 +96,16 @@ impl Source for CrawlSource {
 
 struct CrawlReader {
     records: mpsc::Receiver<PageRecord>,
+    /// The task crawling this worker's hosts: it goes with the reader (a failed job's
+    /// reader is dropped without reading to the end).
+    task: tokio::task::JoinHandle<()>,
     _runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl Drop for CrawlReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl SourceReader for CrawlReader {
