@@ -6,7 +6,7 @@ mod store;
 mod writer;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -237,7 +237,7 @@ pub struct ObjectSource {
     delimiter: u8,
     batch_size: usize,
     temp_dir: Option<PathBuf>,
-    listed: Arc<OnceLock<Arc<[Listed]>>>,
+    listed: Arc<Mutex<Option<Arc<[Listed]>>>>,
     inferred: Arc<OnceLock<SchemaRef>>,
 }
 
@@ -252,7 +252,7 @@ impl ObjectSource {
             delimiter: b',',
             batch_size: DEFAULT_BATCH_SIZE,
             temp_dir: None,
-            listed: Arc::new(OnceLock::new()),
+            listed: Arc::new(Mutex::new(None)),
             inferred: Arc::new(OnceLock::new()),
         }
     }
@@ -260,7 +260,7 @@ impl ObjectSource {
     /// The same source with fresh (empty) object list and inferred-schema caches, for the
     /// builders that change what is read.
     fn changed(mut self) -> Self {
-        self.listed = Arc::new(OnceLock::new());
+        self.listed = Arc::new(Mutex::new(None));
         self.inferred = Arc::new(OnceLock::new());
         self
     }
@@ -352,13 +352,15 @@ impl ObjectSource {
         Client::connect(location, &self.store, &self.url)
     }
 
-    /// The matching objects, listed once.
+    /// The matching objects, listed once: workers opening together wait for the first
+    /// listing rather than each making its own.
     fn objects(&self, location: &Location, client: &Client) -> Result<Arc<[Listed]>> {
-        if let Some(listed) = self.listed.get() {
+        let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(listed) = listed.as_ref() {
             return Ok(Arc::clone(listed));
         }
-        let listed: Arc<[Listed]> = client.list_matching(location, &self.url)?.into();
-        Ok(Arc::clone(self.listed.get_or_init(|| listed)))
+        let objects: Arc<[Listed]> = client.list_matching(location, &self.url)?.into();
+        Ok(Arc::clone(listed.insert(objects)))
     }
 
     fn resolve_schema(&self, location: &Location, client: &Client) -> Result<SchemaRef> {

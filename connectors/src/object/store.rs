@@ -293,27 +293,38 @@ impl Client {
         let recursive = rest.contains('/') || rest.contains("**");
         let prefix = (!prefix_key.is_empty()).then_some(&prefix);
         let store = &self.store;
-        let listed = self.run(async move {
-            if recursive {
-                let mut stream = store.list(prefix);
-                let mut objects = Vec::new();
-                while let Some(meta) = stream.next().await {
-                    objects.push(meta?);
-                }
-                Ok(objects)
-            } else {
-                store.list_with_delimiter(prefix).await.map(|l| l.objects)
-            }
-        });
-        let objects = listed.map_err(|e| list_error(e, location, url, &prefix_url))?;
         let options = glob::MatchOptions {
             case_sensitive: true,
             require_literal_separator: true,
             require_literal_leading_dot: true,
         };
+        let matches =
+            |meta: &object_store::ObjectMeta| matcher.matches_with(meta.location.as_ref(), options);
+        // Only the matching objects are kept as the listing streams in: a `**` pattern over
+        // a large bucket does not hold the whole listing.
+        let listed = self.run(async move {
+            if recursive {
+                let mut stream = store.list(prefix);
+                let mut objects = Vec::new();
+                while let Some(meta) = stream.next().await {
+                    let meta = meta?;
+                    if matches(&meta) {
+                        objects.push(meta);
+                    }
+                }
+                Ok(objects)
+            } else {
+                store.list_with_delimiter(prefix).await.map(|l| {
+                    l.objects
+                        .into_iter()
+                        .filter(|meta| matches(meta))
+                        .collect::<Vec<_>>()
+                })
+            }
+        });
+        let objects = listed.map_err(|e| list_error(e, location, url, &prefix_url))?;
         let mut matching: Vec<Listed> = objects
             .into_iter()
-            .filter(|meta| matcher.matches_with(meta.location.as_ref(), options))
             .map(|meta| Listed {
                 url: location.url(meta.location.as_ref()),
                 path: meta.location,
