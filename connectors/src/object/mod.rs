@@ -363,15 +363,18 @@ impl ObjectSource {
         Ok(Arc::clone(listed.insert(objects)))
     }
 
-    fn resolve_schema(&self, location: &Location, client: &Client) -> Result<SchemaRef> {
+    /// The schema when it needs no object read: text's, the given one, or one inferred
+    /// before.
+    fn known_schema(&self) -> Option<SchemaRef> {
         if self.format == FileFormat::Text {
-            return Ok(text_schema());
+            return Some(text_schema());
         }
-        if let Some(schema) = &self.schema {
-            return Ok(Arc::clone(schema));
-        }
-        if let Some(schema) = self.inferred.get() {
-            return Ok(Arc::clone(schema));
+        self.schema.as_ref().or_else(|| self.inferred.get()).cloned()
+    }
+
+    fn resolve_schema(&self, location: &Location, client: &Client) -> Result<SchemaRef> {
+        if let Some(schema) = self.known_schema() {
+            return Ok(schema);
         }
         let objects = self.objects(location, client)?;
         let first = objects
@@ -407,11 +410,8 @@ impl ObjectSource {
 impl Source for ObjectSource {
     fn schema(&self) -> Result<SchemaRef> {
         let location = self.check()?;
-        if self.format == FileFormat::Text {
-            return Ok(text_schema());
-        }
-        if let Some(schema) = self.schema.as_ref().or_else(|| self.inferred.get()) {
-            return Ok(Arc::clone(schema));
+        if let Some(schema) = self.known_schema() {
+            return Ok(schema);
         }
         let client = self.client(&location)?;
         self.resolve_schema(&location, &client)
