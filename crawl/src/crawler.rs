@@ -129,7 +129,7 @@ impl Shared {
         let host = host_key(url);
         let pushed = self
             .frontier(self.partition_of(&host))
-            .push(url, depth, hops);
+            .push_to(&host, url, depth, hops);
         if pushed == Pushed::Full {
             self.dropped_full.fetch_add(1, Ordering::Relaxed);
         }
@@ -210,9 +210,7 @@ impl Shared {
                         && !self.reserve_page()
                     {
                         frontier.done(host);
-                        if let Ok(url) = Url::parse(&queued.url) {
-                            frontier.requeue(&url, queued.clone());
-                        }
+                        frontier.requeue(host, queued.clone());
                         next = Next::Empty;
                     }
                     if matches!(next, Next::Page(..) | Next::Robots(_)) {

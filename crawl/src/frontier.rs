@@ -143,7 +143,11 @@ impl Frontier {
 
     /// Queues `url` unless it was seen before or the frontier is full.
     pub fn push(&mut self, url: &Url, depth: u32, hops: u32) -> Pushed {
-        let host = host_key(url);
+        self.push_to(&host_key(url), url, depth, hops)
+    }
+
+    /// [`Frontier::push`] for a caller that has the URL's [`host_key`] already.
+    pub fn push_to(&mut self, host: &str, url: &Url, depth: u32, hops: u32) -> Pushed {
         let print = fingerprint(url);
         let full = self.urls >= self.max_urls;
         let state = self.hosts.get_or_default(host.as_bytes());
@@ -160,7 +164,7 @@ impl Frontier {
             hops,
         });
         self.urls += 1;
-        self.reschedule(&host);
+        self.reschedule(host);
         Pushed::New
     }
 
@@ -252,13 +256,12 @@ impl Frontier {
     }
 
     /// Puts back a URL taken from its queue but not fetched, first in the queue.
-    pub fn requeue(&mut self, url: &Url, queued: Queued) {
-        let host = host_key(url);
+    pub fn requeue(&mut self, host: &str, queued: Queued) {
         self.hosts
             .get_or_default(host.as_bytes())
             .queue
             .push_front(queued);
-        self.reschedule(&host);
+        self.reschedule(host);
     }
 
     /// A request of `host` ended.
