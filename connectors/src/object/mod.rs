@@ -369,7 +369,10 @@ impl ObjectSource {
         if self.format == FileFormat::Text {
             return Some(text_schema());
         }
-        self.schema.as_ref().or_else(|| self.inferred.get()).cloned()
+        self.schema
+            .as_ref()
+            .or_else(|| self.inferred.get())
+            .cloned()
     }
 
     fn resolve_schema(&self, location: &Location, client: &Client) -> Result<SchemaRef> {
