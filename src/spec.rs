@@ -690,7 +690,6 @@ mod connectors {
     }
 
     /// A required key of a connector's table.
-    #[allow(dead_code)]
     pub(super) fn required<'a>(
         value: &'a Option<String>,
         key: &str,
