@@ -11,7 +11,9 @@
 //! batch with the next epoch and does not read epoch `e` until every stage's output frontier
 //! has passed `e - MAX_EPOCHS_IN_FLIGHT`, so at most that many batches per source worker are
 //! queued between operators. Blocking operators (aggregates) hold a capability only at their
-//! input's frontier, so they never stall this accounting.
+//! input's frontier, so they never stall this accounting. A source worker with nothing to
+//! read does not stall it either: its epoch keeps up with the others' (see
+//! [`EpochClock`](crate::time::EpochClock)).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -41,10 +43,14 @@ use crate::operator::{
 };
 use crate::partitions::{PartitionState, Partitions};
 use crate::plan::{EventTimeSpec, JobGraph, NodeId, NodeImpl, NodeKind, Partitioning};
-use crate::time::Time;
+use crate::time::{EPOCH_JUMP, EpochClock, Time};
 
 /// Epochs a source may run ahead of the slowest stage.
 pub const MAX_EPOCHS_IN_FLIGHT: u64 = 16;
+
+/// How long a source worker of a job over several processes that reads nothing waits, while
+/// its epoch holds the job's frontier, before it moves its epoch past the other processes'.
+const REMOTE_IDLE_MOVE: Duration = Duration::from_millis(20);
 
 /// Batches a source reads in one activation before it lets other operators run.
 pub const READS_PER_ACTIVATION: usize = 4;
@@ -245,6 +251,8 @@ struct Shared {
     abort: AtomicBool,
     /// Workers in this process: the others are in other processes.
     local_workers: usize,
+    /// The read epochs of the job's source workers in this process.
+    epochs: EpochClock,
 }
 
 impl Shared {
@@ -295,6 +303,7 @@ pub fn execute_plan(
         failure: Mutex::new(None),
         abort: AtomicBool::new(false),
         local_workers: options.workers.min(workers),
+        epochs: EpochClock::default(),
     });
     let started = Instant::now();
     tracing::info!(job = %job, workers, "starting job");
@@ -1129,6 +1138,7 @@ fn build_source_stage<'s>(
     };
     let partitions = shared.partitions.get(&head.node).cloned();
     let index = ctx.index;
+    let ctx_workers = ctx.workers;
     let shared = Arc::clone(shared);
     let pace = pace.clone();
     let name = stage_name(stage);
@@ -1144,6 +1154,8 @@ fn build_source_stage<'s>(
             // Activations in a row whose reads found nothing, and since when.
             let mut empty: u32 = 0;
             let mut quiet_since: Option<Instant> = None;
+            // When this worker last read something or moved its epoch while idle.
+            let mut moved = Instant::now();
             // The times of the last MAX_EPOCHS_IN_FLIGHT reads, oldest first.
             let mut recent: VecDeque<Time> = VecDeque::new();
             // Checkpoints of the reader not acknowledged yet, with the time they were sent at.
@@ -1354,8 +1366,21 @@ fn build_source_stage<'s>(
                     p.publish(index, watermark, state);
                 }
                 if !produced && watermark == now.watermark {
-                    // Nothing read and nothing to move: poll again after a growing pause
-                    // (50 µs up to 6.4 ms) rather than spin.
+                    // Nothing read: keep the epoch up with the other source workers (see
+                    // `EpochClock`). Those of other processes have another clock: one whose
+                    // epoch has been the job's frontier for a while moves past them.
+                    let across = shared.local_workers < ctx_workers
+                        && moved.elapsed() >= REMOTE_IDLE_MOVE
+                        && !pace.less_than(&now);
+                    let jump = shared
+                        .epochs
+                        .after_idle(now.epoch)
+                        .or_else(|| across.then(|| now.epoch.saturating_add(EPOCH_JUMP)));
+                    if let Some(epoch) = jump {
+                        current.downgrade(&Time::new(now.watermark, epoch));
+                        moved = Instant::now();
+                    }
+                    // Poll again after a growing pause (50 µs up to 6.4 ms) rather than spin.
                     let micros = 50u64 << (empty - 1).min(7);
                     activator
                         .borrow()
@@ -1373,7 +1398,8 @@ fn build_source_stage<'s>(
                 if recent.len() as u64 > MAX_EPOCHS_IN_FLIGHT {
                     recent.pop_front();
                 }
-                current.downgrade(&Time::new(watermark, now.epoch + 1));
+                current.downgrade(&Time::new(watermark, shared.epochs.after_read(now.epoch)));
+                moved = Instant::now();
                 if watermark > now.watermark {
                     // The operators fused behind the source see its watermark directly.
                     let mut emitted = Vec::new();

@@ -8,6 +8,7 @@
 //! second), which source pacing waits on. Jobs without event time keep the watermark at 0.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{ArrayRef, AsArray, Int64Array};
 use arrow::compute::cast;
@@ -100,6 +101,40 @@ impl Refines<()> for Time {
     fn summarize(_: TimeSummary) {}
 }
 
+/// Epochs an idle source worker moves ahead of the process's clock: room for that many reads
+/// of the other workers before it has to move again.
+pub(crate) const EPOCH_JUMP: u64 = 1024;
+
+/// The read epochs of one job's source workers in this process.
+///
+/// Pacing compares a source worker's epochs with the frontier of the job's outputs, which
+/// every source worker holds back: a worker that stops reading without finishing holds it at
+/// its epoch. Were epochs counted per worker, the others would then stop
+/// `MAX_EPOCHS_IN_FLIGHT` reads later and, if the idle one waits for them to finish (the
+/// workers of one crawl), never go on. So the workers' epochs follow one clock: a read takes
+/// the next epoch of the clock when the clock is ahead of the worker, and a worker that read
+/// nothing moves [`EPOCH_JUMP`] epochs past the clock whenever the clock comes within half of
+/// that of it. Jumps do not move the clock, so workers that all read nothing stop moving.
+#[derive(Debug, Default)]
+pub(crate) struct EpochClock {
+    /// One past the latest epoch read by any source worker of the job in this process.
+    next: AtomicU64,
+}
+
+impl EpochClock {
+    /// The epoch after a read at `epoch`.
+    pub(crate) fn after_read(&self, epoch: u64) -> u64 {
+        let next = epoch.saturating_add(1);
+        self.next.fetch_max(next, Ordering::SeqCst).max(next)
+    }
+
+    /// The epoch a worker at `epoch` that read nothing moves to, if it should move.
+    pub(crate) fn after_idle(&self, epoch: u64) -> Option<u64> {
+        let next = self.next.load(Ordering::SeqCst);
+        (next.saturating_add(EPOCH_JUMP / 2) > epoch).then(|| next.saturating_add(EPOCH_JUMP))
+    }
+}
+
 /// Checks that a column can hold event time: a timestamp of any unit, or Int64 milliseconds.
 pub fn event_time_type_check(data_type: &DataType, column: &str) -> Result<()> {
     match data_type {
@@ -140,5 +175,26 @@ mod tests {
         assert!(Time::new(1, 100).less_than(&Time::new(2, 0)));
         assert!(Time::new(2, 0).less_than(&Time::new(2, 1)));
         assert!(!Time::new(3, 0).less_equal(&Time::new(2, 9)));
+    }
+
+    #[test]
+    fn idle_workers_jump_past_the_clock_once_and_readers_follow_the_clock() {
+        let clock = EpochClock::default();
+        // Idle at the start: one jump, then none while nobody reads.
+        assert_eq!(clock.after_idle(0), Some(EPOCH_JUMP));
+        assert_eq!(clock.after_idle(EPOCH_JUMP), None);
+        // Another worker reads on; the idle one moves again once the clock comes within
+        // half a jump of it.
+        let mut busy = 0;
+        for _ in 0..EPOCH_JUMP / 2 {
+            busy = clock.after_read(busy);
+        }
+        assert_eq!(busy, EPOCH_JUMP / 2);
+        assert_eq!(clock.after_idle(EPOCH_JUMP), None);
+        busy = clock.after_read(busy);
+        assert_eq!(clock.after_idle(EPOCH_JUMP), Some(busy + EPOCH_JUMP));
+        // The idle worker reads at its epoch, far ahead: the busy one follows it there.
+        let idle = clock.after_read(busy + EPOCH_JUMP);
+        assert_eq!(clock.after_read(busy), idle);
     }
 }

@@ -1,9 +1,10 @@
 //! Bounded memory: a fast source in front of a slow operator never runs more than
 //! `MAX_EPOCHS_IN_FLIGHT` epochs ahead, so the batches queued between them stay bounded
-//! however much data flows.
+//! however much data flows; and a source worker with nothing to read, which waits for the
+//! others to finish (as the workers of one crawl do), does not stop them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow::array::{Int64Array, RecordBatch};
@@ -146,5 +147,130 @@ fn a_fast_source_stays_within_its_epoch_budget_ahead_of_a_slow_operator() {
     assert!(
         total >= 10 * bound,
         "the test must move at least ten times the bound through"
+    );
+}
+
+const BUSY_BATCHES: i64 = 2_000;
+
+/// Worker 0 (or the busy source) reads `BUSY_BATCHES` batches of 10 rows; the others (or the
+/// idle source) read nothing and stay open until it is done.
+struct Uneven {
+    /// The workers that read: the others are idle.
+    busy: fn(usize) -> bool,
+    done: Arc<AtomicBool>,
+}
+
+struct UnevenReader {
+    busy: bool,
+    done: Arc<AtomicBool>,
+    next: i64,
+}
+
+impl Source for Uneven {
+    fn schema(&self) -> Result<SchemaRef> {
+        Ok(schema())
+    }
+    fn open(&self, ctx: &WorkerContext) -> Result<Box<dyn SourceReader>> {
+        Ok(Box::new(UnevenReader {
+            busy: (self.busy)(ctx.index),
+            done: Arc::clone(&self.done),
+            next: 0,
+        }))
+    }
+}
+
+impl SourceReader for UnevenReader {
+    fn read(&mut self, out: &mut SourceCollector) -> Result<bool> {
+        if !self.busy {
+            return Ok(!self.done.load(Ordering::SeqCst));
+        }
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![Arc::new(Int64Array::from(vec![self.next; 10]))],
+        )
+        .map_err(|e| Error::arrow("uneven source", e))?;
+        out.emit(batch, 80);
+        self.next += 1;
+        let more = self.next < BUSY_BATCHES;
+        if !more {
+            self.done.store(true, Ordering::SeqCst);
+        }
+        Ok(more)
+    }
+}
+
+fn uneven(
+    graph: &mut JobGraph,
+    name: &str,
+    busy: fn(usize) -> bool,
+    done: &Arc<AtomicBool>,
+) -> NodeId {
+    graph.add_source(
+        name,
+        SourceDecl {
+            descriptor: Descriptor::new(name, serde_json::Value::Null),
+            source: Arc::new(Uneven {
+                busy,
+                done: Arc::clone(done),
+            }),
+            on_bad_record: BadRecordPolicy::Fail,
+            dead_letters: None,
+            event_time: None,
+        },
+    )
+}
+
+/// Runs the job on another thread and fails, rather than hangs, if it takes a minute.
+fn run_within_a_minute(graph: JobGraph, workers: usize) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(execute(&graph, &ExecOptions::new(workers)).map(|_| ()));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(result) => result.expect("job"),
+        Err(_) => panic!("the job did not end within a minute: its sources wait on each other"),
+    }
+}
+
+#[test]
+fn an_idle_source_worker_waiting_for_the_others_does_not_stop_them() {
+    let counters = Arc::new(Counters::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let mut graph = JobGraph::new("uneven workers");
+    let source = uneven(&mut graph, "uneven", |worker| worker == 0, &done);
+    graph.add_sink(
+        source,
+        "count",
+        Descriptor::new("count", serde_json::Value::Null),
+        Arc::new(Count(Arc::clone(&counters))),
+    );
+    run_within_a_minute(graph, 2);
+    assert_eq!(
+        counters.rows_out.load(Ordering::SeqCst),
+        BUSY_BATCHES as u64 * 10
+    );
+}
+
+#[test]
+fn an_idle_source_waiting_for_another_does_not_stop_it() {
+    let counters = Arc::new(Counters::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let mut graph = JobGraph::new("uneven sources");
+    for (name, busy) in [
+        ("busy", (|_| true) as fn(usize) -> bool),
+        ("idle", |_| false),
+    ] {
+        let source = uneven(&mut graph, name, busy, &done);
+        graph.add_sink(
+            source,
+            &format!("count {name}"),
+            Descriptor::new("count", serde_json::Value::Null),
+            Arc::new(Count(Arc::clone(&counters))),
+        );
+    }
+    run_within_a_minute(graph, 1);
+    assert_eq!(
+        counters.rows_out.load(Ordering::SeqCst),
+        BUSY_BATCHES as u64 * 10
     );
 }
