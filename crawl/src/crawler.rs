@@ -46,6 +46,10 @@ pub(crate) struct Shared {
     clock: Instant,
     /// Since when the crawl has had nothing to do while some worker had not started.
     idle_since: Mutex<Option<Instant>>,
+    /// Set once a worker found the crawl over: it stays over, so a worker that starts after
+    /// the grace for late workers ends at once instead of crawling links into partitions
+    /// whose workers are gone (and waiting for them for ever).
+    over: AtomicBool,
 }
 
 /// Counts of a crawl so far.
@@ -89,6 +93,7 @@ impl Shared {
             dropped_full: AtomicU64::new(0),
             clock: Instant::now(),
             idle_since: Mutex::new(None),
+            over: AtomicBool::new(false),
             seeds,
             config: Arc::new(config),
         }))
@@ -143,6 +148,9 @@ impl Shared {
     /// idle, nothing started while that was checked, and every worker has started (or
     /// those that have not did not for `UNSTARTED_GRACE`: their partitions are left).
     fn finished(&self) -> bool {
+        if self.over.load(Ordering::SeqCst) {
+            return true;
+        }
         let before = self.generation.load(Ordering::SeqCst);
         let idle = self.in_flight.load(Ordering::SeqCst) == 0
             && (0..self.workers())
@@ -154,16 +162,16 @@ impl Shared {
             *idle_since = None;
             return false;
         }
-        if self.served.iter().all(|s| s.load(Ordering::SeqCst)) {
-            return true;
+        if !self.served.iter().all(|s| s.load(Ordering::SeqCst)) {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < UNSTARTED_GRACE {
+                return false;
+            }
+            tracing::warn!(
+                "a crawl ends with the partitions of workers that never started left uncrawled"
+            );
         }
-        let since = *idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < UNSTARTED_GRACE {
-            return false;
-        }
-        tracing::warn!(
-            "a crawl ends with the partitions of workers that never started left uncrawled"
-        );
+        self.over.store(true, Ordering::SeqCst);
         true
     }
 
@@ -197,6 +205,13 @@ impl Shared {
     /// record for every request.
     pub(crate) async fn run_worker(self: Arc<Self>, index: usize, out: mpsc::Sender<PageRecord>) {
         self.served[index].store(true, Ordering::SeqCst);
+        if self.over.load(Ordering::SeqCst) {
+            tracing::warn!(
+                worker = index,
+                "a crawl worker started after the crawl ended: its partition is left uncrawled"
+            );
+            return;
+        }
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let mut wake = None;

@@ -201,6 +201,59 @@ fn two_workers_crawl_what_one_does() {
     assert!(one.len() > 400);
 }
 
+/// Reads worker `index`'s share of a crawl source until it ends, or fails after `limit`.
+fn read_worker(source: &dyn streamrun_engine::Source, index: usize, limit: Duration) -> usize {
+    use streamrun_engine::{BadRecordPolicy, SourceCollector, WorkerContext};
+    let ctx = WorkerContext {
+        job: "crawl".into(),
+        index,
+        workers: 2,
+    };
+    let mut reader = source.open(&ctx).expect("open");
+    let mut out = SourceCollector::new(BadRecordPolicy::Fail);
+    let started = std::time::Instant::now();
+    while reader.read(&mut out).expect("read") {
+        assert!(
+            started.elapsed() < limit,
+            "worker {index} still crawls after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    out.take().0.iter().map(|b| b.num_rows()).sum()
+}
+
+/// In a job, each worker opens the crawl source in its turn, and a crawl that has nothing
+/// left to do ends after a grace for the workers that have not opened it. A worker that opens
+/// it after that ends at once: were it to crawl, the links it found for the other worker's
+/// hosts would wait for a worker that is gone.
+#[test]
+fn a_worker_that_opens_the_source_after_the_crawl_ended_ends_at_once() {
+    let _serial = one_at_a_time();
+    let server = serve(SiteSpec {
+        pages: 200,
+        hosts: 8,
+        seed: 3,
+        ..SiteSpec::default()
+    });
+    // A seed on every host, so that both workers have some to crawl.
+    let seeds: Vec<String> = (0..8)
+        .filter_map(|k| server.site().pages.iter().position(|p| p.host == k))
+        .map(|n| server.url(n))
+        .collect();
+    let mut config = config(&server).politeness(2, 0);
+    config.seeds = seeds;
+    // Which worker owns which host depends on the hosts' ports: one of the two orders starts
+    // with a worker that has hosts to crawl.
+    let crawled = [(0, 1), (1, 0)].into_iter().find_map(|(first, late)| {
+        let source = streamrun_crawl::CrawlSource::new(config.clone());
+        let rows = read_worker(&source, first, Duration::from_secs(60));
+        let late_rows = read_worker(&source, late, Duration::from_secs(2));
+        assert_eq!(late_rows, 0, "the late worker {late} fetched nothing");
+        (rows > 0).then_some(rows)
+    });
+    assert!(crawled.is_some(), "neither worker crawled alone");
+}
+
 #[test]
 fn a_stopped_crawl_resumes_from_its_snapshot_without_fetching_twice() {
     let _serial = one_at_a_time();
