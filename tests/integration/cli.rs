@@ -3,11 +3,12 @@
 use std::process::{Command, Output};
 
 fn stream_run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stream-run"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run stream-run")
+    crate::common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        std::time::Duration::from_secs(180),
+    )
 }
 
 fn text(bytes: &[u8]) -> String {

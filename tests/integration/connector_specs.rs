@@ -14,11 +14,12 @@ fn required() -> bool {
 }
 
 fn stream_run(spec: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_stream-run"))
-        .args(["run", "--workers", "2"])
-        .arg(spec)
-        .output()
-        .expect("run stream-run")
+    crate::common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args(["run", "--workers", "2"])
+            .arg(spec),
+        Duration::from_secs(180),
+    )
 }
 
 /// The sales file's rows as `order_id|region|product|quantity|price`, the price as an f64

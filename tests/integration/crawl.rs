@@ -2,6 +2,7 @@
 //! and 4 workers, whose word counts per host equal the site's own and agree with each other.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use streamrun::operators::PageRank;
@@ -94,7 +95,8 @@ fn a_crawl_job_on_many_workers_equals_one_worker_and_the_site() {
 }
 
 /// The crawl as a job spec run by `stream-run run`: words counted per host, written as JSON
-/// lines, equal the site's own counts; and a spec whose seed is not on an allowed host is
+/// lines, equal the site's own counts (with room for 16 records between the crawl and the
+/// job, so that the crawl waits on the job); and a spec whose seed is not on an allowed host is
 /// refused naming the line.
 #[test]
 fn a_crawl_job_spec_counts_the_sites_words() {
@@ -118,6 +120,7 @@ fn a_crawl_job_spec_counts_the_sites_words() {
          max_depth = 1000\n\
          per_host_delay_ms = 0\n\
          per_host_concurrency = 4\n\
+         buffer = 16\n\
          [[steps]]\n\
          op = \"where\"\n\
          column = \"error_kind\"\n\
@@ -140,11 +143,12 @@ fn a_crawl_job_spec_counts_the_sites_words() {
     );
     let path = dir.path().join("crawl.toml");
     std::fs::write(&path, &spec).expect("write spec");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_stream-run"))
-        .args(["run", "--workers", "2"])
-        .arg(&path)
-        .output()
-        .expect("stream-run");
+    let run = crate::common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args(["run", "--workers", "2"])
+            .arg(&path),
+        Duration::from_secs(180),
+    );
     assert!(
         run.status.success(),
         "{}",
@@ -169,11 +173,12 @@ fn a_crawl_job_spec_counts_the_sites_words() {
         .replace(&hosts[1], "\"elsewhere:1\"")
         .replace(&hosts[0], "\"nowhere:1\"");
     std::fs::write(&path, bad).expect("write spec");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_stream-run"))
-        .arg("run")
-        .arg(&path)
-        .output()
-        .expect("stream-run");
+    let run = crate::common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .arg("run")
+            .arg(&path),
+        Duration::from_secs(60),
+    );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(
