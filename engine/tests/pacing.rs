@@ -3,6 +3,8 @@
 //! however much data flows; and a source worker with nothing to read, which waits for the
 //! others to finish (as the workers of one crawl do), does not stop them.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -150,19 +152,47 @@ fn a_fast_source_stays_within_its_epoch_budget_ahead_of_a_slow_operator() {
     );
 }
 
-const BUSY_BATCHES: i64 = 2_000;
+const BUSY_BATCHES: i64 = 10_000;
+
+/// Where the busy reader says it is done: in this process, or in a file that readers in other
+/// processes see.
+#[derive(Clone)]
+enum Done {
+    Flag(Arc<AtomicBool>),
+    File(PathBuf),
+}
+
+impl Done {
+    fn set(&self) -> Result<()> {
+        match self {
+            Done::Flag(flag) => {
+                flag.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Done::File(path) => std::fs::write(path, b"done")
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e)),
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        match self {
+            Done::Flag(flag) => flag.load(Ordering::SeqCst),
+            Done::File(path) => path.exists(),
+        }
+    }
+}
 
 /// Worker 0 (or the busy source) reads `BUSY_BATCHES` batches of 10 rows; the others (or the
 /// idle source) read nothing and stay open until it is done.
 struct Uneven {
     /// The workers that read: the others are idle.
     busy: fn(usize) -> bool,
-    done: Arc<AtomicBool>,
+    done: Done,
 }
 
 struct UnevenReader {
     busy: bool,
-    done: Arc<AtomicBool>,
+    done: Done,
     next: i64,
 }
 
@@ -173,7 +203,7 @@ impl Source for Uneven {
     fn open(&self, ctx: &WorkerContext) -> Result<Box<dyn SourceReader>> {
         Ok(Box::new(UnevenReader {
             busy: (self.busy)(ctx.index),
-            done: Arc::clone(&self.done),
+            done: self.done.clone(),
             next: 0,
         }))
     }
@@ -182,7 +212,7 @@ impl Source for Uneven {
 impl SourceReader for UnevenReader {
     fn read(&mut self, out: &mut SourceCollector) -> Result<bool> {
         if !self.busy {
-            return Ok(!self.done.load(Ordering::SeqCst));
+            return Ok(!self.done.is_set());
         }
         let batch = RecordBatch::try_new(
             schema(),
@@ -193,25 +223,20 @@ impl SourceReader for UnevenReader {
         self.next += 1;
         let more = self.next < BUSY_BATCHES;
         if !more {
-            self.done.store(true, Ordering::SeqCst);
+            self.done.set()?;
         }
         Ok(more)
     }
 }
 
-fn uneven(
-    graph: &mut JobGraph,
-    name: &str,
-    busy: fn(usize) -> bool,
-    done: &Arc<AtomicBool>,
-) -> NodeId {
+fn uneven(graph: &mut JobGraph, name: &str, busy: fn(usize) -> bool, done: &Done) -> NodeId {
     graph.add_source(
         name,
         SourceDecl {
             descriptor: Descriptor::new(name, serde_json::Value::Null),
             source: Arc::new(Uneven {
                 busy,
-                done: Arc::clone(done),
+                done: done.clone(),
             }),
             on_bad_record: BadRecordPolicy::Fail,
             dead_letters: None,
@@ -235,7 +260,7 @@ fn run_within_a_minute(graph: JobGraph, workers: usize) {
 #[test]
 fn an_idle_source_worker_waiting_for_the_others_does_not_stop_them() {
     let counters = Arc::new(Counters::default());
-    let done = Arc::new(AtomicBool::new(false));
+    let done = Done::Flag(Arc::new(AtomicBool::new(false)));
     let mut graph = JobGraph::new("uneven workers");
     let source = uneven(&mut graph, "uneven", |worker| worker == 0, &done);
     graph.add_sink(
@@ -254,7 +279,7 @@ fn an_idle_source_worker_waiting_for_the_others_does_not_stop_them() {
 #[test]
 fn an_idle_source_waiting_for_another_does_not_stop_it() {
     let counters = Arc::new(Counters::default());
-    let done = Arc::new(AtomicBool::new(false));
+    let done = Done::Flag(Arc::new(AtomicBool::new(false)));
     let mut graph = JobGraph::new("uneven sources");
     for (name, busy) in [
         ("busy", (|_| true) as fn(usize) -> bool),
@@ -273,4 +298,106 @@ fn an_idle_source_waiting_for_another_does_not_stop_it() {
         counters.rows_out.load(Ordering::SeqCst),
         BUSY_BATCHES as u64 * 10
     );
+}
+
+/// Set in the processes the test below starts: the folder they share.
+const PROCESS_DIR_ENV: &str = "STREAMRUN_PACING_TEST_DIR";
+
+/// One process of the job below: counts its workers' rows into a file of the folder.
+fn run_as_a_process(dir: &Path) {
+    let counters = Arc::new(Counters::default());
+    let mut graph = JobGraph::new("uneven processes");
+    let source = uneven(
+        &mut graph,
+        "uneven",
+        |w| w == 0,
+        &Done::File(dir.join("done")),
+    );
+    graph.add_sink(
+        source,
+        "count",
+        Descriptor::new("count", serde_json::Value::Null),
+        Arc::new(Count(Arc::clone(&counters))),
+    );
+    let options = ExecOptions::from_env(2).expect("placed by the variables");
+    let process = options.cluster.as_ref().expect("a cluster").process;
+    execute(&graph, &options).expect("job");
+    let rows = counters.rows_out.load(Ordering::SeqCst).to_string();
+    std::fs::write(dir.join(format!("rows-{process}")), rows).expect("write the count");
+}
+
+/// Kills the processes left when dropped.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Two processes of two workers: worker 0 of the first reads, and the three others read
+/// nothing until it is done. The second process's workers, whose clock never moves, move
+/// past the first's once their epoch holds the job's frontier.
+#[test]
+fn an_idle_process_waiting_for_another_does_not_stop_it() {
+    if let Some(dir) = std::env::var_os(PROCESS_DIR_ENV) {
+        run_as_a_process(Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listeners: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let peers = listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}", l.local_addr().expect("address").port()))
+        .collect::<Vec<_>>()
+        .join(",");
+    drop(listeners);
+    let exe = std::env::current_exe().expect("this test's binary");
+    let mut processes = Processes(Vec::new());
+    for process in 0..2 {
+        processes.0.push(
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "an_idle_process_waiting_for_another_does_not_stop_it",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(PROCESS_DIR_ENV, dir.path())
+                .env(Cluster::PROCESS_ENV, process.to_string())
+                .env(Cluster::PEERS_ENV, &peers)
+                .env(Cluster::WORKERS_ENV, "2")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start a process"),
+        );
+    }
+    let started = std::time::Instant::now();
+    for child in &mut processes.0 {
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "the job's processes did not end within 90 s: they wait on each other"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "a process failed: {status}");
+    }
+    let rows: u64 = (0..2)
+        .map(|p| {
+            std::fs::read_to_string(dir.path().join(format!("rows-{p}")))
+                .expect("a process's count")
+                .parse::<u64>()
+                .expect("a number")
+        })
+        .sum();
+    assert_eq!(rows, BUSY_BATCHES as u64 * 10);
 }
