@@ -450,11 +450,14 @@ fn build_dataflow<'s>(
                 } else {
                     Vec::new()
                 };
-                let blocking = stage.is_blocking(&shared.graph);
+                let holds = (
+                    stage.is_blocking(&shared.graph),
+                    stage.ops.iter().any(|op| op.role == Role::Sink),
+                );
                 if forward {
-                    chain_operator(upstream, Pipeline, &name, chain, blocking, shared)
+                    chain_operator(upstream, Pipeline, &name, chain, holds, shared)
                 } else {
-                    chain_operator(upstream, exchange(), &name, chain, blocking, shared)
+                    chain_operator(upstream, exchange(), &name, chain, holds, shared)
                 }
             }
             (Some(left), Some(right)) => {
@@ -678,6 +681,11 @@ struct StageRun {
     finished: bool,
     /// The input frontier last seen, to flush sinks when it moves.
     frontier: Option<Time>,
+    /// In a stage that writes and holds no capability otherwise: held at the least time of
+    /// what was written since the last flush. Without it the stage's output frontier, which
+    /// sources acknowledge by, would pass what its sinks still buffer as soon as the input
+    /// frontier did, before the stage ran to flush them.
+    unflushed: Option<Capability<Time>>,
     shared: Arc<Shared>,
 }
 
@@ -689,6 +697,22 @@ impl StageRun {
         }
         if let Err(e) = run_chain(&mut self.chain, from, batch, emitted) {
             self.shared.fail(e);
+        }
+    }
+
+    /// Holds the output frontier at `time` of a stage that writes, until its next flush.
+    fn written_at(&mut self, time: &timely::dataflow::operators::InputCapability<Time>) {
+        if self.held.is_some() {
+            // Held at its input frontier already, which it follows only when it flushes.
+            return;
+        }
+        if let Some(cap) = time.retain_least(0)
+            && self
+                .unflushed
+                .as_ref()
+                .is_none_or(|held| cap.time() < held.time())
+        {
+            self.unflushed = Some(cap);
         }
     }
 
@@ -714,6 +738,7 @@ impl StageRun {
             if frontier.is_some() && !self.shared.aborted() {
                 self.signal(Signal::Flush, emit);
             }
+            self.unflushed = None;
         }
         if frontier.is_none() && !self.finished {
             self.finished = true;
@@ -724,6 +749,7 @@ impl StageRun {
         }
         if self.shared.aborted() {
             self.held = None;
+            self.unflushed = None;
         }
     }
 
@@ -760,7 +786,7 @@ fn chain_operator<'s, P>(
     pact: P,
     name: &str,
     chain: Vec<ChainOp>,
-    blocking: bool,
+    (blocking, writes): (bool, bool),
     shared: &Arc<Shared>,
 ) -> TaggedStream<'s>
 where
@@ -780,10 +806,14 @@ where
                 watermark: 0,
                 finished: false,
                 frontier: None,
+                unflushed: None,
                 shared,
             };
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
+                    if writes {
+                        run.written_at(&cap);
+                    }
                     let mut emitted = Vec::new();
                     for container in data {
                         for (_, batch) in container.drain(..) {
@@ -862,6 +892,7 @@ where
                 watermark: 0,
                 finished: false,
                 frontier: None,
+                unflushed: None,
                 shared,
             };
             move |(left, left_frontier), (right, right_frontier), output| {
