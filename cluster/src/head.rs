@@ -231,7 +231,7 @@ impl Head {
                 // Timely's port for this process; distinct within the job.
                 let port = loop {
                     use rand::Rng;
-                    let p: u16 = rand::rng().random_range(20_000..60_000);
+                    let p: u16 = rand::rng().random_range(JOB_PORTS);
                     if ports.insert(p) {
                         break p;
                     }
@@ -638,6 +638,11 @@ impl Head {
         Ok(page)
     }
 }
+
+/// The ports a job's processes listen on for their timely peers: below Linux's default range
+/// of ephemeral ports (32768–60999), so that none is a port an outgoing connection of the node
+/// holds (which made a job fail at start while a node had many connections open).
+const JOB_PORTS: std::ops::Range<u16> = 20_000..32_768;
 
 /// The most output one `logs?process=…&offset=…` call returns.
 pub const LOG_PAGE_BYTES: u64 = 4 << 20;
