@@ -700,13 +700,15 @@ impl StageRun {
         }
     }
 
-    /// Holds the output frontier at `time` of a stage that writes, until its next flush.
-    fn written_at(&mut self, time: &timely::dataflow::operators::InputCapability<Time>) {
+    /// Holds the output frontier of a stage that writes at the time of `input`, until its
+    /// next flush.
+    fn written_at(&mut self, input: &timely::dataflow::operators::InputCapability<Time>) {
         if self.held.is_some() {
-            // Held at its input frontier already, which it follows only when it flushes.
+            // Held at its input frontier already, which it follows only in `advance`, in the
+            // activation that flushes.
             return;
         }
-        if let Some(cap) = time.retain_least(0)
+        if let Some(cap) = input.retain_least(0)
             && self
                 .unflushed
                 .as_ref()
