@@ -466,9 +466,9 @@ impl WindowInstance {
 
 /// Per window (the rows sharing a `window_end`), keeps the rows whose `by` is the greatest,
 /// ties included: "the auctions with the most bids in each window". A window's rows are
-/// complete, and emitted, when the watermark reaches its end; the input must be partitioned
-/// by `window_end` (`key_by("window_end")`) and come from a window operator, whose results
-/// carry event time `window_end - 1`.
+/// complete, and emitted, when the watermark reaches its end, at event time `window_end - 1`
+/// (as a window's results are); the input must be partitioned by `window_end`
+/// (`key_by("window_end")`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowArgMax {
     /// The window-end column (a timestamp or Int64 milliseconds).
@@ -538,15 +538,14 @@ struct ArgMaxInstance {
     end: usize,
     by: usize,
     schema: SchemaRef,
-    /// Rows per window end, with the watermark when the window's first rows came: their
-    /// event times are at or after it.
-    open: BTreeMap<i64, (u64, Vec<RecordBatch>)>,
+    /// Rows per window end.
+    open: BTreeMap<i64, Vec<RecordBatch>>,
     watermark: u64,
 }
 
 impl ArgMaxInstance {
     fn close(&mut self, end: i64, out: &mut Collector) -> Result<()> {
-        let Some((_, batches)) = self.open.remove(&end) else {
+        let Some(batches) = self.open.remove(&end) else {
             return Ok(());
         };
         let rows = arrow::compute::concat_batches(&self.schema, &batches)
@@ -585,19 +584,20 @@ impl Operator for ArgMaxInstance {
         for (end, indices) in rows {
             let part = take_record_batch(&batch, &UInt32Array::from(indices))
                 .map_err(|e| Error::arrow("window_arg_max", e))?;
-            let watermark = self.watermark;
-            self.open
-                .entry(end)
-                .or_insert_with(|| (watermark, Vec::new()))
-                .1
-                .push(part);
+            self.open.entry(end).or_default().push(part);
         }
         Ok(())
     }
 
     fn hold(&self) -> Option<u64> {
-        // The rows it emits are rows it received, at or after the watermark of their arrival.
-        self.open.values().map(|(since, _)| *since).min()
+        // Its results carry event time `window_end - 1`, as a window's do. (Holding at the
+        // watermark when a window's first rows came, behind the sources, stopped sources
+        // paced on the job's frontier for as long as the window stayed open: the window
+        // never closed, a deadlock seen in Nexmark q7 on 2 workers.)
+        self.open
+            .keys()
+            .next()
+            .map(|&end| u64::try_from(end.saturating_sub(1)).unwrap_or(0))
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Collector) -> Result<()> {
@@ -695,8 +695,13 @@ mod tests {
             .create(&ctx, &schema)
             .expect("create");
         let mut out = Collector::new();
+        // The watermark is far behind the windows: the results are still held at their
+        // windows' ends, never at the watermark they came under.
+        op.on_watermark(10, &mut out).expect("watermark");
         op.process_batch(rows, &mut out).expect("process");
+        assert_eq!(op.hold(), Some(999), "held at the first window's end - 1");
         op.on_watermark(1000, &mut out).expect("watermark");
+        assert_eq!(op.hold(), Some(1999), "then at the next one's");
         let first = out.take();
         assert_eq!(first.len(), 1);
         let prices = first[0]
