@@ -10,11 +10,12 @@ use streamrun::prelude::*;
 fn run_spec(dir: &Path, spec: &str) -> (bool, String) {
     let path = dir.join("job.toml");
     std::fs::write(&path, spec).expect("write spec");
-    let out = Command::new(env!("CARGO_BIN_EXE_stream-run"))
-        .args(["run", "--workers", "2"])
-        .arg(&path)
-        .output()
-        .expect("run stream-run");
+    let out = crate::common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args(["run", "--workers", "2"])
+            .arg(&path),
+        std::time::Duration::from_secs(180),
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -2,7 +2,10 @@
 //! timely cluster on loopback, placed by the variables a node agent sets.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+/// The longest a `stream-run` process of these tests may run: a hang fails its test.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// Free loopback ports: bound, read and released (another program could take one in
 /// between; the test then fails to connect and says so).
@@ -61,11 +64,12 @@ fn rows(dir: &Path) -> Vec<String> {
 #[test]
 fn a_word_count_over_2_processes_of_2_workers_equals_the_embedded_run() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let embedded = Command::new(env!("CARGO_BIN_EXE_stream-run"))
-        .args(["run", "-w", "1"])
-        .arg(spec(dir.path(), "embedded"))
-        .output()
-        .expect("run stream-run");
+    let embedded = crate::common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args(["run", "-w", "1"])
+            .arg(spec(dir.path(), "embedded")),
+        LIMIT,
+    );
     assert!(
         embedded.status.success(),
         "{}",
@@ -78,22 +82,26 @@ fn a_word_count_over_2_processes_of_2_workers_equals_the_embedded_run() {
         .collect::<Vec<_>>()
         .join(",");
     let cluster_spec = spec(dir.path(), "cluster");
+    // Both processes at once: each waits for the other to connect.
     let children: Vec<_> = (0..2)
         .map(|process| {
-            Command::new(env!("CARGO_BIN_EXE_stream-run"))
-                .arg("run")
-                .arg(&cluster_spec)
-                .env("STREAMRUN_PROCESS", process.to_string())
-                .env("STREAMRUN_PEERS", &peers)
-                .env("STREAMRUN_WORKERS", "2")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn a job process")
+            let peers = peers.clone();
+            let cluster_spec = cluster_spec.clone();
+            std::thread::spawn(move || {
+                crate::common::output_within(
+                    Command::new(env!("CARGO_BIN_EXE_stream-run"))
+                        .arg("run")
+                        .arg(&cluster_spec)
+                        .env("STREAMRUN_PROCESS", process.to_string())
+                        .env("STREAMRUN_PEERS", &peers)
+                        .env("STREAMRUN_WORKERS", "2"),
+                    LIMIT,
+                )
+            })
         })
         .collect();
     for child in children {
-        let out = child.wait_with_output().expect("wait");
+        let out = child.join().expect("a job process's test thread");
         assert!(
             out.status.success(),
             "{}",
@@ -116,13 +124,14 @@ fn a_word_count_over_2_processes_of_2_workers_equals_the_embedded_run() {
 #[test]
 fn a_malformed_placement_is_refused_naming_the_variable() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(env!("CARGO_BIN_EXE_stream-run"))
-        .arg("run")
-        .arg(spec(dir.path(), "bad"))
-        .env("STREAMRUN_PROCESS", "3")
-        .env("STREAMRUN_PEERS", "127.0.0.1:1,127.0.0.1:2")
-        .output()
-        .expect("run stream-run");
+    let out = crate::common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .arg("run")
+            .arg(spec(dir.path(), "bad"))
+            .env("STREAMRUN_PROCESS", "3")
+            .env("STREAMRUN_PEERS", "127.0.0.1:1,127.0.0.1:2"),
+        LIMIT,
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("STREAMRUN_PROCESS"), "{stderr}");
