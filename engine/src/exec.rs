@@ -1171,7 +1171,8 @@ fn build_source_stage<'s>(
     };
     let partitions = shared.partitions.get(&head.node).cloned();
     let index = ctx.index;
-    let ctx_workers = ctx.workers;
+    // Source workers of other processes follow other epoch clocks.
+    let other_processes = shared.local_workers < ctx.workers;
     let shared = Arc::clone(shared);
     let pace = pace.clone();
     let name = stage_name(stage);
@@ -1402,7 +1403,7 @@ fn build_source_stage<'s>(
                     // Nothing read: keep the epoch up with the other source workers (see
                     // `EpochClock`). Those of other processes have another clock: one whose
                     // epoch has been the job's frontier for a while moves past them.
-                    let across = shared.local_workers < ctx_workers
+                    let across = other_processes
                         && moved.elapsed() >= REMOTE_IDLE_MOVE
                         && !pace.less_than(&now);
                     let jump = shared
