@@ -229,8 +229,15 @@ impl SourceReader for UnevenReader {
     }
 }
 
-fn uneven(graph: &mut JobGraph, name: &str, busy: fn(usize) -> bool, done: &Done) -> NodeId {
-    graph.add_source(
+/// Adds an `Uneven` source named `name` and a sink counting its rows into `counters`.
+fn uneven(
+    graph: &mut JobGraph,
+    name: &str,
+    busy: fn(usize) -> bool,
+    done: &Done,
+    counters: &Arc<Counters>,
+) {
+    let source = graph.add_source(
         name,
         SourceDecl {
             descriptor: Descriptor::new(name, serde_json::Value::Null),
@@ -242,7 +249,13 @@ fn uneven(graph: &mut JobGraph, name: &str, busy: fn(usize) -> bool, done: &Done
             dead_letters: None,
             event_time: None,
         },
-    )
+    );
+    graph.add_sink(
+        source,
+        &format!("count {name}"),
+        Descriptor::new("count", serde_json::Value::Null),
+        Arc::new(Count(Arc::clone(counters))),
+    );
 }
 
 /// Runs the job on another thread and fails, rather than hangs, if it takes a minute.
@@ -262,13 +275,7 @@ fn an_idle_source_worker_waiting_for_the_others_does_not_stop_them() {
     let counters = Arc::new(Counters::default());
     let done = Done::Flag(Arc::new(AtomicBool::new(false)));
     let mut graph = JobGraph::new("uneven workers");
-    let source = uneven(&mut graph, "uneven", |worker| worker == 0, &done);
-    graph.add_sink(
-        source,
-        "count",
-        Descriptor::new("count", serde_json::Value::Null),
-        Arc::new(Count(Arc::clone(&counters))),
-    );
+    uneven(&mut graph, "uneven", |worker| worker == 0, &done, &counters);
     run_within_a_minute(graph, 2);
     assert_eq!(
         counters.rows_out.load(Ordering::SeqCst),
@@ -285,13 +292,7 @@ fn an_idle_source_waiting_for_another_does_not_stop_it() {
         ("busy", (|_| true) as fn(usize) -> bool),
         ("idle", |_| false),
     ] {
-        let source = uneven(&mut graph, name, busy, &done);
-        graph.add_sink(
-            source,
-            &format!("count {name}"),
-            Descriptor::new("count", serde_json::Value::Null),
-            Arc::new(Count(Arc::clone(&counters))),
-        );
+        uneven(&mut graph, name, busy, &done, &counters);
     }
     run_within_a_minute(graph, 1);
     assert_eq!(
@@ -307,18 +308,8 @@ const PROCESS_DIR_ENV: &str = "STREAMRUN_PACING_TEST_DIR";
 fn run_as_a_process(dir: &Path) {
     let counters = Arc::new(Counters::default());
     let mut graph = JobGraph::new("uneven processes");
-    let source = uneven(
-        &mut graph,
-        "uneven",
-        |w| w == 0,
-        &Done::File(dir.join("done")),
-    );
-    graph.add_sink(
-        source,
-        "count",
-        Descriptor::new("count", serde_json::Value::Null),
-        Arc::new(Count(Arc::clone(&counters))),
-    );
+    let done = Done::File(dir.join("done"));
+    uneven(&mut graph, "uneven", |w| w == 0, &done, &counters);
     let options = ExecOptions::from_env(2).expect("placed by the variables");
     let process = options.cluster.as_ref().expect("a cluster").process;
     execute(&graph, &options).expect("job");
