@@ -228,7 +228,7 @@ impl Shared {
                         frontier.requeue(host, queued.clone());
                         next = Next::Empty;
                     }
-                    if matches!(next, Next::Page(..) | Next::Robots(_)) {
+                    if matches!(next, Next::Page(..) | Next::Robots { .. }) {
                         self.in_flight.fetch_add(1, Ordering::SeqCst);
                         self.generation.fetch_add(1, Ordering::SeqCst);
                     }
@@ -239,19 +239,19 @@ impl Shared {
                         let slot = Slot::new(&self, index, &host);
                         let me = Arc::clone(&self);
                         let out = out.clone();
-                        tasks.spawn(async move { me.page(slot, host, queued, out).await });
+                        tasks.spawn(async move { me.page(slot, queued, out).await });
                     }
-                    Next::Robots(host) => {
+                    Next::Robots { host, origin } => {
                         let slot = Slot::new(&self, index, &host);
                         let me = Arc::clone(&self);
                         let out = out.clone();
-                        tasks.spawn(async move { me.robots(slot, host, out).await });
+                        tasks.spawn(async move { me.robots(slot, origin, out).await });
                     }
-                    Next::Disallowed(host, queued) => {
+                    Next::Disallowed(_, queued) => {
                         let record = PageRecord {
                             error_kind: error_kind::ROBOTS.into(),
                             error: "disallowed by robots.txt".into(),
-                            ..self.record(&host, &queued)
+                            ..self.record(&queued)
                         };
                         if out.send(record).await.is_err() {
                             return;
@@ -291,10 +291,12 @@ impl Shared {
         }
     }
 
-    fn record(&self, host: &str, queued: &Queued) -> PageRecord {
+    fn record(&self, queued: &Queued) -> PageRecord {
         PageRecord {
             url: queued.url.clone(),
-            host: host.split_once("://").map_or(host, |(_, h)| h).to_owned(),
+            host: Url::parse(&queued.url)
+                .map(|url| authority(&url))
+                .unwrap_or_default(),
             depth: queued.depth,
             fetched_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -303,14 +305,30 @@ impl Shared {
         }
     }
 
-    async fn robots(&self, slot: Slot, host: String, out: mpsc::Sender<PageRecord>) {
+    async fn robots(&self, slot: Slot, origin: String, out: mpsc::Sender<PageRecord>) {
         let queued = Queued {
-            url: format!("{host}/robots.txt"),
+            url: format!("{origin}/robots.txt"),
             depth: 0,
             hops: 0,
         };
-        let mut record = self.record(&host, &queued);
-        let fetched = self.fetcher.fetch(&queued.url, true).await;
+        let mut record = self.record(&queued);
+        // Redirects are followed, up to `ROBOTS_REDIRECTS` (RFC 9309, 2.3.1.2), wherever
+        // they lead; past that the file counts as unavailable.
+        let mut url = queued.url.clone();
+        let mut fetched = self.fetch(&slot, &url, true).await;
+        for _ in 0..ROBOTS_REDIRECTS {
+            let Some(next) = fetched
+                .location
+                .as_deref()
+                .zip(Url::parse(&url).ok())
+                .and_then(|(location, base)| crate::normalize(&base, location))
+            else {
+                break;
+            };
+            url = next.to_string();
+            record.redirect = url.clone();
+            fetched = self.fetch(&slot, &url, true).await;
+        }
         // A missing or unreadable robots.txt allows everything; one the server cannot give
         // (5xx, no answer) forbids everything, as RFC 9309 says. Past `ROBOTS_MAX` bytes,
         // the rest of the file is not read.
@@ -326,14 +344,15 @@ impl Shared {
         if record.error_kind.is_empty() || record.error_kind == error_kind::STATUS {
             record.error_kind = error_kind::ROBOTS_TXT.into();
         }
-        self.frontier(slot.index).robots_done(&host, text);
+        self.frontier(slot.index)
+            .robots_done(&slot.host, &origin, text);
         slot.release(false);
         let _ = out.send(record).await;
     }
 
-    async fn page(&self, slot: Slot, host: String, queued: Queued, out: mpsc::Sender<PageRecord>) {
-        let mut record = self.record(&host, &queued);
-        let fetched = self.fetcher.fetch(&queued.url, false).await;
+    async fn page(&self, slot: Slot, queued: Queued, out: mpsc::Sender<PageRecord>) {
+        let mut record = self.record(&queued);
+        let fetched = self.fetch(&slot, &queued.url, false).await;
         fill(&mut record, &fetched);
         if let Ok(page) = Url::parse(&queued.url) {
             if let Some(location) = &fetched.location {
@@ -378,6 +397,17 @@ impl Shared {
         let _ = out.send(record).await;
     }
 
+    /// Fetches `url` for the request holding `slot`. A `Retry-After` the server sends holds
+    /// back every request of the slot's host until then, not only this one's retry.
+    async fn fetch(&self, slot: &Slot, url: &str, any_type: bool) -> crate::fetch::Fetched {
+        self.fetcher
+            .fetch(url, any_type, |wait| {
+                let until = self.now_ms().saturating_add(wait.as_millis() as u64);
+                self.frontier(slot.index).hold(&slot.host, until);
+            })
+            .await
+    }
+
     /// Every partition's state; taken once no request runs.
     pub(crate) fn snapshot(&self) -> Result<CrawlSnapshot, CrawlError> {
         let partitions = (0..self.workers())
@@ -404,6 +434,9 @@ impl Shared {
         Ok(())
     }
 }
+
+/// Redirects of a robots.txt followed at most (RFC 9309 asks for at least five).
+const ROBOTS_REDIRECTS: usize = 5;
 
 /// robots.txt bytes read at most (Google reads 500 KiB).
 const ROBOTS_MAX: usize = 500 << 10;

@@ -1,9 +1,9 @@
 //! One request: retries with backoff, no automatic redirects (each is a record, and its
 //! target goes through the frontier), a content-type filter and a body size cap.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{CONTENT_TYPE, LOCATION};
+use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 
 use crate::{CrawlConfig, CrawlError, error_kind};
 
@@ -16,10 +16,27 @@ pub(crate) struct Fetched {
     pub bytes: u64,
     /// Where a redirect points (its `Location`, as sent).
     pub location: Option<String>,
+    /// How long a 429 or 503 answer asked to wait (its `Retry-After`).
+    pub retry_after: Option<Duration>,
     /// Empty when the body was read; otherwise an [`error_kind`].
     pub error_kind: &'static str,
     pub error: String,
     pub elapsed: Duration,
+}
+
+/// The longest `Retry-After` obeyed: a server asking for longer is not retried (and its host
+/// waits this long).
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A `Retry-After` value: seconds, or an HTTP date (a date past is no wait). `None` when
+/// there is none or it is neither.
+pub(crate) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 pub(crate) struct Fetcher {
@@ -50,8 +67,18 @@ impl Fetcher {
         })
     }
 
-    /// Fetches `url`, trying again after connection failures, timeouts and 5xx statuses.
-    pub(crate) async fn fetch(&self, url: &str, any_type: bool) -> Fetched {
+    /// Fetches `url`, trying again after connection failures, timeouts, 429 and 5xx
+    /// statuses, with a backoff that doubles.
+    ///
+    /// A `Retry-After` is obeyed: `hold` is told how long (at most [`MAX_RETRY_AFTER`]) so
+    /// that the host's other requests wait too, and the retry waits at least that long. One
+    /// asking for longer than [`MAX_RETRY_AFTER`] is not retried.
+    pub(crate) async fn fetch(
+        &self,
+        url: &str,
+        any_type: bool,
+        hold: impl Fn(Duration),
+    ) -> Fetched {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
@@ -59,14 +86,20 @@ impl Fetcher {
             let transient = matches!(
                 fetched.error_kind,
                 error_kind::CONNECT | error_kind::TIMEOUT
-            ) || fetched.status >= 500;
-            if !transient || attempt >= self.retries {
+            ) || fetched.status >= 500
+                || fetched.status == 429;
+            if let Some(wait) = fetched.retry_after {
+                hold(wait.min(MAX_RETRY_AFTER));
+            }
+            let too_long = fetched.retry_after.is_some_and(|w| w > MAX_RETRY_AFTER);
+            if !transient || too_long || attempt >= self.retries {
                 return Fetched {
                     elapsed: started.elapsed(),
                     ..fetched
                 };
             }
-            tokio::time::sleep(self.backoff * 2u32.saturating_pow(attempt)).await;
+            let backoff = self.backoff * 2u32.saturating_pow(attempt);
+            tokio::time::sleep(backoff.max(fetched.retry_after.unwrap_or_default())).await;
             attempt += 1;
         }
     }
@@ -97,9 +130,13 @@ impl Fetcher {
         }
         if !response.status().is_success() {
             // Recorded with its status; its body (an error page) is not read.
+            let retry_after = matches!(status, 429 | 503)
+                .then(|| retry_after(&header(RETRY_AFTER), SystemTime::now()))
+                .flatten();
             return Fetched {
                 status,
                 content_type,
+                retry_after,
                 error_kind: error_kind::STATUS,
                 error: format!("status {status}"),
                 ..Fetched::default()
@@ -193,5 +230,29 @@ fn failed(e: &reqwest::Error) -> Fetched {
         error_kind: kind,
         error,
         ..Fetched::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = httpdate::parse_http_date("Wed, 25 Nov 2026 10:00:00 GMT").expect("a date");
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after("Wed, 25 Nov 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // A date already past: no wait.
+        assert_eq!(
+            retry_after("Wed, 25 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
+        assert_eq!(retry_after("", now), None);
     }
 }

@@ -1,10 +1,14 @@
 //! The URL frontier of one partition of hosts: a queue per host, de-duplication by URL
 //! fingerprint, politeness (a delay between a host's requests and a cap on its concurrent
-//! requests, raised by its robots.txt `Crawl-delay`), and robots.txt rules. Its state is
-//! keyed by host in a [`KeyedState`], so it is snapshotted and restored by key groups like
-//! any keyed state.
+//! requests, raised by its robots.txt `Crawl-delay` and held back by `Retry-After`), and
+//! robots.txt rules. Its state is keyed by host name in a [`KeyedState`], so it is
+//! snapshotted and restored by key groups like any keyed state.
+//!
+//! Politeness goes by host name: `http://h/`, `https://h/` and `http://h:8080/` are one
+//! host's requests. robots.txt goes by origin (scheme, host and port), as RFC 9309 says: each
+//! origin of a host has its own, fetched before the first of its pages.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -35,9 +39,14 @@ pub fn normalize(base: &Url, href: &str) -> Option<Url> {
     Some(url)
 }
 
-/// What politeness, robots.txt and partitioning go by: the URL's origin (scheme, host and
-/// port), as robots.txt applies to one origin.
+/// What politeness, the frontier's state and partitioning go by: the URL's host name, for
+/// all its schemes and ports.
 pub fn host_key(url: &Url) -> String {
+    url.host_str().unwrap_or_default().to_owned()
+}
+
+/// What robots.txt goes by: the URL's origin (scheme, host and port).
+pub fn origin_key(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
 
@@ -69,8 +78,9 @@ pub struct HostState {
     queue: VecDeque<Queued>,
     /// Fingerprints of every URL of the host ever queued.
     seen: HashSet<u64>,
-    /// Its robots.txt, once fetched (empty: none, or unreadable: everything allowed).
-    robots: Option<String>,
+    /// The robots.txt of each of its origins fetched (empty: none, or unreadable:
+    /// everything allowed).
+    robots: BTreeMap<String, String>,
     /// Requests of it started.
     fetched: u64,
 }
@@ -89,8 +99,13 @@ pub enum Pushed {
 /// What to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    /// Fetch this host's robots.txt (before any of its pages).
-    Robots(String),
+    /// Fetch the robots.txt of `origin`, of `host` (before any of the origin's pages).
+    Robots {
+        /// The host, as [`host_key`] names it.
+        host: String,
+        /// The origin, as [`origin_key`] names it.
+        origin: String,
+    },
     /// Fetch this page.
     Page(String, Queued),
     /// This page is disallowed by its host's robots.txt: record it, do not fetch it.
@@ -108,9 +123,11 @@ pub struct Frontier {
     schedule: BTreeSet<(u64, String)>,
     /// Each scheduled host's entry in `schedule`.
     scheduled: HashMap<String, u64>,
-    /// Not kept in snapshots: requests running, parsed robots, when each host may go next.
+    /// Not kept in snapshots: requests running, parsed robots (by origin), the longest
+    /// `Crawl-delay` of a host's robots, when each host may go next.
     running: HashMap<String, u32>,
     robots: HashMap<String, Option<Robot>>,
+    crawl_delay_ms: HashMap<String, u64>,
     robots_pending: HashSet<String>,
     not_before: HashMap<String, u64>,
     urls: usize,
@@ -130,6 +147,7 @@ impl Frontier {
             scheduled: HashMap::new(),
             running: HashMap::new(),
             robots: HashMap::new(),
+            crawl_delay_ms: HashMap::new(),
             robots_pending: HashSet::new(),
             not_before: HashMap::new(),
             urls: 0,
@@ -197,29 +215,50 @@ impl Frontier {
         }
         self.schedule.remove(&(at, host.clone()));
         self.scheduled.remove(&host);
-        let obey = self.obey_robots;
         let Some(state) = self.hosts.get_mut(host.as_bytes()) else {
             return Next::Empty;
         };
-        if obey && state.robots.is_none() {
+        let Some(front) = state.queue.front() else {
+            return self.next(now);
+        };
+        // The origin whose robots.txt rules the next URL (none when robots are not obeyed).
+        let origin = self
+            .obey_robots
+            .then(|| Url::parse(&front.url).ok())
+            .flatten()
+            .map(|url| origin_key(&url));
+        if let Some(origin) = &origin
+            && !state.robots.contains_key(origin)
+        {
             state.fetched += 1;
             self.robots_pending.insert(host.clone());
             self.start(&host, now);
-            return Next::Robots(host);
+            return Next::Robots {
+                host,
+                origin: origin.clone(),
+            };
         }
         let Some(queued) = state.queue.pop_front() else {
             return self.next(now);
         };
-        let allowed = !obey
-            || self
-                .robots
-                .entry(host.clone())
-                .or_insert_with(|| {
-                    let text = state.robots.as_deref().unwrap_or("");
-                    Robot::new(&self.agent, text.as_bytes()).ok()
-                })
-                .as_ref()
-                .is_none_or(|robot| robot.allowed(&queued.url));
+        let allowed = match origin {
+            None => true,
+            Some(origin) => {
+                let text = state.robots.get(&origin).map_or("", String::as_str);
+                let robot = match self.robots.entry(origin) {
+                    std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(new) => {
+                        // Parsed again after a restore: its Crawl-delay counts again too.
+                        let robot = Robot::new(&self.agent, text.as_bytes()).ok();
+                        note_crawl_delay(&mut self.crawl_delay_ms, &host, robot.as_ref());
+                        new.insert(robot)
+                    }
+                };
+                robot
+                    .as_ref()
+                    .is_none_or(|robot| robot.allowed(&queued.url))
+            }
+        };
         if !allowed {
             self.reschedule(&host);
             return Next::Disallowed(host, queued);
@@ -237,22 +276,23 @@ impl Frontier {
         self.reschedule(host);
     }
 
-    /// The delay between `host`'s requests: the configured one, or its robots.txt's
-    /// `Crawl-delay` when longer (and politeness is on).
+    /// The delay between `host`'s requests: the configured one, or the longest
+    /// `Crawl-delay` of its origins' robots.txt when longer (and politeness is on).
     fn delay_for(&self, host: &str) -> u64 {
-        let crawl_delay = self
-            .robots
-            .get(host)
-            .and_then(|r| r.as_ref())
-            .and_then(|r| r.delay)
-            .map_or(0, |seconds| {
-                (f64::from(seconds).clamp(0.0, MAX_CRAWL_DELAY_S) * 1000.0) as u64
-            });
+        let crawl_delay = self.crawl_delay_ms.get(host).copied().unwrap_or(0);
         if self.delay_ms == 0 {
             0
         } else {
             self.delay_ms.max(crawl_delay)
         }
+    }
+
+    /// Starts no request of `host` before `until` (milliseconds on the crawl's clock): what
+    /// a `Retry-After` asks.
+    pub fn hold(&mut self, host: &str, until: u64) {
+        let at = self.not_before.entry(host.to_owned()).or_default();
+        *at = (*at).max(until);
+        self.reschedule(host);
     }
 
     /// Puts back a URL taken from its queue but not fetched, first in the queue.
@@ -272,14 +312,15 @@ impl Frontier {
         self.reschedule(host);
     }
 
-    /// `host`'s robots.txt ended: `text` is what it says ("" when it has none, or when it
-    /// could not be read: everything is allowed then).
-    pub fn robots_done(&mut self, host: &str, text: String) {
+    /// The robots.txt of `origin`, of `host`, ended: `text` is what it says ("" when it has
+    /// none, or when it could not be read: everything is allowed then).
+    pub fn robots_done(&mut self, host: &str, origin: &str, text: String) {
         let robot = Robot::new(&self.agent, text.as_bytes()).ok();
-        self.robots.insert(host.to_owned(), robot);
+        note_crawl_delay(&mut self.crawl_delay_ms, host, robot.as_ref());
+        self.robots.insert(origin.to_owned(), robot);
         self.robots_pending.remove(host);
         if let Some(state) = self.hosts.get_mut(host.as_bytes()) {
-            state.robots = Some(text);
+            state.robots.insert(origin.to_owned(), text);
         }
         self.done(host);
     }
@@ -325,4 +366,15 @@ impl Frontier {
         }
         Ok(())
     }
+}
+
+/// Raises `host`'s delay to `robot`'s `Crawl-delay` (at most [`MAX_CRAWL_DELAY_S`]) when it
+/// is longer.
+fn note_crawl_delay(delays: &mut HashMap<String, u64>, host: &str, robot: Option<&Robot>) {
+    let Some(seconds) = robot.and_then(|r| r.delay) else {
+        return;
+    };
+    let ms = (f64::from(seconds).clamp(0.0, MAX_CRAWL_DELAY_S) * 1000.0) as u64;
+    let delay = delays.entry(host.to_owned()).or_default();
+    *delay = (*delay).max(ms);
 }

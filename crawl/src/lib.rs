@@ -8,9 +8,11 @@
 //!   (a bounded number of them: `frontier_max_urls`), normalized with the `url` crate. It is
 //!   keyed state by host ([`streamrun_operators::KeyedState`]), partitioned across workers
 //!   by the engine's key groups, and snapshotted so a crawl can resume.
-//! - **Politeness**: at most `per_host_concurrency` requests of a host at once, started at
-//!   least `per_host_delay_ms` apart (or its robots.txt `Crawl-delay`, when longer);
-//!   robots.txt is fetched first and obeyed (`texting_robots`).
+//! - **Politeness**, per host name (all its schemes and ports): at most
+//!   `per_host_concurrency` requests of a host at once, started at least `per_host_delay_ms`
+//!   apart (or its robots.txt `Crawl-delay`, when longer), and none before a 429 or 503
+//!   answer's `Retry-After`. Each origin's robots.txt is fetched first (following
+//!   redirects) and obeyed (`texting_robots`).
 //! - **Bounds**: depth, pages, allowed hosts and URL patterns, a timeout, retries with
 //!   backoff, a redirect limit, a body size cap and a content-type filter.
 //! - **Parsing**: links and text with a real HTML parser (`scraper`).
@@ -46,7 +48,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crawler::{Crawl, CrawlRun, CrawlSnapshot, CrawlStats};
 pub use extract::{Extracted, MAX_TEXT_BYTES, extract};
-pub use frontier::{Frontier, HostState, MAX_URL_BYTES, Next, Pushed, Queued, host_key, normalize};
+pub use frontier::{
+    Frontier, HostState, MAX_URL_BYTES, Next, Pushed, Queued, host_key, normalize, origin_key,
+};
 pub use source::CrawlSource;
 
 /// What can go wrong in a crawl (a page that cannot be fetched is a record, not an error).

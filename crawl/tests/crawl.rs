@@ -2,7 +2,9 @@
 //! the generated site itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use streamrun_crawl::site::{Link, Site, SiteServer, SiteSpec, word_counts};
 use streamrun_crawl::{Crawl, CrawlConfig, PageRecord, error_kind};
@@ -348,4 +350,230 @@ fn hostile_servers_and_pages_are_records_not_failures() {
             .iter()
             .any(|r| r.host == server.host(1) && r.status == 200 && !r.url.ends_with("robots.txt"))
     );
+}
+
+/// One request a [`TwoPorts`] server answered.
+#[derive(Debug, Clone)]
+struct Hit {
+    /// Which of the two ports (0 or 1).
+    port: usize,
+    path: String,
+    start: Instant,
+    end: Instant,
+}
+
+/// Two servers of one host name, `127.0.0.1`, on two ports: what politeness per host and
+/// robots.txt per origin are tested against. Every answer takes 100 ms.
+///
+/// - Port 0's robots.txt redirects to `/robots/moved.txt`, which disallows `/secret/`.
+/// - Port 1's robots.txt disallows `/hidden/` (and allows `/secret/`).
+/// - Port 0's `/` links to `/limited`, then to 15 pages on each port, then to a page under
+///   each disallowed path and to port 1's `/secret/a`.
+/// - `/limited` answers 429 with `Retry-After: 1` the first time, then a page.
+struct TwoPorts {
+    ports: Vec<u16>,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+struct TwoPortsState {
+    ports: Vec<u16>,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    limited: AtomicUsize,
+}
+
+impl TwoPorts {
+    fn start() -> TwoPorts {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listeners: Vec<tokio::net::TcpListener> = (0..2)
+            .map(|_| {
+                runtime
+                    .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                    .expect("bind")
+            })
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("address").port())
+            .collect();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(TwoPortsState {
+            ports: ports.clone(),
+            hits: Arc::clone(&hits),
+            limited: AtomicUsize::new(0),
+        });
+        for (port, listener) in listeners.into_iter().enumerate() {
+            let app = axum::Router::new()
+                .fallback(two_ports_answer)
+                .with_state((port, Arc::clone(&state)));
+            runtime.spawn(async move { axum::serve(listener, app).await });
+        }
+        TwoPorts {
+            ports,
+            hits,
+            _runtime: runtime,
+        }
+    }
+
+    fn url(&self, port: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports[port])
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        hits.sort_by_key(|h| h.start);
+        hits
+    }
+}
+
+async fn two_ports_answer(
+    axum::extract::State((port, state)): axum::extract::State<(usize, Arc<TwoPortsState>)>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let path = uri.path().to_owned();
+    let page = |body: String| {
+        (
+            [(header::CONTENT_TYPE, "text/html")],
+            format!("<html><body>{body}</body></html>"),
+        )
+            .into_response()
+    };
+    let response = match (port, path.as_str()) {
+        (0, "/robots.txt") => {
+            (StatusCode::FOUND, [(header::LOCATION, "/robots/moved.txt")]).into_response()
+        }
+        (0, "/robots/moved.txt") => "User-agent: *\nDisallow: /secret/\n".into_response(),
+        (1, "/robots.txt") => "User-agent: *\nDisallow: /hidden/\n".into_response(),
+        (0, "/") => {
+            let at = |port: usize, path: &str| {
+                format!(
+                    "<a href='http://127.0.0.1:{}{path}'>x</a>",
+                    state.ports[port]
+                )
+            };
+            let mut links = at(0, "/limited");
+            for i in 0..15 {
+                links += &at(0, &format!("/p/{i}"));
+                links += &at(1, &format!("/p/{i}"));
+            }
+            links += &at(0, "/secret/a");
+            links += &at(1, "/hidden/a");
+            links += &at(1, "/secret/a");
+            page(links)
+        }
+        (0, "/limited") if state.limited.fetch_add(1, Ordering::SeqCst) == 0 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            "slow down",
+        )
+            .into_response(),
+        (_, p) if p == "/limited" || p.starts_with("/p/") || p.starts_with("/secret/") => {
+            page("words".into())
+        }
+        _ => (StatusCode::NOT_FOUND, "no such page").into_response(),
+    };
+    state
+        .hits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Hit {
+            port,
+            path,
+            start,
+            end: Instant::now(),
+        });
+    response
+}
+
+#[test]
+fn politeness_is_per_host_name_and_robots_per_origin_and_retry_after_holds_the_host() {
+    let _serial = one_at_a_time();
+    let server = TwoPorts::start();
+    let delay = Duration::from_millis(60);
+    let mut config = CrawlConfig::new([server.url(0, "/")])
+        .allowed_hosts(server.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .politeness(2, delay.as_millis() as u64);
+    config.retries = 2;
+    let records: Vec<PageRecord> = Crawl::start(config, 2).expect("crawl").records().collect();
+    let hits = server.hits();
+    let asked: BTreeSet<(usize, &str)> = hits.iter().map(|h| (h.port, h.path.as_str())).collect();
+
+    // Each origin's robots.txt, the first one through its redirect, rules its own pages.
+    assert!(asked.contains(&(0, "/robots.txt")) && asked.contains(&(0, "/robots/moved.txt")));
+    assert!(asked.contains(&(1, "/robots.txt")));
+    assert!(
+        !asked.contains(&(0, "/secret/a")),
+        "port 0's robots.txt forbids it"
+    );
+    assert!(
+        !asked.contains(&(1, "/hidden/a")),
+        "port 1's robots.txt forbids it"
+    );
+    assert!(
+        asked.contains(&(1, "/secret/a")),
+        "port 1's robots.txt allows it"
+    );
+    let forbidden: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.error_kind == error_kind::ROBOTS)
+        .map(|r| r.url.as_str())
+        .collect();
+    let expected = [server.url(0, "/secret/a"), server.url(1, "/hidden/a")];
+    assert_eq!(forbidden, expected.iter().map(String::as_str).collect());
+    for k in 0..2 {
+        assert_eq!(
+            asked
+                .iter()
+                .filter(|(p, path)| *p == k && path.starts_with("/p/"))
+                .count(),
+            15
+        );
+    }
+
+    // One host, two ports: at most 2 requests at once over both, and starts `delay` apart
+    // (over runs of 10 gaps, as in the generated site's test).
+    let most = hits
+        .iter()
+        .map(|h| {
+            hits.iter()
+                .filter(|o| o.start <= h.start && h.start < o.end)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 2, "{most} requests of 127.0.0.1 at once");
+    for run in hits.windows(11) {
+        let span = run[10].start - run[0].start;
+        assert!(span >= delay * 9, "11 requests of 127.0.0.1 in {span:?}");
+    }
+
+    // The 429 holds the whole host for a second (not only its own retry), then the page
+    // is fetched.
+    let limited: Vec<&Hit> = hits.iter().filter(|h| h.path == "/limited").collect();
+    assert_eq!(limited.len(), 2, "{limited:?}");
+    let answered = limited[0].end;
+    assert!(limited[1].start >= answered + Duration::from_secs(1));
+    let held = hits
+        .iter()
+        .filter(|h| {
+            h.start > answered + Duration::from_millis(200)
+                && h.start < answered + Duration::from_secs(1)
+        })
+        .count();
+    assert_eq!(held, 0, "requests started while the host was held");
+    // The check can fail: requests were waiting while it was held.
+    assert!(hits.iter().filter(|h| h.start > answered).count() > 10);
+    let record = records
+        .iter()
+        .find(|r| r.url == server.url(0, "/limited"))
+        .expect("a record of /limited");
+    assert_eq!((record.status, record.error_kind.as_str()), (200, ""));
 }
