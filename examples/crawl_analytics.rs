@@ -13,11 +13,10 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type};
 use clap::Parser;
 use streamrun::prelude::*;
 use streamrun_crawl::site::{Site, SiteSpec};
@@ -97,20 +96,13 @@ fn main() -> anyhow::Result<()> {
         .key_by(["status", "error_kind"])
         .count()
         .sink(outcomes.clone());
-    // The link graph, as it is crawled: pages and links get 63-bit ids (a hash of the URL),
-    // and a link counts once its target is a crawled page too (an incremental join, so that
-    // links seen before their target are kept until it comes).
-    let urls = Collect::new();
-    let page_ids = pages.select(["url"]).map_batches("page_ids", url_ids);
-    page_ids.sink(urls.clone());
-    let edges = pages
-        .select(["url", "links"])
-        .map_batches("link_ids", link_edges)
-        .incremental_join(&page_ids.select(["id"]), ["dst"], ["id"]);
-    // PageRank on differential dataflow, kept up to date as edges arrive (30 rounds; a page
-    // without links to crawled pages gives its rank to every page).
+    // PageRank of the link graph as it is crawled, on differential dataflow (30 rounds): a
+    // link counts once its target is a crawled page too (links seen before their target are
+    // kept until it comes), and ranks are kept up to date as pages arrive.
     let ranks = Collect::new();
-    edges.pagerank("src", "dst", 0.85, 30).sink(ranks.clone());
+    pages
+        .link_rank("url", "links", 0.85, 30)
+        .sink(ranks.clone());
 
     let started = Instant::now();
     let report = streamrun::execute_with(&job, &ExecOptions::from_env(workers)?)?;
@@ -134,7 +126,7 @@ fn main() -> anyhow::Result<()> {
             println!("  {:>3} {:<14} {}", status.value(i), kind, count.value(i));
         }
     }
-    let ranks = final_ranks(&ranks.batches(), &urls.batches());
+    let ranks = final_ranks(&ranks.batches());
     println!("\nPageRank, the 10 highest:");
     for (rank, url) in ranks.iter().take(10) {
         println!("  {rank:.5} {url}");
@@ -151,87 +143,23 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A stable 63-bit id of a URL (FNV-1a, top bit cleared so it is a non-negative Int64).
-fn url_id(url: &str) -> i64 {
-    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash >> 1) as i64
-}
-
-/// Each page's URL (`url`) with its id (`id`).
-fn url_ids(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let urls = batch.column(0).as_string::<i32>();
-    let ids: Int64Array = urls.iter().map(|u| u.map(url_id)).collect();
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, true),
-            Field::new("url", DataType::Utf8, true),
-        ])),
-        vec![Arc::new(ids), batch.column(0).clone()],
-    )
-}
-
-/// One edge (`src`, `dst`: URL ids) per link of each page.
-fn link_edges(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let urls = batch.column(0).as_string::<i32>();
-    let links = batch.column(1).as_list::<i32>();
-    let (mut src, mut dst) = (Vec::new(), Vec::new());
-    for i in 0..batch.num_rows() {
-        if urls.is_null(i) || links.is_null(i) {
-            continue;
-        }
-        let from = url_id(urls.value(i));
-        let targets = links.value(i);
-        for target in targets.as_string::<i32>().iter().flatten() {
-            src.push(from);
-            dst.push(url_id(target));
-        }
-    }
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("src", DataType::Int64, false),
-            Field::new("dst", DataType::Int64, false),
-        ])),
-        vec![
-            Arc::new(Int64Array::from(src)),
-            Arc::new(Int64Array::from(dst)),
-        ],
-    )
-}
-
-/// The ranks PageRank's change stream (`node`, `rank`, `surfers`, `diff`) ends with, highest
-/// first, with each page's URL (from `urls`: `id`, `url`).
-fn final_ranks(changes: &[RecordBatch], urls: &[RecordBatch]) -> Vec<(f64, String)> {
-    let mut url_of: HashMap<i64, &str> = HashMap::new();
-    for batch in urls {
-        let ids = batch.column(0).as_primitive::<Int64Type>();
-        let names = batch.column(1).as_string::<i32>();
-        for i in 0..batch.num_rows() {
-            url_of.insert(ids.value(i), names.value(i));
-        }
-    }
-    // Sum each (node, rank, surfers)'s diffs: what remains is the final rank of each node.
-    let mut net: HashMap<(i64, u64, i64), i64> = HashMap::new();
+/// The ranks `link_rank`'s change stream (`url`, `rank`, `surfers`, `diff`) ends with, highest first.
+fn final_ranks(changes: &[RecordBatch]) -> Vec<(f64, String)> {
+    // Sum each (url, rank)'s diffs: what remains is each page's final rank.
+    let mut net: HashMap<(String, u64), i64> = HashMap::new();
     for batch in changes {
-        let nodes = batch.column(0).as_primitive::<Int64Type>();
+        let urls = batch.column(0).as_string::<i32>();
         let ranks = batch.column(1).as_primitive::<Float64Type>();
-        let surfers = batch.column(2).as_primitive::<Int64Type>();
         let diffs = batch.column(3).as_primitive::<Int64Type>();
         for i in 0..batch.num_rows() {
-            *net.entry((nodes.value(i), ranks.value(i).to_bits(), surfers.value(i)))
+            *net.entry((urls.value(i).to_owned(), ranks.value(i).to_bits()))
                 .or_default() += diffs.value(i);
         }
     }
     let mut ranked: Vec<(f64, String)> = net
         .into_iter()
         .filter(|(_, diff)| *diff > 0)
-        .map(|((node, rank, _), _)| {
-            let url = url_of
-                .get(&node)
-                .map_or_else(|| format!("#{node}"), |u| (*u).to_owned());
-            (f64::from_bits(rank), url)
-        })
+        .map(|((url, rank), _)| (f64::from_bits(rank), url))
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     ranked

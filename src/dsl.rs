@@ -345,6 +345,26 @@ impl Stream {
         self.dataflow(&[self.node], "pagerank", descriptor, Arc::new(op))
     }
 
+    /// PageRank of the pages of this stream, one row per page with its URL in column `url`
+    /// (Utf8) and the URLs it links to in `links` (a list of Utf8), as the crawl's records
+    /// have them. Links to URLs that are not pages of the stream are left out; each page is
+    /// ranked by [`Stream::pagerank`] (`damping`, `iterations`) over URL ids
+    /// ([`crate::links::url_id`]), kept up to date as pages arrive. Output is a change
+    /// stream `url, rank, surfers, diff`: summing the diffs of each `(url, rank)` leaves each
+    /// page's final rank with 1 (`surfers` is the rank in whole surfers, as
+    /// [`streamrun_operators::PageRank`] counts it).
+    pub fn link_rank(&self, url: &str, links: &str, damping: f64, iterations: u64) -> Stream {
+        let ids = self
+            .select([url])
+            .map_batches("link_rank.ids", crate::links::page_ids);
+        self.select([url, links])
+            .map_batches("link_rank.edges", crate::links::link_edges)
+            .incremental_join(&ids.select(["id"]), ["dst"], ["id"])
+            .pagerank("src", "dst", damping, iterations)
+            .incremental_join(&ids, ["node"], ["id"])
+            .select(["url", "rank", "surfers", "diff"])
+    }
+
     /// Rows per key, kept up to date with differential dataflow as rows arrive. Output is a
     /// change stream: the key columns, `count`, `diff` (a key going from 2 to 3 rows gives
     /// `(key, 2, -1)` and `(key, 3, +1)`).

@@ -38,6 +38,7 @@
 
 pub mod datagen;
 mod dsl;
+pub mod links;
 pub mod nexmark;
 pub mod spec;
 
