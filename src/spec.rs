@@ -24,9 +24,28 @@
 //! Steps: `select` (`columns`), `where` (`column`, `cmp` one of `== != < <= > >=`, `value`),
 //! `split_words` (`column`, `output`, `keep`), `aggregate` (`keys`, `aggs` of `{ fn, column, as }`
 //! with `fn` one of count, sum, min, max, mean), `top_k` (`k`, `by`, `ascending`),
-//! `rebalance`, `broadcast`, and `window` (`kind` one of tumbling, sliding, session; `size_ms`,
+//! `rebalance`, `broadcast`, `window` (`kind` one of tumbling, sliding, session; `size_ms`,
 //! `slide_ms`, `gap_ms`; `keys`; `aggs`), which needs `[source] event_time = { column,
-//! max_delay_ms }`. Every error names the file and the line of the key at fault.
+//! max_delay_ms }`, and `pagerank` (`url`, `links`, `damping`, `iterations`: pages with the
+//! URLs they link to, such as a crawl's, ranked into a change stream `url, rank, surfers,
+//! diff`). Every error names the file and the line of the key at fault.
+//!
+//! Branches: a job may have more outputs than `[sink]`. Each `[[branches]]` entry has a
+//! `name`, steps (`[[branches.steps]]`) and a sink (`[branches.sink]`), and reads the main
+//! steps' output, or what `from` names: `"source"`, or an earlier branch (whose output it
+//! then shares). A branch without a sink must feed a later one; `[sink]` may be left out
+//! when branches have sinks. A stdout sink may have a `title`, a branch's name by default.
+//!
+//! ```toml
+//! [[branches]]
+//! name = "top_terms"
+//! [[branches.steps]]
+//! op = "top_k"
+//! k = 10
+//! by = "count"
+//! [branches.sink]
+//! format = "stdout"
+//! ```
 //!
 //! A crawl is a source too: `format = "crawl"` with a `[source.crawl]` table of the crawl's
 //! settings (`seeds`, `max_pages`, `max_depth`, `allowed_hosts`, `per_host_delay_ms`, …, as
@@ -72,8 +91,31 @@ pub struct JobSpec {
     /// What happens to it, in order.
     #[serde(default)]
     pub steps: Vec<Spanned<StepSpec>>,
-    /// Where it goes.
-    pub sink: Spanned<SinkSpec>,
+    /// Where it goes (optional when branches have sinks).
+    #[serde(default)]
+    pub sink: Option<Spanned<SinkSpec>>,
+    /// More lines of steps beside the main one, each with its sink.
+    #[serde(default)]
+    pub branches: Vec<Spanned<BranchSpec>>,
+}
+
+/// A `[[branches]]` entry: steps and a sink fed by the main steps' output (by default), by
+/// the source, or by an earlier branch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchSpec {
+    /// Its name: what later branches' `from` and errors call it.
+    pub name: String,
+    /// What feeds it: `"steps"` (the main steps' output, the default), `"source"`, or the
+    /// name of an earlier branch (its output).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Its steps, in order.
+    #[serde(default)]
+    pub steps: Vec<Spanned<StepSpec>>,
+    /// Where its output goes; a branch without one must feed a later branch.
+    #[serde(default)]
+    pub sink: Option<Spanned<SinkSpec>>,
 }
 
 /// The file formats of sources.
@@ -250,7 +292,43 @@ pub enum StepSpec {
         /// The aggregates.
         aggs: Vec<Agg>,
     },
+    /// PageRank of pages: rows with a URL and the list of URLs it links to (the crawl's
+    /// records), to a change stream `url, rank, surfers, diff` (see
+    /// [`Stream::link_rank`]).
+    Pagerank {
+        /// The URL column (default `url`).
+        #[serde(default = "default_url_column")]
+        url: String,
+        /// The links column, a list of URLs (default `links`).
+        #[serde(default = "default_links_column")]
+        links: String,
+        /// The damping factor, between 0 and 1 exclusive (default 0.85).
+        #[serde(default = "default_damping")]
+        damping: f64,
+        /// Rounds (default 30, at most 1,000).
+        #[serde(default = "default_iterations")]
+        iterations: u64,
+    },
 }
+
+fn default_url_column() -> String {
+    "url".into()
+}
+
+fn default_links_column() -> String {
+    "links".into()
+}
+
+fn default_damping() -> f64 {
+    0.85
+}
+
+fn default_iterations() -> u64 {
+    30
+}
+
+/// The most rounds a `pagerank` step may ask for.
+const MAX_PAGERANK_ROUNDS: u64 = 1_000;
 
 impl StepSpec {
     fn op_name(&self) -> &'static str {
@@ -263,6 +341,7 @@ impl StepSpec {
             StepSpec::Rebalance {} => "rebalance",
             StepSpec::Broadcast {} => "broadcast",
             StepSpec::Window { .. } => "window",
+            StepSpec::Pagerank { .. } => "pagerank",
         }
     }
 }
@@ -296,6 +375,9 @@ pub struct SinkSpec {
     /// The output directory, relative to the spec's directory (not for stdout).
     #[serde(default)]
     pub path: Option<String>,
+    /// stdout: a line printed before the table (a branch's name by default).
+    #[serde(default)]
+    pub title: Option<String>,
     /// stdout: rows shown (default 100).
     #[serde(default)]
     pub max_rows: Option<usize>,
@@ -459,7 +541,7 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
     };
     let dead_letters = match (&source.on_bad_record, &source.dead_letters) {
         (BadRecordPolicy::DeadLetter, Some(dl)) => Some(
-            build_sink(dl, base)
+            build_sink(dl, base, None)
                 .map_err(|m| fail(source_line, format!("source.dead_letters: {m}")))?,
         ),
         (BadRecordPolicy::DeadLetter, None) => {
@@ -494,10 +576,146 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
         }
     }
 
-    for (i, step) in spec.steps.iter().enumerate() {
+    let event_time = source.event_time.is_some();
+    let main = add_steps(
+        stream.clone(),
+        &spec.steps,
+        "",
+        event_time,
+        &at,
+        &fail,
+        &mut lines,
+    )?;
+    if let Some(sink) = &spec.sink {
+        let sink_line = at(sink.span());
+        let built = build_sink(sink.get_ref(), base, None)
+            .map_err(|m| fail(sink_line, format!("sink: {m}")))?;
+        lines.push(("sink".to_owned(), sink_line));
+        main.sink_named("sink", built);
+    }
+    add_branches(
+        &spec, &stream, &main, base, event_time, &at, &fail, &mut lines,
+    )?;
+
+    Ok(LoadedSpec {
+        job,
+        workers: spec.workers,
+        file: file.to_owned(),
+        lines,
+    })
+}
+
+/// Adds the spec's branches, each fed by the source, the main steps or an earlier branch,
+/// and checks that every line of steps ends in a sink or feeds a branch.
+#[allow(clippy::too_many_arguments)]
+fn add_branches(
+    spec: &JobSpec,
+    source: &Stream,
+    main: &Stream,
+    base: &Path,
+    event_time: bool,
+    at: &dyn Fn(std::ops::Range<usize>) -> usize,
+    fail: &dyn Fn(usize, String) -> Error,
+    lines: &mut Vec<(String, usize)>,
+) -> Result<()> {
+    // Each branch's output, its line, and whether it ends in a sink or feeds a later branch.
+    let mut outputs: Vec<(String, Stream, usize, bool)> = Vec::new();
+    let mut main_used = spec.sink.is_some();
+    for (j, branch) in spec.branches.iter().enumerate() {
+        let line = at(branch.span());
+        let branch = branch.get_ref();
+        let name = &branch.name;
+        let this = format!("branches[{j}] ({name})");
+        if name.is_empty() || matches!(name.as_str(), "source" | "steps") {
+            return Err(fail(
+                line,
+                format!("{this}: a branch needs a name other than \"source\" and \"steps\""),
+            ));
+        }
+        if outputs.iter().any(|(other, ..)| other == name) {
+            return Err(fail(line, format!("{this}: another branch has this name")));
+        }
+        let from = match branch.from.as_deref().unwrap_or("steps") {
+            "source" => source.clone(),
+            "steps" => {
+                main_used = true;
+                main.clone()
+            }
+            other => {
+                let Some(feeding) = outputs.iter_mut().find(|(n, ..)| n == other) else {
+                    let known: Vec<String> = ["source", "steps"]
+                        .iter()
+                        .map(|s| format!("\"{s}\""))
+                        .chain(outputs.iter().map(|(n, ..)| format!("\"{n}\"")))
+                        .collect();
+                    return Err(fail(
+                        line,
+                        format!(
+                            "{this}: from = \"{other}\" names no earlier branch: it may be {}",
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                feeding.3 = true;
+                feeding.1.clone()
+            }
+        };
+        let end = add_steps(
+            from,
+            &branch.steps,
+            &format!("{name}."),
+            event_time,
+            at,
+            fail,
+            lines,
+        )?;
+        if let Some(sink) = &branch.sink {
+            let sink_line = at(sink.span());
+            let built = build_sink(sink.get_ref(), base, Some(name))
+                .map_err(|m| fail(sink_line, format!("{this}: sink: {m}")))?;
+            let sink_name = format!("{name}.sink");
+            lines.push((sink_name.clone(), sink_line));
+            end.sink_named(&sink_name, built);
+        }
+        outputs.push((name.clone(), end, line, branch.sink.is_some()));
+    }
+    if let Some((name, _, line, _)) = outputs.iter().find(|(.., used)| !used) {
+        return Err(fail(
+            *line,
+            format!(
+                "branch \"{name}\" has no sink and feeds no later branch: give it a [branches.sink]"
+            ),
+        ));
+    }
+    if !main_used {
+        let message = if spec.branches.is_empty() {
+            "the job has no [sink]: where its output goes (format = \"stdout\", \"parquet\", ...)"
+        } else if spec.steps.is_empty() {
+            // Nothing to lose: every branch reads the source.
+            return Ok(());
+        } else {
+            "the main [[steps]] lead nowhere: give them a [sink], or a branch with from = \"steps\""
+        };
+        return Err(fail(1, message.into()));
+    }
+    Ok(())
+}
+
+/// Adds `steps` to `stream`, naming their nodes `{prefix}steps[i]:op` and noting each one's
+/// line for errors.
+fn add_steps(
+    mut stream: Stream,
+    steps: &[Spanned<StepSpec>],
+    prefix: &str,
+    event_time: bool,
+    at: &dyn Fn(std::ops::Range<usize>) -> usize,
+    fail: &dyn Fn(usize, String) -> Error,
+    lines: &mut Vec<(String, usize)>,
+) -> Result<Stream> {
+    for (i, step) in steps.iter().enumerate() {
         let line = at(step.span());
         let step = step.get_ref();
-        let name = format!("steps[{i}]:{}", step.op_name());
+        let name = format!("{prefix}steps[{i}]:{}", step.op_name());
         lines.push((name.clone(), line));
         let simple =
             |descriptor: Descriptor, op: Arc<dyn streamrun_engine::OperatorFactory>| OperatorDecl {
@@ -573,7 +791,7 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
                         )
                     })
                 };
-                if source.event_time.is_none() {
+                if !event_time {
                     return Err(fail(
                         line,
                         format!(
@@ -594,26 +812,48 @@ pub fn from_str(text: &str, file: &str, base: &Path) -> Result<LoadedSpec> {
                 };
                 windowed.aggregate(aggs.clone())
             }
+            StepSpec::Pagerank {
+                url,
+                links,
+                damping,
+                iterations,
+            } => {
+                if !(*damping > 0.0 && *damping < 1.0) {
+                    return Err(fail(
+                        line,
+                        format!("{name}: damping must be between 0 and 1 (it is {damping})"),
+                    ));
+                }
+                if !(1..=MAX_PAGERANK_ROUNDS).contains(iterations) {
+                    return Err(fail(
+                        line,
+                        format!(
+                            "{name}: iterations must be 1 to {MAX_PAGERANK_ROUNDS} (it is {iterations})"
+                        ),
+                    ));
+                }
+                // The DSL names the nodes it adds itself; their errors point at this step.
+                for node in [
+                    "select",
+                    "link_rank.ids",
+                    "link_rank.edges",
+                    "incremental_join",
+                    "pagerank",
+                ] {
+                    lines.push((node.to_owned(), line));
+                }
+                stream.link_rank(url, links, *damping, *iterations)
+            }
         };
     }
-
-    let sink_line = at(spec.sink.span());
-    let sink =
-        build_sink(spec.sink.get_ref(), base).map_err(|m| fail(sink_line, format!("sink: {m}")))?;
-    lines.push(("sink".to_owned(), sink_line));
-    stream.sink_named("sink", sink);
-
-    Ok(LoadedSpec {
-        job,
-        workers: spec.workers,
-        file: file.to_owned(),
-        lines,
-    })
+    Ok(stream)
 }
 
+/// The sink `spec` describes; `title` is a stdout table's title unless the spec gives one.
 fn build_sink(
     spec: &SinkSpec,
     base: &Path,
+    title: Option<&String>,
 ) -> std::result::Result<(Descriptor, Arc<dyn Sink>), String> {
     let dir = |format: &str| -> std::result::Result<String, String> {
         spec.path
@@ -624,6 +864,9 @@ fn build_sink(
     if spec.max_rows.is_some() && spec.format != SinkFormat::Stdout {
         return Err("max_rows applies to format \"stdout\" only".into());
     }
+    if spec.title.is_some() && spec.format != SinkFormat::Stdout {
+        return Err("title applies to format \"stdout\" only".into());
+    }
     Ok(match spec.format {
         SinkFormat::Stdout => {
             if spec.path.is_some() {
@@ -632,6 +875,9 @@ fn build_sink(
             let mut s = Stdout::table();
             if let Some(n) = spec.max_rows {
                 s = s.max_rows(n);
+            }
+            if let Some(title) = spec.title.as_ref().or(title) {
+                s = s.titled(title.clone());
             }
             s.into_sink()
         }

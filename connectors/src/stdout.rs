@@ -32,9 +32,10 @@ const DEFAULT_MAX_ROWS: usize = 100;
 /// writer.finish()?; // prints rows 1 and 2, then "… 1 more rows"
 /// # Ok::<(), streamrun_engine::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Stdout {
     max_rows: usize,
+    title: Option<String>,
 }
 
 impl Stdout {
@@ -42,7 +43,15 @@ impl Stdout {
     pub fn table() -> Self {
         Stdout {
             max_rows: DEFAULT_MAX_ROWS,
+            title: None,
         }
+    }
+
+    /// Prints `title` and a colon on a line of its own before the table: which result it is,
+    /// when a job prints several.
+    pub fn titled(mut self, title: impl Into<String>) -> Self {
+        self.title = Some(title.into());
+        self
     }
 
     /// Prints at most `max_rows` rows (default 100); the others are only counted.
@@ -55,14 +64,16 @@ impl Stdout {
     pub fn descriptor(&self) -> Descriptor {
         Descriptor::new(
             "stdout",
-            json!({ "format": "table", "max_rows": self.max_rows }),
+            json!({ "format": "table", "max_rows": self.max_rows, "title": self.title }),
         )
     }
 }
 
 impl Sink for Stdout {
     fn open(&self, _ctx: &WorkerContext, _schema: &SchemaRef) -> Result<Box<dyn SinkWriter>> {
-        Ok(Box::new(TableWriter::new(self.max_rows)))
+        let mut writer = TableWriter::new(self.max_rows);
+        writer.title = self.title.clone();
+        Ok(Box::new(writer))
     }
 
     fn parallelism(&self) -> Parallelism {
@@ -74,6 +85,7 @@ impl Sink for Stdout {
 #[derive(Debug)]
 struct TableWriter {
     max_rows: usize,
+    title: Option<String>,
     kept: Vec<RecordBatch>,
     kept_rows: usize,
     total_rows: u64,
@@ -83,6 +95,7 @@ impl TableWriter {
     fn new(max_rows: usize) -> Self {
         TableWriter {
             max_rows,
+            title: None,
             kept: Vec::new(),
             kept_rows: 0,
             total_rows: 0,
@@ -91,14 +104,19 @@ impl TableWriter {
 
     /// The table, and the lines after it.
     fn render(&self) -> Result<String> {
+        let mut text = self
+            .title
+            .as_ref()
+            .map(|t| format!("{t}:\n"))
+            .unwrap_or_default();
         if self.total_rows == 0 {
-            return Ok("(0 rows)\n".to_string());
+            text.push_str("(0 rows)\n");
+            return Ok(text);
         }
-        let mut text = String::new();
         if self.kept_rows > 0 {
             let table = arrow::util::pretty::pretty_format_batches(&self.kept)
                 .map_err(|e| Error::arrow("formatting the result table", e))?;
-            text = format!("{table}\n");
+            text.push_str(&format!("{table}\n"));
         }
         let more = self.total_rows - self.kept_rows as u64;
         if more > 0 {
@@ -143,6 +161,18 @@ mod tests {
     fn batch(values: Vec<i64>) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).unwrap()
+    }
+
+    #[test]
+    fn a_title_comes_first() {
+        let mut writer = TableWriter::new(100);
+        writer.title = Some("top terms".into());
+        assert_eq!(writer.render().unwrap(), "top terms:\n(0 rows)\n");
+        writer.write(&batch(vec![7])).unwrap();
+        assert_eq!(
+            writer.render().unwrap(),
+            "top terms:\n+---+\n| n |\n+---+\n| 7 |\n+---+\n"
+        );
     }
 
     #[test]

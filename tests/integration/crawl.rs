@@ -10,6 +10,28 @@ use streamrun::prelude::*;
 use streamrun_crawl::site::{Link, Site, SiteSpec, word_counts};
 use streamrun_crawl::{CrawlConfig, CrawlSource};
 
+/// The generated site of `pages` pages on `hosts` hosts from `seed`, served on loopback.
+fn serve(pages: usize, hosts: usize, seed: u64) -> streamrun_crawl::site::SiteServer {
+    Site::generate(SiteSpec {
+        pages,
+        hosts,
+        seed,
+        ..SiteSpec::default()
+    })
+    .serve()
+    .expect("serve")
+}
+
+/// `stream-run run --workers 2` on the spec at `path`, stopped after 3 minutes.
+fn run_spec(path: &std::path::Path) -> std::process::Output {
+    crate::common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stream-run"))
+            .args(["run", "--workers", "2"])
+            .arg(path),
+        Duration::from_secs(180),
+    )
+}
+
 /// (url, status, error kind) of every fetch, and the pages' words counted per host.
 type Outcome = (Vec<(String, u16, String)>, HashMap<(String, String), u64>);
 
@@ -65,14 +87,7 @@ fn crawl_job(seed: String, hosts: Vec<String>, workers: usize) -> Outcome {
 
 #[test]
 fn a_crawl_job_on_many_workers_equals_one_worker_and_the_site() {
-    let server = Site::generate(SiteSpec {
-        pages: 500,
-        hosts: 3,
-        seed: 21,
-        ..SiteSpec::default()
-    })
-    .serve()
-    .expect("serve");
+    let server = serve(500, 3, 21);
     let hosts: Vec<String> = (0..3).map(|k| server.host(k)).collect();
     let (one, counts) = crawl_job(server.url(0), hosts.clone(), 1);
     let reachable: HashSet<usize> = server.site().reachable();
@@ -100,14 +115,7 @@ fn a_crawl_job_on_many_workers_equals_one_worker_and_the_site() {
 /// refused naming the line.
 #[test]
 fn a_crawl_job_spec_counts_the_sites_words() {
-    let server = Site::generate(SiteSpec {
-        pages: 300,
-        hosts: 2,
-        seed: 5,
-        ..SiteSpec::default()
-    })
-    .serve()
-    .expect("serve");
+    let server = serve(300, 2, 5);
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts: Vec<String> = (0..2).map(|k| format!("{:?}", server.host(k))).collect();
     let spec = format!(
@@ -143,12 +151,7 @@ fn a_crawl_job_spec_counts_the_sites_words() {
     );
     let path = dir.path().join("crawl.toml");
     std::fs::write(&path, &spec).expect("write spec");
-    let run = crate::common::output_within(
-        std::process::Command::new(env!("CARGO_BIN_EXE_stream-run"))
-            .args(["run", "--workers", "2"])
-            .arg(&path),
-        Duration::from_secs(180),
-    );
+    let run = run_spec(&path);
     assert!(
         run.status.success(),
         "{}",
@@ -224,23 +227,12 @@ fn page_edges(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowErro
     )
 }
 
-/// PageRank of a crawled 2,000-page site's link graph, on differential `iterate` as the
-/// crawl streams in, equals the same arithmetic run as a plain loop over the generated
-/// site's own links between reachable pages, on 1 and 3 workers.
-#[test]
-fn pagerank_of_a_crawl_equals_the_sites_own() {
-    let server = Site::generate(SiteSpec {
-        pages: 2_000,
-        hosts: 4,
-        seed: 11,
-        ..SiteSpec::default()
-    })
-    .serve()
-    .expect("serve");
-    let site = server.site();
-    let reachable = site.reachable();
+/// The generated site's links between reachable pages (by page number), as a crawl finds
+/// them: each page's links to pages (not through redirects, not to pages robots.txt forbids),
+/// once each.
+fn site_edges(site: &Site) -> Vec<(i64, i64)> {
     let mut edges = Vec::new();
-    for &n in &reachable {
+    for &n in &site.reachable() {
         // A page's links are deduplicated when it is parsed.
         let mut targets: Vec<usize> = site.pages[n]
             .links
@@ -254,6 +246,16 @@ fn pagerank_of_a_crawl_equals_the_sites_own() {
         targets.dedup();
         edges.extend(targets.into_iter().map(|t| (n as i64, t as i64)));
     }
+    edges
+}
+
+/// PageRank of a crawled 2,000-page site's link graph, on differential `iterate` as the
+/// crawl streams in, equals the same arithmetic run as a plain loop over the generated
+/// site's own links between reachable pages, on 1 and 3 workers.
+#[test]
+fn pagerank_of_a_crawl_equals_the_sites_own() {
+    let server = serve(2_000, 4, 11);
+    let edges = site_edges(server.site());
     let expected = PageRank::by_loop(&edges, 0.85, 20);
 
     let hosts: Vec<String> = (0..4).map(|k| server.host(k)).collect();
@@ -294,4 +296,112 @@ fn pagerank_of_a_crawl_equals_the_sites_own() {
         assert_eq!(got.len(), expected.len(), "{workers} workers: nodes");
         assert_eq!(got, expected, "{workers} workers");
     }
+}
+
+/// Every batch of the Parquet part files under `dir`.
+fn read_parquet_dir(dir: &std::path::Path) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for part in std::fs::read_dir(dir).expect("output dir") {
+        let file = std::fs::File::open(part.expect("part").path()).expect("open part");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("a Parquet file")
+            .build()
+            .expect("a reader");
+        batches.extend(reader.map(|b| b.expect("a batch")));
+    }
+    batches
+}
+
+/// The crawl-and-analytics job spec shipped as `examples/jobs/crawl.toml`, pointed at a
+/// generated site and run by `stream-run run` on 2 workers: its words per host and window add
+/// up to the site's own counts, its PageRank change stream nets out to the surfers of
+/// `PageRank::by_loop` over the site's links, and it prints its three tables, the top page
+/// among them.
+#[test]
+fn the_shipped_crawl_spec_counts_words_and_ranks_pages_as_the_site_does() {
+    let server = serve(400, 3, 9);
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/jobs/crawl.toml"
+    ))
+    .expect("the shipped spec");
+    let hosts: Vec<String> = (0..3).map(|k| format!("{:?}", server.host(k))).collect();
+    let spec: String = shipped
+        .lines()
+        .map(|line| {
+            if line.starts_with("seeds = ") {
+                format!("seeds = [\"{}\"]", server.url(0))
+            } else if line.starts_with("allowed_hosts = ") {
+                format!("allowed_hosts = [{}]", hosts.join(", "))
+            } else {
+                line.replace("../../out/crawl/", "out/")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("crawl.toml");
+    std::fs::write(&path, &spec).expect("write spec");
+    let run = run_spec(&path);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // Words per host and window add up to the site's counts.
+    let mut counts: HashMap<(String, String), u64> = HashMap::new();
+    for b in read_parquet_dir(&dir.path().join("out/words")) {
+        let host = b.column_by_name("host").expect("host").as_string::<i32>();
+        let word = b.column_by_name("word").expect("word").as_string::<i32>();
+        let count = b
+            .column_by_name("count")
+            .expect("count")
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            *counts
+                .entry((host.value(i).to_owned(), word.value(i).to_owned()))
+                .or_default() += count.value(i) as u64;
+        }
+    }
+    assert_eq!(counts, word_counts(&server, &server.site().reachable()));
+
+    // PageRank nets out to the loop's surfers, page by page.
+    let expected = PageRank::by_loop(&site_edges(server.site()), 0.85, 30);
+    let mut net: HashMap<(String, i64), i64> = HashMap::new();
+    for b in read_parquet_dir(&dir.path().join("out/pagerank")) {
+        let url = b.column_by_name("url").expect("url").as_string::<i32>();
+        let surfers = b.column_by_name("surfers").expect("surfers");
+        let surfers = surfers.as_primitive::<arrow::datatypes::Int64Type>();
+        let diff = b.column_by_name("diff").expect("diff");
+        let diff = diff.as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            *net.entry((url.value(i).to_owned(), surfers.value(i)))
+                .or_default() += diff.value(i);
+        }
+    }
+    let got: HashMap<i64, i64> = net
+        .into_iter()
+        .filter(|(_, d)| *d != 0)
+        .map(|((url, surfers), d)| {
+            assert_eq!(d, 1, "{url} nets to {d} rows");
+            (page_number(&url).expect("a page's URL"), surfers)
+        })
+        .collect();
+    assert_eq!(got, expected);
+
+    // The tables, the top page among them.
+    for title in ["top_terms:", "top_pages:", "fetch_outcomes:"] {
+        assert!(stdout.contains(title), "{title} missing from:\n{stdout}");
+    }
+    let top = expected
+        .iter()
+        .max_by_key(|(page, surfers)| (**surfers, -**page))
+        .map(|(page, _)| *page as usize)
+        .expect("ranked pages");
+    assert!(
+        stdout.contains(&server.url(top)),
+        "page {top} missing from:\n{stdout}"
+    );
 }

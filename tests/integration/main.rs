@@ -3,6 +3,7 @@
 
 mod actors;
 mod bad_input;
+mod branches;
 mod cli;
 mod cluster;
 mod common;
