@@ -62,10 +62,11 @@ impl Stdout {
 
     /// The descriptor of this sink for the job's plan: kind `stdout`.
     pub fn descriptor(&self) -> Descriptor {
-        Descriptor::new(
-            "stdout",
-            json!({ "format": "table", "max_rows": self.max_rows, "title": self.title }),
-        )
+        let mut config = json!({ "format": "table", "max_rows": self.max_rows });
+        if let Some(title) = &self.title {
+            config["title"] = json!(title);
+        }
+        Descriptor::new("stdout", config)
     }
 }
 
