@@ -997,6 +997,9 @@ mod connectors {
         if let Some(n) = source.batch_size {
             objects = objects.batch_size(n);
         }
+        if source.splittable == Some(false) {
+            objects = objects.split_bytes(u64::MAX);
+        }
         if let Some(fields) = &source.schema {
             objects = objects.schema(parse_schema(fields)?);
         }

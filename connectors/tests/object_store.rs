@@ -429,3 +429,108 @@ fn nothing_to_read_is_a_clear_error() {
         "{message}"
     );
 }
+
+/// One big line-format object: its text (a header for CSV, then `rows` records `id,name`
+/// of varying length, or their JSON lines), the rows it holds (`id|name`, sorted), and the
+/// 1-based lines of the records made bad on purpose (too many fields, or broken JSON).
+fn big_object(csv: bool, rows: i64) -> (String, Vec<String>, Vec<u64>) {
+    let mut text = String::new();
+    let mut good = Vec::new();
+    let mut bad_lines = Vec::new();
+    let mut line = 0u64;
+    if csv {
+        text.push_str("id,name\n");
+        line += 1;
+    }
+    for id in 0..rows {
+        line += 1;
+        let name = "n".repeat((id % 37) as usize + 1);
+        if id % 25_000 == 24_999 {
+            bad_lines.push(line);
+            text.push_str(if csv { "7,x,extra\n" } else { "{\"id\": 7,\n" });
+            continue;
+        }
+        if csv {
+            text.push_str(&format!("{id},{name}\n"));
+        } else {
+            text.push_str(&format!("{{\"id\":{id},\"name\":\"{name}\"}}\n"));
+        }
+        good.push(format!("{id}|{name}"));
+    }
+    good.sort();
+    (text, good, bad_lines)
+}
+
+fn id_name_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+    ]))
+}
+
+/// A single big object is cut into pieces that every worker reads: the rows are exactly the
+/// object's, each once, on 1, 2 and 3 workers, and the bad records deep inside it are named
+/// by the object and their line in it (counted through the pieces before theirs).
+#[test]
+fn one_big_object_is_split_between_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    for csv in [true, false] {
+        let (text, expected, bad_lines) = big_object(csv, 100_000);
+        let name = if csv { "big.csv" } else { "big.jsonl" };
+        std::fs::write(dir.path().join(name), &text).unwrap();
+        let url = format!("file://{}/{name}", dir.path().display());
+        let objects = if csv {
+            Objects::csv(url.clone())
+        } else {
+            Objects::json(url.clone())
+        };
+        let source = objects.schema(id_name_schema()).split_bytes(64 << 10);
+        for workers in [1, 2, 3] {
+            let read = read_all(&source, workers, BadRecordPolicy::DeadLetter).unwrap();
+            assert_eq!(read.rows(), expected, "{name}, {workers} workers");
+            let readers = read.per_worker.iter().filter(|b| !b.is_empty()).count();
+            assert_eq!(readers, workers, "{name}: every worker reads a piece");
+            let mut located: Vec<String> = read.dead.iter().map(|d| d.location.clone()).collect();
+            located.sort();
+            let mut wanted: Vec<String> = bad_lines.iter().map(|l| format!("{url}:{l}")).collect();
+            wanted.sort();
+            assert_eq!(located, wanted, "{name}, {workers} workers");
+        }
+        // Read whole: one worker has it all.
+        let whole = source.clone().split_bytes(u64::MAX);
+        let read = read_all(&whole, 3, BadRecordPolicy::DeadLetter).unwrap();
+        assert_eq!(read.rows(), expected);
+        assert_eq!(read.per_worker.iter().filter(|b| !b.is_empty()).count(), 1);
+    }
+}
+
+/// The same on S3: one CSV object read by 3 workers, a bad record named at its line.
+#[test]
+fn s3_one_object_is_split_between_workers() {
+    let Some(server) = moto() else { return };
+    create_bucket(server.port, "big");
+    let (text, expected, bad_lines) = big_object(true, 60_000);
+    put_object(server.port, "big", "in/big.csv", text.as_bytes());
+    let source = source("csv", "s3://big/in/*.csv".into(), server.port)
+        .schema(id_name_schema())
+        .split_bytes(64 << 10);
+    let read = read_all(&source, 3, BadRecordPolicy::DeadLetter).unwrap();
+    assert_eq!(read.rows(), expected);
+    assert_eq!(read.per_worker.iter().filter(|b| !b.is_empty()).count(), 3);
+    let mut located: Vec<String> = read.dead.iter().map(|d| d.location.clone()).collect();
+    located.sort();
+    let wanted: Vec<String> = bad_lines
+        .iter()
+        .map(|l| format!("s3://big/in/big.csv:{l}"))
+        .collect();
+    assert_eq!(located, wanted);
+    // Failing instead: the error names the first bad record's line (on one worker, the
+    // pieces are read in order).
+    let Err(Error::Input(message)) = read_all(&source, 1, FAIL) else {
+        panic!("expected an input error");
+    };
+    assert!(
+        message.contains(&format!("s3://big/in/big.csv:{}", bad_lines[0])),
+        "{message}"
+    );
+}

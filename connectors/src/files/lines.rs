@@ -45,32 +45,47 @@ pub(crate) fn plan_splits(
     workers: usize,
     splittable: bool,
 ) -> Vec<ByteSplit> {
-    let total: u64 = files.iter().map(|(_, size)| size).sum();
+    let sizes: Vec<u64> = files.iter().map(|(_, size)| *size).collect();
+    let min_split = if splittable {
+        MIN_SPLIT_BYTES
+    } else {
+        u64::MAX
+    };
+    let paths: Vec<Arc<PathBuf>> = files.iter().map(|(p, _)| Arc::new(p.clone())).collect();
+    plan_ranges(&sizes, workers, min_split)
+        .into_iter()
+        .map(|(file, range)| ByteSplit {
+            path: Arc::clone(&paths[file]),
+            start: range.start,
+            end: range.end,
+        })
+        .collect()
+}
+
+/// Cuts items of `sizes` bytes into byte ranges `(item, range)`: about 4 per worker over
+/// all items, none smaller than `min_split` unless its item is (`u64::MAX`: one per item).
+/// Empty items have none. Ranges come in item order, then offset order.
+pub(crate) fn plan_ranges(
+    sizes: &[u64],
+    workers: usize,
+    min_split: u64,
+) -> Vec<(usize, std::ops::Range<u64>)> {
+    let total: u64 = sizes.iter().sum();
     let target = (workers.max(1) as u64).saturating_mul(SPLITS_PER_WORKER);
-    let split_bytes = total.div_ceil(target).max(MIN_SPLIT_BYTES);
-    let mut splits = Vec::new();
-    for (path, size) in files {
-        let size = *size;
+    let split_bytes = total.div_ceil(target).max(min_split).max(1);
+    let mut ranges = Vec::new();
+    for (item, &size) in sizes.iter().enumerate() {
         if size == 0 {
             continue;
         }
-        let path = Arc::new(path.clone());
-        let pieces = if splittable {
-            (size / split_bytes).max(1)
-        } else {
-            1
-        };
+        let pieces = (size / split_bytes).max(1);
         for k in 0..pieces {
             // Even pieces; u128 keeps k * size from overflowing.
             let bound = |k: u64| (u128::from(k) * u128::from(size) / u128::from(pieces)) as u64;
-            splits.push(ByteSplit {
-                path: Arc::clone(&path),
-                start: bound(k),
-                end: bound(k + 1),
-            });
+            ranges.push((item, bound(k)..bound(k + 1)));
         }
     }
-    splits
+    ranges
 }
 
 /// Reads one line, terminator included, into `buf`, stopping after [`MAX_LINE_BYTES`].

@@ -1,7 +1,7 @@
 //! File sources and sinks: text, CSV, JSON lines and Parquet.
 
 mod infer;
-mod lines;
+pub(crate) mod lines;
 mod parquet;
 pub(crate) mod reader;
 mod sink;

@@ -17,12 +17,15 @@ use streamrun_engine::{
 
 use crate::FileFormat;
 use crate::files::INFER_RECORDS;
-use reader::{ObjectReader, ReadOptions, local_source, rename_error};
-use store::{Client, Listed, Location, Scratch, StoreOptions};
+use crate::files::lines::plan_ranges;
+use reader::{ObjectReader, Piece, ReadOptions, local_source, rename_error};
+use store::{Client, Listed, Location, Scratch, StoreOptions, Until};
 use writer::ObjectWriter;
 
 /// The default number of rows in a batch (as for files).
 const DEFAULT_BATCH_SIZE: usize = 8192;
+/// The least size of the pieces line-format objects are cut into.
+const DEFAULT_SPLIT_BYTES: u64 = 16 << 20;
 
 /// The descriptor kind of an object source or sink of `format`: `object.text`,
 /// `object.csv`, `object.json` or `object.parquet`.
@@ -173,17 +176,23 @@ impl Objects {
 /// wildcard and keeps those matching, sorted; wildcards match neither `/` nor a leading `.`
 /// of a name. The list is made once (when the schema is first asked for, or the first
 /// worker opens) and shared by the clones of the source, so that every worker deals from
-/// the same list: object `k` goes to worker `k % workers`, and every object is read by
-/// exactly one worker (objects are not split: a single object is read by one worker).
+/// the same list. Text, CSV and JSON lines objects are cut into pieces of at least
+/// [`ObjectSource::split_bytes`] (16 MiB by default; about 4 pieces per worker over all the
+/// objects), so that a single big object is read by every worker; each piece owns the lines
+/// that start in it. Parquet objects are read whole. Piece `k` goes to worker `k % workers`.
 ///
-/// A reader downloads its objects one at a time, streaming, into a local temporary file
-/// (in [`ObjectSource::temp_dir`]), then reads that file with the readers of
+/// A reader downloads its pieces one at a time, streaming, into a local temporary file
+/// (in [`ObjectSource::temp_dir`]; a piece from the byte before it to the end of its last
+/// line), then reads that file with the readers of
 /// [`Files`](crate::Files): the formats, options, bad-record handling and dead letters are
 /// those of [`FileSource`](crate::FileSource), but messages and dead letters name the
 /// object, as `s3://bucket/key:LINE` or `s3://bucket/key: row group N`. A call to
 /// [`SourceReader::read`] that starts a new object blocks until the object is downloaded
 /// (bounded by the retry and request timeouts); memory stays bounded (the download goes to
-/// disk piece by piece), and local disk needs room for the largest object of each worker.
+/// disk range by range), and local disk needs room for the largest piece of each worker.
+/// A line number in a message about a piece other than an object's first is found by
+/// counting the lines before the piece, a ranged read of the object, the first time it is
+/// needed.
 /// The local copy is removed once read.
 ///
 /// Schema inference reads the first object's first 1000 records (CSV, JSON lines: only
@@ -236,6 +245,7 @@ pub struct ObjectSource {
     has_header: bool,
     delimiter: u8,
     batch_size: usize,
+    split_bytes: u64,
     temp_dir: Option<PathBuf>,
     listed: Arc<Mutex<Option<Arc<[Listed]>>>>,
     inferred: Arc<OnceLock<SchemaRef>>,
@@ -251,6 +261,7 @@ impl ObjectSource {
             has_header: true,
             delimiter: b',',
             batch_size: DEFAULT_BATCH_SIZE,
+            split_bytes: DEFAULT_SPLIT_BYTES,
             temp_dir: None,
             listed: Arc::new(Mutex::new(None)),
             inferred: Arc::new(OnceLock::new()),
@@ -293,6 +304,14 @@ impl ObjectSource {
     /// read per step.
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size;
+        self
+    }
+
+    /// The least size of the pieces text, CSV and JSON lines objects are cut into, one
+    /// worker reading each (default 16 MiB; `u64::MAX` reads every object whole). A piece
+    /// costs a request or more, and the read of the line it starts in.
+    pub fn split_bytes(mut self, bytes: u64) -> Self {
+        self.split_bytes = bytes.max(1);
         self
     }
 
@@ -404,7 +423,7 @@ impl ObjectSource {
             ))
         })?;
         // The header and the records inference reads (blank lines are skipped by both).
-        client.download(object, &path, Some(INFER_RECORDS + 1))?;
+        client.download(object, 0, Until::Lines(INFER_RECORDS + 1), &path)?;
         let source = local_source(self.format, &local, self.has_header, self.delimiter);
         Source::schema(&source).map_err(|e| rename_error(e, &local, &object.url))
     }
@@ -431,11 +450,23 @@ impl Source for ObjectSource {
         let client = self.client(&location)?;
         let schema = self.resolve_schema(&location, &client)?;
         let objects = self.objects(&location, &client)?;
-        let mine = objects
-            .iter()
+        let pieces: Vec<Piece> = if self.format == FileFormat::Parquet {
+            objects.iter().cloned().map(Piece::whole).collect()
+        } else {
+            let sizes: Vec<u64> = objects.iter().map(|o| o.size).collect();
+            plan_ranges(&sizes, ctx.workers, self.split_bytes)
+                .into_iter()
+                .map(|(k, range)| Piece {
+                    object: objects[k].clone(),
+                    range,
+                })
+                .collect()
+        };
+        let mine = pieces
+            .into_iter()
             .enumerate()
             .filter(|(k, _)| k % ctx.workers == ctx.index)
-            .map(|(_, object)| object.clone())
+            .map(|(_, piece)| piece)
             .collect();
         let options = ReadOptions {
             format: self.format,

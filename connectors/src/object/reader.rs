@@ -1,7 +1,8 @@
-//! One worker's reader over its objects: each is downloaded to a local file, then read with
-//! the file connectors' readers.
+//! One worker's reader over its pieces of objects: each is downloaded to a local file, then
+//! read with the file connectors' readers.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,8 +13,30 @@ use streamrun_engine::{
     WorkerContext,
 };
 
-use super::store::{Client, Listed, Scratch};
+use super::store::{Client, Listed, Scratch, Until};
+use crate::files::lines::ByteSplit;
+use crate::files::reader::{LineFormat, LineReader};
 use crate::{FileFormat, FileSource, Files};
+
+/// A byte range of an object that one worker reads: the whole object, or (for line formats)
+/// a split of it, which owns the lines that start in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Piece {
+    pub object: Listed,
+    pub range: Range<u64>,
+}
+
+impl Piece {
+    /// The whole of `object`.
+    pub fn whole(object: Listed) -> Piece {
+        let range = 0..object.size;
+        Piece { object, range }
+    }
+
+    fn is_whole(&self) -> bool {
+        self.range.start == 0 && self.range.end >= self.object.size
+    }
+}
 
 /// How the objects are read: the options of the source they come from.
 #[derive(Debug, Clone)]
@@ -43,27 +66,65 @@ pub(crate) fn local_source(
     source.has_header(has_header).delimiter(delimiter)
 }
 
-/// The object being read.
+/// The piece being read.
 struct Current {
     object: Listed,
     /// Its local copy, as the file readers name it.
     local: String,
+    /// The object's byte that the local copy starts at.
+    from: u64,
+    /// The lines of the object before `from`, once counted: what turns a line number of the
+    /// local copy into one of the object.
+    lines_before: Option<u64>,
     reader: Box<dyn SourceReader>,
 }
 
 impl Current {
-    /// `text` with the local copy named as the object.
-    fn rename(&self, text: &str) -> String {
-        text.replace(&self.local, &self.object.url)
+    /// `text` with the local copy named as the object, and its line numbers (`local:N`)
+    /// turned into the object's. The lines before a piece are counted the first time a
+    /// message needs them (a ranged read of the object up to the piece).
+    fn rename(&mut self, client: &Client, text: &str) -> Result<String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.find(&self.local) {
+            out.push_str(&rest[..i]);
+            out.push_str(&self.object.url);
+            rest = &rest[i + self.local.len()..];
+            let Some(after) = rest.strip_prefix(':') else {
+                continue;
+            };
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let Ok(line) = after[..digits].parse::<u64>() else {
+                continue;
+            };
+            let before = match self.lines_before {
+                Some(n) => n,
+                None => *self
+                    .lines_before
+                    .insert(client.count_newlines(&self.object, self.from)?),
+            };
+            out.push_str(&format!(":{}", line + before));
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// `e` renamed as [`Current::rename`] renames text.
+    fn rename_error(&mut self, client: &Client, e: Error) -> Error {
+        map_messages(e, |text| match self.rename(client, &text) {
+            Ok(renamed) => renamed,
+            Err(_) => text.replace(&self.local, &self.object.url),
+        })
     }
 }
 
-/// One worker's reader over its objects, in order.
+/// One worker's reader over its pieces of objects, in order.
 pub(crate) struct ObjectReader {
     job: String,
     options: ReadOptions,
     client: Client,
-    objects: VecDeque<Listed>,
+    objects: VecDeque<Piece>,
     scratch: Option<Scratch>,
     /// How many objects it has downloaded (names the local copies).
     downloads: u64,
@@ -88,7 +149,7 @@ impl ObjectReader {
         ctx: &WorkerContext,
         options: ReadOptions,
         client: Client,
-        objects: Vec<Listed>,
+        objects: Vec<Piece>,
     ) -> Self {
         ObjectReader {
             job: ctx.job.clone(),
@@ -102,8 +163,9 @@ impl ObjectReader {
         }
     }
 
-    /// Downloads `object` and opens a file reader over its local copy.
-    fn open_object(&mut self, object: Listed) -> Result<Current> {
+    /// Downloads `piece` (a split: from the byte before it to the end of its last line) and
+    /// opens a file reader over its local copy.
+    fn open_object(&mut self, piece: Piece) -> Result<Current> {
         let scratch = match &mut self.scratch {
             Some(scratch) => scratch,
             none => none.insert(Scratch::create(self.options.temp_dir.as_deref())?),
@@ -120,14 +182,31 @@ impl ObjectReader {
                 path.display()
             ))
         })?;
-        let opened = self.client.download(&object, &path, None).and_then(|()| {
-            self.open_local(&object, &local)
+        let whole = piece.is_whole();
+        let from = piece.range.start.saturating_sub(1);
+        let until = if whole {
+            Until::End
+        } else {
+            Until::LineEnd(piece.range.end)
+        };
+        let object = piece.object.clone();
+        let opened = self
+            .client
+            .download(&object, from, until, &path)
+            .and_then(|()| {
+                if whole {
+                    self.open_local(&object, &local)
+                } else {
+                    self.open_split(&piece, from, &local)
+                }
                 .map_err(|e| rename_error(e, &local, &object.url))
-        });
+            });
         match opened {
             Ok(reader) => Ok(Current {
                 object,
                 local,
+                from,
+                lines_before: whole.then_some(0),
                 reader,
             }),
             Err(e) => {
@@ -166,6 +245,37 @@ impl ObjectReader {
         source.open(&ctx)
     }
 
+    /// A reader of the lines of `piece`, whose bytes from `from` on are in the local file
+    /// `local`. Only the object's first piece has the CSV header (the schema is known).
+    fn open_split(&self, piece: &Piece, from: u64, local: &str) -> Result<Box<dyn SourceReader>> {
+        let options = &self.options;
+        let format = match options.format {
+            FileFormat::Text => LineFormat::Text,
+            FileFormat::Csv => LineFormat::Csv {
+                delimiter: options.delimiter,
+                has_header: options.has_header && piece.range.start == 0,
+            },
+            FileFormat::Json => LineFormat::Json,
+            FileFormat::Parquet => {
+                return Err(Error::Internal(format!(
+                    "{}: a Parquet object is read whole, not split",
+                    piece.object.url
+                )));
+            }
+        };
+        let split = ByteSplit {
+            path: Arc::new(PathBuf::from(local)),
+            start: piece.range.start - from,
+            end: piece.range.end - from,
+        };
+        Ok(Box::new(LineReader::new(
+            format,
+            Arc::clone(&options.schema),
+            options.batch_size,
+            vec![split],
+        )))
+    }
+
     /// Closes the current object and removes its local copy.
     fn close_current(&mut self) {
         if let Some(current) = self.current.take() {
@@ -192,10 +302,10 @@ impl ObjectReader {
             );
         }
         for letter in dead {
-            let letter = match &self.current {
+            let letter = match &mut self.current {
                 Some(current) => DeadLetter {
-                    location: current.rename(&letter.location),
-                    reason: current.rename(&letter.reason),
+                    location: current.rename(&self.client, &letter.location)?,
+                    reason: current.rename(&self.client, &letter.reason)?,
                     record: letter.record,
                 },
                 None => letter,
@@ -232,10 +342,10 @@ impl SourceReader for ObjectReader {
                     self.current.insert(current)
                 }
             };
-            let more = current
-                .reader
-                .read(&mut self.inner)
-                .map_err(|e| rename_error(e, &current.local, &current.object.url))?;
+            let more = match current.reader.read(&mut self.inner) {
+                Ok(more) => more,
+                Err(e) => return Err(current.rename_error(&self.client, e)),
+            };
             let produced = self.forward(out)?;
             if !more {
                 self.close_current();
@@ -255,7 +365,11 @@ impl Drop for ObjectReader {
 
 /// `e` with the local path `local` named as `url`.
 pub(crate) fn rename_error(e: Error, local: &str, url: &str) -> Error {
-    let rename = |text: String| text.replace(local, url);
+    map_messages(e, |text| text.replace(local, url))
+}
+
+/// `e` with its message (or context) passed through `rename`.
+fn map_messages(e: Error, mut rename: impl FnMut(String) -> String) -> Error {
     match e {
         Error::Plan(m) => Error::Plan(rename(m)),
         Error::Input(m) => Error::Input(rename(m)),

@@ -30,6 +30,8 @@ const UPLOAD_READ_BYTES: usize = 1 << 20;
 /// a range comes within the request timeout, big enough that the latency of a request
 /// matters little.
 const RANGE_BYTES: u64 = 16 << 20;
+/// The size of the ranges fetched past a split's end to finish its last line.
+const LINE_TAIL_BYTES: u64 = 64 << 10;
 /// How much of the end of a Parquet object is fetched first for its footer.
 const PARQUET_TAIL_BYTES: u64 = 64 << 10;
 /// The size of a Parquet footer's tail: the metadata length and the magic bytes.
@@ -338,44 +340,95 @@ impl Client {
         Ok(matching)
     }
 
-    /// Downloads `object` into the local file `to`, a piece at a time. With `lines`, stops
-    /// after that many non-blank lines (the file then ends with the last of them).
+    /// Downloads `object` from byte `from` into the local file `to`, a piece at a time,
+    /// until `until`.
     ///
     /// The object is fetched in ranges of [`RANGE_BYTES`], each one request (with its own
     /// retries and timeout, so that a big object is not cut by the request timeout), all of
     /// the version the first one got.
-    pub fn download(&self, object: &Listed, to: &LocalPath, lines: Option<usize>) -> Result<()> {
+    pub fn download(&self, object: &Listed, from: u64, until: Until, to: &LocalPath) -> Result<()> {
         let local = |e| Error::io(format!("downloading {} to {}", object.url, to.display()), e);
         let mut file = std::fs::File::create(to).map_err(local)?;
+        match self.fetch(object, from, until, &mut file) {
+            Ok(()) => file.flush().map_err(local),
+            Err(Transfer::Local(e)) => Err(local(e)),
+            Err(e) => Err(transfer_error(e, &object.url)),
+        }
+    }
+
+    /// How many `\n` bytes the first `upto` bytes of `object` hold (read, not kept).
+    pub fn count_newlines(&self, object: &Listed, upto: u64) -> Result<u64> {
+        let mut counter = NewlineCounter(0);
+        match self.fetch(object, 0, Until::Byte(upto), &mut counter) {
+            Ok(()) => Ok(counter.0),
+            Err(e) => Err(transfer_error(e, &object.url)),
+        }
+    }
+
+    /// Writes the bytes of `object` from `from` until `until` to `out`.
+    fn fetch(
+        &self,
+        object: &Listed,
+        from: u64,
+        until: Until,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), Transfer> {
         let store = &self.store;
-        let written: Result<(), Transfer> = self.run(async {
-            let mut counter = lines.map(LineCounter::new);
+        self.run(async {
+            let mut counter = match until {
+                Until::Lines(n) => Some(LineCounter::new(n)),
+                _ => None,
+            };
             // The size and version, as the first response gives them.
             let mut size = object.size;
             let mut etag: Option<String> = None;
-            let mut offset = 0u64;
+            let mut offset = from;
             loop {
-                let end = offset.saturating_add(RANGE_BYTES).min(size);
+                let mut end = offset.saturating_add(RANGE_BYTES).min(size);
+                match until {
+                    // Up to the split's end first; then small ranges until its last line ends.
+                    Until::LineEnd(n) if offset < n => end = end.min(n),
+                    Until::LineEnd(_) => end = end.min(offset.saturating_add(LINE_TAIL_BYTES)),
+                    Until::Byte(n) => end = end.min(n),
+                    Until::End | Until::Lines(_) => {}
+                }
+                if offset >= end && size > 0 {
+                    return Ok(());
+                }
                 // An empty object has no range to ask for.
                 let range = (size > 0).then_some(offset..end);
                 let options = GetOptions::default()
                     .with_range(range)
                     .with_if_match(etag.clone());
                 let result = store.get_opts(&object.path, options).await?;
-                if offset == 0 {
+                if etag.is_none() {
                     size = result.meta.size;
                     etag = result.meta.e_tag.clone();
                 }
                 let mut stream = result.into_stream();
                 while let Some(piece) = stream.next().await {
                     let piece = piece?;
+                    let at = offset;
                     offset += piece.len() as u64;
-                    match counter.as_mut().and_then(|c| c.cut(&piece)) {
+                    let cut = match until {
+                        Until::Lines(_) => counter.as_mut().and_then(|c| c.cut(&piece)),
+                        Until::LineEnd(n) => {
+                            // The `\n` ending the line that holds byte n - 1.
+                            let last = n.saturating_sub(1);
+                            (offset > last)
+                                .then(|| usize::try_from(last.saturating_sub(at)).unwrap_or(0))
+                                .and_then(|skip| {
+                                    memchr::memchr(b'\n', &piece[skip..]).map(|i| skip + i + 1)
+                                })
+                        }
+                        Until::End | Until::Byte(_) => None,
+                    };
+                    match cut {
                         Some(cut) => {
-                            file.write_all(&piece[..cut])?;
+                            out.write_all(&piece[..cut]).map_err(Transfer::Local)?;
                             return Ok(());
                         }
-                        None => file.write_all(&piece)?,
+                        None => out.write_all(&piece).map_err(Transfer::Local)?,
                     }
                 }
                 if offset >= size || offset < end {
@@ -390,13 +443,7 @@ impl Client {
                     return Ok(());
                 }
             }
-        });
-        match written {
-            Ok(()) => file.flush().map_err(local),
-            Err(Transfer::Local(e)) => Err(local(e)),
-            Err(Transfer::Store(e)) => Err(store_error(e, format!("downloading {}", object.url))),
-            Err(Transfer::Remote(e)) => Err(Error::io(format!("downloading {}", object.url), e)),
-        }
+        })
     }
 
     /// The Arrow schema of a Parquet object, from its footer alone.
@@ -529,6 +576,15 @@ enum Transfer {
     Local(std::io::Error),
 }
 
+/// The error of a failed download of the object `url`.
+fn transfer_error(e: Transfer, url: &str) -> Error {
+    let context = format!("downloading {url}");
+    match e {
+        Transfer::Store(e) => store_error(e, context),
+        Transfer::Remote(e) | Transfer::Local(e) => Error::io(context, e),
+    }
+}
+
 impl From<object_store::Error> for Transfer {
     fn from(e: object_store::Error) -> Self {
         Transfer::Store(e)
@@ -596,6 +652,33 @@ fn list_error(e: object_store::Error, location: &Location, url: &str, prefix_url
 }
 
 /// Counts non-blank lines across the pieces of a download.
+/// Where a download stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// At the object's end.
+    End,
+    /// After this many non-blank lines (the file then ends with the last of them).
+    Lines(usize),
+    /// At the end of the line that holds byte `n - 1` (a split's last line), or the object's.
+    LineEnd(u64),
+    /// Before byte `n`.
+    Byte(u64),
+}
+
+/// Counts the `\n` bytes written to it.
+struct NewlineCounter(u64);
+
+impl Write for NewlineCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += memchr::memchr_iter(b'\n', buf).count() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 struct LineCounter {
     wanted: usize,
     seen: usize,
