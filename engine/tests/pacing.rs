@@ -4,7 +4,7 @@
 //! others to finish (as the workers of one crawl do), does not stop them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,6 +12,10 @@ use std::time::Duration;
 use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use streamrun_engine::*;
+
+#[path = "../../tests/support/processes.rs"]
+mod processes;
+use processes::Processes;
 
 const BATCHES_PER_WORKER: i64 = 800;
 
@@ -315,18 +319,6 @@ fn run_as_a_process(dir: &Path) {
     execute(&graph, &options).expect("job");
     let rows = counters.rows_out.load(Ordering::SeqCst).to_string();
     std::fs::write(dir.join(format!("rows-{process}")), rows).expect("write the count");
-}
-
-/// Kills the processes left when dropped.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Two processes of two workers: worker 0 of the first reads, and the three others read

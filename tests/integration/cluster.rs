@@ -2,12 +2,13 @@
 //! `stream-run start`, jobs submitted with `stream-run submit`, as a user would.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::local_cluster::{LocalCluster, free_port};
+use crate::process_guard::Processes;
 
 /// Whether a process whose command line contains `marker` runs on this machine.
 fn process_running(marker: &str) -> bool {
@@ -270,18 +271,6 @@ impl Drop for Hosts {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
-    }
-}
-
-/// Kills its processes when dropped.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

@@ -17,6 +17,8 @@ mod incremental;
 mod local_cluster;
 mod nexmark;
 mod plan;
+#[path = "../support/processes.rs"]
+mod process_guard;
 mod processes;
 mod scripted;
 mod typed;
