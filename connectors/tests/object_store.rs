@@ -534,3 +534,59 @@ fn s3_one_object_is_split_between_workers() {
         "{message}"
     );
 }
+
+/// A Parquet object of [`RECORDS`] sample records in row groups of 10,000, and its rows.
+fn parquet_object() -> (Vec<u8>, Vec<String>) {
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(10_000))
+        .build();
+    let mut bytes = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut bytes, sample_schema(), Some(props)).unwrap();
+    let batches: Vec<RecordBatch> = (0..RECORDS)
+        .step_by(25_000)
+        .map(|from| sample(from, from + 25_000))
+        .collect();
+    for batch in &batches {
+        writer.write(batch).unwrap();
+    }
+    let metadata = writer.close().unwrap();
+    assert_eq!(metadata.num_row_groups(), 10);
+    (bytes, sorted_rows(&batches))
+}
+
+/// A big Parquet object is cut into runs of row groups that every worker reads (each
+/// fetching only its row groups and the footer): exactly its rows, on 1, 2 and 3 workers.
+#[test]
+fn one_big_parquet_object_is_split_by_row_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, expected) = parquet_object();
+    std::fs::write(dir.path().join("big.parquet"), &bytes).unwrap();
+    let url = format!("file://{}/big.parquet", dir.path().display());
+    let source = Objects::parquet(url).split_bytes(bytes.len() as u64 / 8);
+    let whole = read_all(&source.clone().split_bytes(u64::MAX), 3, FAIL).unwrap();
+    assert_eq!(whole.rows(), expected);
+    assert_eq!(whole.per_worker.iter().filter(|b| !b.is_empty()).count(), 1);
+    for workers in [1, 2, 3] {
+        let read = read_all(&source, workers, FAIL).unwrap();
+        assert_eq!(read.rows(), expected, "{workers} workers");
+        let readers = read.per_worker.iter().filter(|b| !b.is_empty()).count();
+        assert_eq!(readers, workers, "every worker reads row groups");
+        // Every row group's bytes are counted once, as when read whole.
+        assert_eq!(read.bytes, whole.bytes, "{workers} workers");
+    }
+}
+
+/// The same on S3.
+#[test]
+fn s3_one_parquet_object_is_split_by_row_groups() {
+    let Some(server) = moto() else { return };
+    create_bucket(server.port, "parq");
+    let (bytes, expected) = parquet_object();
+    put_object(server.port, "parq", "in/big.parquet", &bytes);
+    let source = source("parquet", "s3://parq/in/*.parquet".into(), server.port)
+        .split_bytes(bytes.len() as u64 / 8);
+    let read = read_all(&source, 3, FAIL).unwrap();
+    assert_eq!(read.rows(), expected);
+    assert_eq!(read.per_worker.iter().filter(|b| !b.is_empty()).count(), 3);
+}

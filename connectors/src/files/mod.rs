@@ -2,7 +2,7 @@
 
 mod infer;
 pub(crate) mod lines;
-mod parquet;
+pub(crate) mod parquet;
 pub(crate) mod reader;
 mod sink;
 

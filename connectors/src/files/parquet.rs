@@ -24,6 +24,23 @@ pub(crate) fn file_schema(path: &Path) -> Result<SchemaRef> {
     Ok(Arc::clone(open_builder(path)?.schema()))
 }
 
+/// Fails unless the file's schema has `schema`'s fields.
+fn check_schema(
+    builder: &ParquetRecordBatchReaderBuilder<File>,
+    path: &Path,
+    schema: &SchemaRef,
+) -> Result<()> {
+    if builder.schema().fields() == schema.fields() {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "{} does not have the schema of the first file: expected {}, found {}",
+        display(path),
+        fields_text(schema),
+        fields_text(builder.schema())
+    )))
+}
+
 fn fields_text(schema: &Schema) -> String {
     let fields: Vec<String> = schema
         .fields()
@@ -86,14 +103,7 @@ impl ParquetReader {
         let mut k = 0usize;
         for path in files {
             let builder = open_builder(path)?;
-            if builder.schema().fields() != schema.fields() {
-                return Err(Error::Input(format!(
-                    "{} does not have the schema of the first file: expected {}, found {}",
-                    display(path),
-                    fields_text(&schema),
-                    fields_text(builder.schema())
-                )));
-            }
+            check_schema(&builder, path, &schema)?;
             let path = Arc::new(path.clone());
             for (row_group, meta) in builder.metadata().row_groups().iter().enumerate() {
                 if k % ctx.workers == ctx.index {
@@ -106,6 +116,41 @@ impl ParquetReader {
                 k += 1;
             }
         }
+        Ok(ParquetReader {
+            schema,
+            batch_size,
+            units,
+            current: None,
+        })
+    }
+
+    /// A reader of row groups `groups` of the one file `path`, which holds at least their
+    /// bytes and its footer.
+    pub fn of_row_groups(
+        path: &Path,
+        schema: SchemaRef,
+        groups: std::ops::Range<usize>,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let builder = open_builder(path)?;
+        check_schema(&builder, path, &schema)?;
+        let metas = builder.metadata().row_groups();
+        if groups.end > metas.len() {
+            return Err(Error::Input(format!(
+                "{} has {} row groups, not {}",
+                display(path),
+                metas.len(),
+                groups.end
+            )));
+        }
+        let path = Arc::new(path.to_path_buf());
+        let units = groups
+            .map(|row_group| Unit {
+                path: Arc::clone(&path),
+                row_group,
+                bytes: u64::try_from(metas[row_group].compressed_size()).unwrap_or(0),
+            })
+            .collect();
         Ok(ParquetReader {
             schema,
             batch_size,

@@ -18,7 +18,7 @@ use streamrun_engine::{
 use crate::FileFormat;
 use crate::files::INFER_RECORDS;
 use crate::files::lines::plan_ranges;
-use reader::{ObjectReader, Piece, ReadOptions, local_source, rename_error};
+use reader::{ObjectReader, Part, Piece, ReadOptions, local_source, rename_error};
 use store::{Client, Listed, Location, Scratch, StoreOptions, Until};
 use writer::ObjectWriter;
 
@@ -179,11 +179,14 @@ impl Objects {
 /// the same list. Text, CSV and JSON lines objects are cut into pieces of at least
 /// [`ObjectSource::split_bytes`] (16 MiB by default; about 4 pieces per worker over all the
 /// objects), so that a single big object is read by every worker; each piece owns the lines
-/// that start in it. Parquet objects are read whole. Piece `k` goes to worker `k % workers`.
+/// that start in it. Parquet objects bigger than that are cut into runs of row groups of at
+/// least as many bytes (their footers are read when the source opens, a ranged read or two
+/// each); the others are read whole. Piece `k` goes to worker `k % workers`.
 ///
 /// A reader downloads its pieces one at a time, streaming, into a local temporary file
-/// (in [`ObjectSource::temp_dir`]; a piece from the byte before it to the end of its last
-/// line), then reads that file with the readers of
+/// (in [`ObjectSource::temp_dir`]; lines from the byte before them to the end of the last;
+/// row groups with the footer, at their offsets in a sparse file of the object's size),
+/// then reads that file with the readers of
 /// [`Files`](crate::Files): the formats, options, bad-record handling and dead letters are
 /// those of [`FileSource`](crate::FileSource), but messages and dead letters name the
 /// object, as `s3://bucket/key:LINE` or `s3://bucket/key: row group N`. A call to
@@ -307,9 +310,10 @@ impl ObjectSource {
         self
     }
 
-    /// The least size of the pieces text, CSV and JSON lines objects are cut into, one
-    /// worker reading each (default 16 MiB; `u64::MAX` reads every object whole). A piece
-    /// costs a request or more, and the read of the line it starts in.
+    /// The least size of the pieces objects are cut into, one worker reading each: byte
+    /// ranges of text, CSV and JSON lines objects, runs of row groups of Parquet objects
+    /// (default 16 MiB; `u64::MAX` reads every object whole). A piece costs a request or
+    /// more, and the read of the line it starts in or of the footer.
     pub fn split_bytes(mut self, bytes: u64) -> Self {
         self.split_bytes = bytes.max(1);
         self
@@ -369,6 +373,61 @@ impl ObjectSource {
 
     fn client(&self, location: &Location) -> Result<Client> {
         Client::connect(location, &self.store, &self.url)
+    }
+
+    /// The pieces the objects are read in: text, CSV and JSON lines objects cut into byte
+    /// ranges (as local files are), Parquet objects bigger than `split_bytes` into runs of
+    /// row groups of at least that many bytes (their footers read to find them), the rest
+    /// whole.
+    fn pieces(&self, client: &Client, objects: &[Listed], workers: usize) -> Result<Vec<Piece>> {
+        if self.format != FileFormat::Parquet {
+            let sizes: Vec<u64> = objects.iter().map(|o| o.size).collect();
+            let pieces = plan_ranges(&sizes, workers, self.split_bytes)
+                .into_iter()
+                .map(|(k, range)| {
+                    let object = objects[k].clone();
+                    let part = if range.start == 0 && range.end >= object.size {
+                        Part::Whole
+                    } else {
+                        Part::Lines(range)
+                    };
+                    Piece { object, part }
+                })
+                .collect();
+            return Ok(pieces);
+        }
+        let mut pieces = Vec::new();
+        for object in objects {
+            let runs = if object.size > self.split_bytes {
+                let layout = client.parquet_layout(object)?;
+                row_group_runs(&layout.row_groups, self.split_bytes)
+                    .into_iter()
+                    .map(|groups| {
+                        let chunks = &layout.row_groups[groups.clone()];
+                        let start = chunks.iter().map(|r| r.start).min().unwrap_or(0);
+                        let end = chunks.iter().map(|r| r.end).max().unwrap_or(0);
+                        Part::RowGroups {
+                            groups,
+                            bytes: vec![start..end, layout.footer.clone()],
+                        }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if runs.len() <= 1 {
+                pieces.push(Piece {
+                    object: object.clone(),
+                    part: Part::Whole,
+                });
+            } else {
+                pieces.extend(runs.into_iter().map(|part| Piece {
+                    object: object.clone(),
+                    part,
+                }));
+            }
+        }
+        Ok(pieces)
     }
 
     /// The matching objects, listed once: workers opening together wait for the first
@@ -450,18 +509,7 @@ impl Source for ObjectSource {
         let client = self.client(&location)?;
         let schema = self.resolve_schema(&location, &client)?;
         let objects = self.objects(&location, &client)?;
-        let pieces: Vec<Piece> = if self.format == FileFormat::Parquet {
-            objects.iter().cloned().map(Piece::whole).collect()
-        } else {
-            let sizes: Vec<u64> = objects.iter().map(|o| o.size).collect();
-            plan_ranges(&sizes, ctx.workers, self.split_bytes)
-                .into_iter()
-                .map(|(k, range)| Piece {
-                    object: objects[k].clone(),
-                    range,
-                })
-                .collect()
-        };
+        let pieces = self.pieces(&client, &objects, ctx.workers)?;
         let mine = pieces
             .into_iter()
             .enumerate()
@@ -605,4 +653,22 @@ impl Sink for ObjectSink {
             inner, client, scratch, &name, target, url,
         )))
     }
+}
+
+/// Consecutive row groups (by their byte ranges) cut into runs of at least `min_bytes`; the
+/// last run may be smaller.
+fn row_group_runs(groups: &[std::ops::Range<u64>], min_bytes: u64) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (k, range) in groups.iter().enumerate() {
+        bytes += range.end.saturating_sub(range.start);
+        if bytes >= min_bytes {
+            runs.push(start..k + 1);
+            (start, bytes) = (k + 1, 0);
+        }
+    }
+    if start < groups.len() {
+        runs.push(start..groups.len());
+    }
+    runs
 }

@@ -15,27 +15,29 @@ use streamrun_engine::{
 
 use super::store::{Client, Listed, Scratch, Until};
 use crate::files::lines::ByteSplit;
+use crate::files::parquet::ParquetReader;
 use crate::files::reader::{LineFormat, LineReader};
 use crate::{FileFormat, FileSource, Files};
 
-/// A byte range of an object that one worker reads: the whole object, or (for line formats)
-/// a split of it, which owns the lines that start in it.
+/// What one worker reads of an object.
 #[derive(Debug, Clone)]
 pub(crate) struct Piece {
     pub object: Listed,
-    pub range: Range<u64>,
+    pub part: Part,
 }
 
-impl Piece {
-    /// The whole of `object`.
-    pub fn whole(object: Listed) -> Piece {
-        let range = 0..object.size;
-        Piece { object, range }
-    }
-
-    fn is_whole(&self) -> bool {
-        self.range.start == 0 && self.range.end >= self.object.size
-    }
+/// Which part of an object a piece is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// All of it.
+    Whole,
+    /// The lines that start in this byte range (text, CSV, JSON lines).
+    Lines(Range<u64>),
+    /// These row groups of a Parquet object, whose bytes, with the footer's, are `bytes`.
+    RowGroups {
+        groups: Range<usize>,
+        bytes: Vec<Range<u64>>,
+    },
 }
 
 /// How the objects are read: the options of the source they come from.
@@ -163,8 +165,9 @@ impl ObjectReader {
         }
     }
 
-    /// Downloads `piece` (a split: from the byte before it to the end of its last line) and
-    /// opens a file reader over its local copy.
+    /// Downloads `piece` (lines: from the byte before them to the end of the last; row
+    /// groups: their bytes and the footer, at their offsets) and opens a file reader over
+    /// its local copy.
     fn open_object(&mut self, piece: Piece) -> Result<Current> {
         let scratch = match &mut self.scratch {
             Some(scratch) => scratch,
@@ -182,31 +185,40 @@ impl ObjectReader {
                 path.display()
             ))
         })?;
-        let whole = piece.is_whole();
-        let from = piece.range.start.saturating_sub(1);
-        let until = if whole {
-            Until::End
-        } else {
-            Until::LineEnd(piece.range.end)
-        };
         let object = piece.object.clone();
-        let opened = self
-            .client
-            .download(&object, from, until, &path)
-            .and_then(|()| {
-                if whole {
-                    self.open_local(&object, &local)
-                } else {
-                    self.open_split(&piece, from, &local)
-                }
-                .map_err(|e| rename_error(e, &local, &object.url))
-            });
+        let from = match &piece.part {
+            Part::Lines(range) => range.start.saturating_sub(1),
+            Part::Whole | Part::RowGroups { .. } => 0,
+        };
+        let opened = match &piece.part {
+            Part::Whole => self
+                .client
+                .download(&object, 0, Until::End, &path)
+                .and_then(|()| self.open_local(&object, &local)),
+            Part::Lines(range) => self
+                .client
+                .download(&object, from, Until::LineEnd(range.end), &path)
+                .and_then(|()| self.open_lines(&object, range, from, &local)),
+            Part::RowGroups { groups, bytes } => self
+                .client
+                .download_ranges(&object, bytes, &path)
+                .and_then(|()| {
+                    let reader = ParquetReader::of_row_groups(
+                        &path,
+                        Arc::clone(&self.options.schema),
+                        groups.clone(),
+                        self.options.batch_size,
+                    )?;
+                    Ok(Box::new(reader) as Box<dyn SourceReader>)
+                }),
+        }
+        .map_err(|e| rename_error(e, &local, &object.url));
         match opened {
             Ok(reader) => Ok(Current {
                 object,
                 local,
                 from,
-                lines_before: whole.then_some(0),
+                lines_before: (from == 0).then_some(0),
                 reader,
             }),
             Err(e) => {
@@ -245,28 +257,35 @@ impl ObjectReader {
         source.open(&ctx)
     }
 
-    /// A reader of the lines of `piece`, whose bytes from `from` on are in the local file
-    /// `local`. Only the object's first piece has the CSV header (the schema is known).
-    fn open_split(&self, piece: &Piece, from: u64, local: &str) -> Result<Box<dyn SourceReader>> {
+    /// A reader of the lines of `object` that start in `range`, whose bytes from `from` on
+    /// are in the local file `local`. Only the object's first piece has the CSV header (the
+    /// schema is known).
+    fn open_lines(
+        &self,
+        object: &Listed,
+        range: &Range<u64>,
+        from: u64,
+        local: &str,
+    ) -> Result<Box<dyn SourceReader>> {
         let options = &self.options;
         let format = match options.format {
             FileFormat::Text => LineFormat::Text,
             FileFormat::Csv => LineFormat::Csv {
                 delimiter: options.delimiter,
-                has_header: options.has_header && piece.range.start == 0,
+                has_header: options.has_header && range.start == 0,
             },
             FileFormat::Json => LineFormat::Json,
             FileFormat::Parquet => {
                 return Err(Error::Internal(format!(
-                    "{}: a Parquet object is read whole, not split",
-                    piece.object.url
+                    "{}: a Parquet object is split by row groups, not lines",
+                    object.url
                 )));
             }
         };
         let split = ByteSplit {
             path: Arc::new(PathBuf::from(local)),
-            start: piece.range.start - from,
-            end: piece.range.end - from,
+            start: range.start - from,
+            end: range.end - from,
         };
         Ok(Box::new(LineReader::new(
             format,

@@ -448,6 +448,36 @@ impl Client {
 
     /// The Arrow schema of a Parquet object, from its footer alone.
     pub fn parquet_schema(&self, object: &Listed) -> Result<SchemaRef> {
+        Ok(self.parquet_layout(object)?.schema)
+    }
+
+    /// Writes the bytes of `object` in `ranges` into a new local file `to` of the object's
+    /// size, each at its offset (the rest is a hole): enough of a Parquet object for a reader
+    /// of some of its row groups.
+    pub fn download_ranges(
+        &self,
+        object: &Listed,
+        ranges: &[Range<u64>],
+        to: &LocalPath,
+    ) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let local = |e| Error::io(format!("downloading {} to {}", object.url, to.display()), e);
+        let mut file = std::fs::File::create(to).map_err(local)?;
+        file.set_len(object.size).map_err(local)?;
+        for range in ranges {
+            file.seek(SeekFrom::Start(range.start)).map_err(local)?;
+            match self.fetch(object, range.start, Until::Byte(range.end), &mut file) {
+                Ok(()) => {}
+                Err(Transfer::Local(e)) => return Err(local(e)),
+                Err(e) => return Err(transfer_error(e, &object.url)),
+            }
+        }
+        file.flush().map_err(local)
+    }
+
+    /// The schema of a Parquet object, and where its row groups and footer lie, from its
+    /// footer alone.
+    pub fn parquet_layout(&self, object: &Listed) -> Result<ParquetLayout> {
         let not_parquet =
             |why: String| Error::Input(format!("{} is not a Parquet file: {why}", object.url));
         let size = object.size;
@@ -479,9 +509,23 @@ impl Client {
         };
         let metadata = ParquetMetaDataReader::decode_metadata(&metadata)
             .map_err(|e| not_parquet(e.to_string()))?;
+        let row_groups = metadata
+            .row_groups()
+            .iter()
+            .map(|group| {
+                let ranges = group.columns().iter().map(|c| c.byte_range());
+                let start = ranges.clone().map(|(start, _)| start).min().unwrap_or(0);
+                let end = ranges.map(|(start, len)| start + len).max().unwrap_or(0);
+                start..end.min(metadata_start)
+            })
+            .collect();
         let arrow = ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
             .map_err(|e| not_parquet(e.to_string()))?;
-        Ok(Arc::clone(arrow.schema()))
+        Ok(ParquetLayout {
+            schema: Arc::clone(arrow.schema()),
+            row_groups,
+            footer: metadata_start..size,
+        })
     }
 
     fn get_range(&self, object: &Listed, range: Range<u64>) -> Result<bytes::Bytes> {
@@ -553,6 +597,17 @@ impl Client {
         self.run(async move { store.delete(path).await })
             .map_err(|e| store_error(e, format!("deleting {url}")))
     }
+}
+
+/// Where the parts of a Parquet object lie.
+#[derive(Debug, Clone)]
+pub(crate) struct ParquetLayout {
+    /// Its Arrow schema.
+    pub schema: SchemaRef,
+    /// The bytes of each row group's column chunks.
+    pub row_groups: Vec<Range<u64>>,
+    /// The bytes of its metadata and tail.
+    pub footer: Range<u64>,
 }
 
 /// An object that matched a source's pattern.
