@@ -590,3 +590,48 @@ fn s3_one_parquet_object_is_split_by_row_groups() {
     assert_eq!(read.rows(), expected);
     assert_eq!(read.per_worker.iter().filter(|b| !b.is_empty()).count(), 3);
 }
+
+/// Pieces cut anywhere (at a `\n`, just after one, inside a line longer than a piece) and a
+/// last line without its `\n`: every line is read once, on 1 to 8 workers, each cutting the
+/// object at other places.
+#[test]
+fn pieces_cut_anywhere_read_every_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines: Vec<String> = (0..200)
+        .map(|i| format!("{i}-{}", "x".repeat(i * 7 % 23)))
+        .collect();
+    lines.insert(100, format!("long-{}", "y".repeat(700)));
+    let text = lines.join("\n");
+    assert!(!text.ends_with('\n'));
+    std::fs::write(dir.path().join("lines.txt"), &text).unwrap();
+    let mut expected = lines.clone();
+    expected.sort();
+    let url = format!("file://{}/lines.txt", dir.path().display());
+    let source = Objects::text(url).split_bytes(1);
+    for workers in 1..=8 {
+        let read = read_all(&source, workers, FAIL).unwrap();
+        assert_eq!(read.rows(), expected, "{workers} workers");
+    }
+}
+
+/// An object overwritten after it was listed is not read as a mix of versions: the read
+/// fails naming it.
+#[test]
+fn an_object_changed_after_listing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.csv");
+    std::fs::write(&path, "id,name\n1,a\n2,b\n").unwrap();
+    let url = format!("file://{}/data.csv", dir.path().display());
+    let source = Objects::csv(url.clone()).schema(id_name_schema());
+    // Listed (and its version noted) here; then overwritten.
+    assert_eq!(read_all(&source, 1, FAIL).unwrap().rows(), ["1|a", "2|b"]);
+    std::fs::write(&path, "id,name\n1,a\n2,b\n3,c\n").unwrap();
+    let Err(e) = read_all(&source, 1, FAIL) else {
+        panic!("a changed object was read");
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains(&url) && message.contains("changed while the job read it"),
+        "{message}"
+    );
+}

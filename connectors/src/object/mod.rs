@@ -18,7 +18,7 @@ use streamrun_engine::{
 use crate::FileFormat;
 use crate::files::INFER_RECORDS;
 use crate::files::lines::plan_ranges;
-use reader::{ObjectReader, Part, Piece, ReadOptions, local_source, rename_error};
+use reader::{LineCounts, ObjectReader, Part, Piece, ReadOptions, local_source, rename_error};
 use store::{Client, Listed, Location, Scratch, StoreOptions, Until};
 use writer::ObjectWriter;
 
@@ -252,6 +252,10 @@ pub struct ObjectSource {
     temp_dir: Option<PathBuf>,
     listed: Arc<Mutex<Option<Arc<[Listed]>>>>,
     inferred: Arc<OnceLock<SchemaRef>>,
+    /// The pieces planned, for a number of workers: planned once per process, so that the
+    /// workers deal from one list (and big Parquet footers are read once).
+    planned: Arc<Mutex<Option<Planned>>>,
+    line_counts: LineCounts,
 }
 
 impl ObjectSource {
@@ -268,6 +272,8 @@ impl ObjectSource {
             temp_dir: None,
             listed: Arc::new(Mutex::new(None)),
             inferred: Arc::new(OnceLock::new()),
+            planned: Arc::new(Mutex::new(None)),
+            line_counts: LineCounts::default(),
         }
     }
 
@@ -276,6 +282,8 @@ impl ObjectSource {
     fn changed(mut self) -> Self {
         self.listed = Arc::new(Mutex::new(None));
         self.inferred = Arc::new(OnceLock::new());
+        self.planned = Arc::new(Mutex::new(None));
+        self.line_counts = LineCounts::default();
         self
     }
 
@@ -316,7 +324,7 @@ impl ObjectSource {
     /// more, and the read of the line it starts in or of the footer.
     pub fn split_bytes(mut self, bytes: u64) -> Self {
         self.split_bytes = bytes.max(1);
-        self
+        self.changed()
     }
 
     /// The format of the objects.
@@ -373,6 +381,24 @@ impl ObjectSource {
 
     fn client(&self, location: &Location) -> Result<Client> {
         Client::connect(location, &self.store, &self.url)
+    }
+
+    /// The pieces for `workers`, planned by the first worker to open in this process.
+    fn planned_pieces(
+        &self,
+        client: &Client,
+        objects: &[Listed],
+        workers: usize,
+    ) -> Result<Arc<[Piece]>> {
+        let mut planned = self.planned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((for_workers, pieces)) = &*planned
+            && *for_workers == workers
+        {
+            return Ok(Arc::clone(pieces));
+        }
+        let pieces: Arc<[Piece]> = self.pieces(client, objects, workers)?.into();
+        *planned = Some((workers, Arc::clone(&pieces)));
+        Ok(pieces)
     }
 
     /// The pieces the objects are read in: text, CSV and JSON lines objects cut into byte
@@ -509,12 +535,12 @@ impl Source for ObjectSource {
         let client = self.client(&location)?;
         let schema = self.resolve_schema(&location, &client)?;
         let objects = self.objects(&location, &client)?;
-        let pieces = self.pieces(&client, &objects, ctx.workers)?;
+        let pieces = self.planned_pieces(&client, &objects, ctx.workers)?;
         let mine = pieces
-            .into_iter()
+            .iter()
             .enumerate()
             .filter(|(k, _)| k % ctx.workers == ctx.index)
-            .map(|(_, piece)| piece)
+            .map(|(_, piece)| piece.clone())
             .collect();
         let options = ReadOptions {
             format: self.format,
@@ -523,10 +549,14 @@ impl Source for ObjectSource {
             delimiter: self.delimiter,
             batch_size: self.batch_size,
             temp_dir: self.temp_dir.clone(),
+            line_counts: Arc::clone(&self.line_counts),
         };
         Ok(Box::new(ObjectReader::new(ctx, options, client, mine)))
     }
 }
+
+/// Pieces planned for a number of workers.
+type Planned = (usize, Arc<[Piece]>);
 
 /// A sink writing CSV, JSON lines or Parquet objects under a prefix, in S3-compatible
 /// object storage or on the local file system; made by [`Objects::write_csv`],

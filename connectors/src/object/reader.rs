@@ -1,10 +1,10 @@
 //! One worker's reader over its pieces of objects: each is downloaded to a local file, then
 //! read with the file connectors' readers.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
@@ -49,6 +49,8 @@ pub(crate) struct ReadOptions {
     pub delimiter: u8,
     pub batch_size: usize,
     pub temp_dir: Option<PathBuf>,
+    /// Lines counted before pieces, shared by the source's readers.
+    pub line_counts: LineCounts,
 }
 
 /// A file source over the one local file `path`, with the CSV options of an object source.
@@ -84,8 +86,9 @@ struct Current {
 impl Current {
     /// `text` with the local copy named as the object, and its line numbers (`local:N`)
     /// turned into the object's. The lines before a piece are counted the first time a
-    /// message needs them (a ranged read of the object up to the piece).
-    fn rename(&mut self, client: &Client, text: &str) -> Result<String> {
+    /// message needs them (see [`lines_before`]); if that fails, the number is given as
+    /// counted from the piece's first byte, saying so.
+    fn rename(&mut self, client: &Client, counts: &LineCounts, text: &str) -> String {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(i) = rest.find(&self.local) {
@@ -100,26 +103,52 @@ impl Current {
                 continue;
             };
             let before = match self.lines_before {
-                Some(n) => n,
-                None => *self
-                    .lines_before
-                    .insert(client.count_newlines(&self.object, self.from)?),
+                Some(n) => Ok(n),
+                None => lines_before(client, counts, &self.object, self.from)
+                    .inspect(|n| self.lines_before = Some(*n)),
             };
-            out.push_str(&format!(":{}", line + before));
+            match before {
+                Ok(before) => out.push_str(&format!(":{}", line + before)),
+                Err(_) => out.push_str(&format!(
+                    " (line counted from byte {} of the object):{line}",
+                    self.from
+                )),
+            }
             rest = &after[digits..];
         }
         out.push_str(rest);
-        Ok(out)
+        out
     }
 
     /// `e` renamed as [`Current::rename`] renames text.
-    fn rename_error(&mut self, client: &Client, e: Error) -> Error {
-        map_messages(e, |text| match self.rename(client, &text) {
-            Ok(renamed) => renamed,
-            Err(_) => text.replace(&self.local, &self.object.url),
-        })
+    fn rename_error(&mut self, client: &Client, counts: &LineCounts, e: Error) -> Error {
+        map_messages(e, |text| self.rename(client, counts, &text))
     }
 }
+
+/// How many `\n` bytes each object has before some of its offsets, as counted so far by
+/// the readers of a source in this process: `url -> offset -> count`. One entry per piece
+/// counted, at most.
+pub(crate) type LineCounts = Arc<Mutex<HashMap<String, BTreeMap<u64, u64>>>>;
+
+/// The `\n` bytes of `object` before byte `upto`, counted (a ranged read, not kept) from
+/// the nearest offset before it already counted, so that the pieces of one object together
+/// read it about once.
+fn lines_before(client: &Client, counts: &LineCounts, object: &Listed, upto: u64) -> Result<u64> {
+    let lock = || counts.lock().unwrap_or_else(|p| p.into_inner());
+    let (from, known) = lock()
+        .get(&object.url)
+        .and_then(|offsets| offsets.range(..=upto).next_back())
+        .map_or((0, 0), |(offset, count)| (*offset, *count));
+    let total = known + client.count_newlines(object, from, upto)?;
+    lock()
+        .entry(object.url.clone())
+        .or_default()
+        .insert(upto, total);
+    Ok(total)
+}
+
+impl Current {}
 
 /// One worker's reader over its pieces of objects, in order.
 pub(crate) struct ObjectReader {
@@ -323,8 +352,12 @@ impl ObjectReader {
         for letter in dead {
             let letter = match &mut self.current {
                 Some(current) => DeadLetter {
-                    location: current.rename(&self.client, &letter.location)?,
-                    reason: current.rename(&self.client, &letter.reason)?,
+                    location: current.rename(
+                        &self.client,
+                        &self.options.line_counts,
+                        &letter.location,
+                    ),
+                    reason: current.rename(&self.client, &self.options.line_counts, &letter.reason),
                     record: letter.record,
                 },
                 None => letter,
@@ -363,7 +396,9 @@ impl SourceReader for ObjectReader {
             };
             let more = match current.reader.read(&mut self.inner) {
                 Ok(more) => more,
-                Err(e) => return Err(current.rename_error(&self.client, e)),
+                Err(e) => {
+                    return Err(current.rename_error(&self.client, &self.options.line_counts, e));
+                }
             };
             let produced = self.forward(out)?;
             if !more {

@@ -20,6 +20,8 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
 use streamrun_engine::{Error, Result};
 
+use crate::files::lines::MAX_LINE_BYTES;
+
 /// The size of the parts of a multipart upload (S3 wants at least 5 MiB but for the last).
 pub(crate) const PART_BYTES: usize = 8 << 20;
 /// How many parts of one upload may be in flight at once.
@@ -331,6 +333,7 @@ impl Client {
                 url: location.url(meta.location.as_ref()),
                 path: meta.location,
                 size: meta.size,
+                e_tag: meta.e_tag,
             })
             .collect();
         if matching.is_empty() {
@@ -356,10 +359,13 @@ impl Client {
         }
     }
 
-    /// How many `\n` bytes the first `upto` bytes of `object` hold (read, not kept).
-    pub fn count_newlines(&self, object: &Listed, upto: u64) -> Result<u64> {
+    /// How many `\n` bytes the bytes `from..upto` of `object` hold (read, not kept).
+    pub fn count_newlines(&self, object: &Listed, from: u64, upto: u64) -> Result<u64> {
+        if from >= upto {
+            return Ok(0);
+        }
         let mut counter = NewlineCounter(0);
-        match self.fetch(object, 0, Until::Byte(upto), &mut counter) {
+        match self.fetch(object, from, Until::Byte(upto), &mut counter) {
             Ok(()) => Ok(counter.0),
             Err(e) => Err(transfer_error(e, &object.url)),
         }
@@ -379,9 +385,9 @@ impl Client {
                 Until::Lines(n) => Some(LineCounter::new(n)),
                 _ => None,
             };
-            // The size and version, as the first response gives them.
+            // The size and version listed, or as the first response gives them.
             let mut size = object.size;
-            let mut etag: Option<String> = None;
+            let mut etag: Option<String> = object.e_tag.clone();
             let mut offset = from;
             loop {
                 let mut end = offset.saturating_add(RANGE_BYTES).min(size);
@@ -401,9 +407,9 @@ impl Client {
                     .with_range(range)
                     .with_if_match(etag.clone());
                 let result = store.get_opts(&object.path, options).await?;
-                if etag.is_none() {
+                if offset == from {
                     size = result.meta.size;
-                    etag = result.meta.e_tag.clone();
+                    etag = etag.or_else(|| result.meta.e_tag.clone());
                 }
                 let mut stream = result.into_stream();
                 while let Some(piece) = stream.next().await {
@@ -413,12 +419,21 @@ impl Client {
                     let cut = match until {
                         Until::Lines(_) => counter.as_mut().and_then(|c| c.cut(&piece)),
                         Until::LineEnd(n) => {
-                            // The `\n` ending the line that holds byte n - 1.
+                            // The `\n` ending the line that holds byte n - 1; past the
+                            // longest line a reader takes, the rest is not needed (that line
+                            // is refused as too long).
                             let last = n.saturating_sub(1);
+                            let limit = n.saturating_add(MAX_LINE_BYTES as u64 + 1);
                             (offset > last)
                                 .then(|| usize::try_from(last.saturating_sub(at)).unwrap_or(0))
                                 .and_then(|skip| {
-                                    memchr::memchr(b'\n', &piece[skip..]).map(|i| skip + i + 1)
+                                    memchr::memchr(b'\n', &piece[skip..])
+                                        .map(|i| skip + i + 1)
+                                        .or_else(|| {
+                                            (offset >= limit).then(|| {
+                                                usize::try_from(limit - at).unwrap_or(piece.len())
+                                            })
+                                        })
                                 })
                         }
                         Until::End | Until::Byte(_) => None,
@@ -509,16 +524,28 @@ impl Client {
         };
         let metadata = ParquetMetaDataReader::decode_metadata(&metadata)
             .map_err(|e| not_parquet(e.to_string()))?;
-        let row_groups = metadata
-            .row_groups()
-            .iter()
-            .map(|group| {
-                let ranges = group.columns().iter().map(|c| c.byte_range());
-                let start = ranges.clone().map(|(start, _)| start).min().unwrap_or(0);
-                let end = ranges.map(|(start, len)| start + len).max().unwrap_or(0);
-                start..end.min(metadata_start)
-            })
-            .collect();
+        let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
+        for (k, group) in metadata.row_groups().iter().enumerate() {
+            let (mut start, mut end) = (u64::MAX, 0u64);
+            for column in group.columns() {
+                // A column chunk starts at its dictionary page, if any, else its first data
+                // page (negative offsets, from a damaged footer, are refused).
+                let first = column
+                    .dictionary_page_offset()
+                    .unwrap_or(column.data_page_offset());
+                let (Ok(first), Ok(len)) = (
+                    u64::try_from(first),
+                    u64::try_from(column.compressed_size()),
+                ) else {
+                    return Err(not_parquet(format!(
+                        "row group {k} has a column chunk at a negative offset or size"
+                    )));
+                };
+                start = start.min(first);
+                end = end.max(first.saturating_add(len));
+            }
+            row_groups.push(start.min(end)..end.min(metadata_start));
+        }
         let arrow = ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
             .map_err(|e| not_parquet(e.to_string()))?;
         Ok(ParquetLayout {
@@ -531,7 +558,10 @@ impl Client {
     fn get_range(&self, object: &Listed, range: Range<u64>) -> Result<bytes::Bytes> {
         let store = &self.store;
         let (start, end) = (range.start, range.end);
-        self.run(async move { store.get_range(&object.path, range).await })
+        let options = GetOptions::default()
+            .with_range(Some(range))
+            .with_if_match(object.e_tag.clone());
+        self.run(async move { store.get_opts(&object.path, options).await?.bytes().await })
             .map_err(|e| store_error(e, format!("reading bytes {start}..{end} of {}", object.url)))
     }
 
@@ -619,6 +649,10 @@ pub(crate) struct Listed {
     pub url: String,
     /// Its size in bytes.
     pub size: u64,
+    /// Its version (entity tag) when listed, if the store gives one: every read of it asks
+    /// for that version, so that the pieces of one object read by several workers (and its
+    /// footer, and the lines counted before a piece) are of one version.
+    pub e_tag: Option<String>,
 }
 
 /// What can fail moving bytes between a store and a local file.
@@ -668,6 +702,11 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
 
 /// The error of a store call: what was being done, naming the object, and why.
 fn store_error(e: object_store::Error, context: String) -> Error {
+    if let object_store::Error::Precondition { .. } = e {
+        return Error::Input(format!(
+            "{context}: the object changed while the job read it (its version is not the one listed)"
+        ));
+    }
     Error::io(context, std::io::Error::from(e))
 }
 
