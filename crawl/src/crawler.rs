@@ -327,15 +327,18 @@ impl Shared {
             };
             url = next.to_string();
             record.redirect = url.clone();
+            // The hops are requests too: they keep the host's delay.
+            tokio::time::sleep(Duration::from_millis(self.config.per_host_delay_ms)).await;
             fetched = self.fetch(&slot, &url, true).await;
         }
         // A missing or unreadable robots.txt allows everything; one the server cannot give
-        // (5xx, no answer) forbids everything, as RFC 9309 says. Past `ROBOTS_MAX` bytes,
+        // (5xx, no answer) forbids everything, as RFC 9309 says, and so does one it refuses
+        // with 429 (too many requests) after the retries. Past `ROBOTS_MAX` bytes,
         // the rest of the file is not read.
         let text = if fetched.status == 200 && fetched.error_kind.is_empty() {
             let end = fetched.body.len().min(ROBOTS_MAX);
             String::from_utf8_lossy(&fetched.body[..end]).into_owned()
-        } else if fetched.status >= 500 || fetched.status == 0 {
+        } else if fetched.status >= 500 || fetched.status == 0 || fetched.status == 429 {
             "User-agent: *\nDisallow: /\n".to_owned()
         } else {
             String::new()
@@ -511,15 +514,30 @@ pub struct CrawlSnapshot {
     pub pages: u64,
 }
 
+/// What the bytes of a snapshot start with: its format and version. Version 2 keys the
+/// frontier by host name, with a robots.txt per origin.
+const SNAPSHOT_HEADER: &[u8] = b"streamrun crawl snapshot v2\n";
+
 impl CrawlSnapshot {
-    /// The snapshot as bytes, to keep.
+    /// The snapshot as bytes, to keep: [`SNAPSHOT_HEADER`], then the state.
     pub fn to_bytes(&self) -> Result<Vec<u8>, CrawlError> {
-        bincode::serialize(self).map_err(|e| CrawlError::Snapshot(e.to_string()))
+        let mut bytes = SNAPSHOT_HEADER.to_vec();
+        bincode::serialize_into(&mut bytes, self)
+            .map_err(|e| CrawlError::Snapshot(e.to_string()))?;
+        Ok(bytes)
     }
 
-    /// A snapshot from [`to_bytes`](Self::to_bytes).
+    /// A snapshot from [`to_bytes`](Self::to_bytes); bytes of another version (or not a
+    /// snapshot) are refused, saying so.
     pub fn from_bytes(bytes: &[u8]) -> Result<CrawlSnapshot, CrawlError> {
-        bincode::deserialize(bytes).map_err(|e| CrawlError::Snapshot(e.to_string()))
+        let Some(state) = bytes.strip_prefix(SNAPSHOT_HEADER) else {
+            return Err(CrawlError::Snapshot(
+                "not a crawl snapshot of this version (v2): written by another version of \
+                 Streamrun, or not a snapshot"
+                    .into(),
+            ));
+        };
+        bincode::deserialize(state).map_err(|e| CrawlError::Snapshot(e.to_string()))
     }
 }
 

@@ -287,9 +287,12 @@ impl Frontier {
         }
     }
 
-    /// Starts no request of `host` before `until` (milliseconds on the crawl's clock): what
-    /// a `Retry-After` asks.
+    /// Starts no request of `host` before `until` plus its delay (milliseconds on the
+    /// crawl's clock): what a `Retry-After` asks.
     pub fn hold(&mut self, host: &str, until: u64) {
+        // The request that was told to wait goes again at `until`: the next one keeps the
+        // host's delay after it.
+        let until = until.saturating_add(self.delay_for(host));
         let at = self.not_before.entry(host.to_owned()).or_default();
         *at = (*at).max(until);
         self.reschedule(host);

@@ -279,6 +279,20 @@ fn a_stopped_crawl_resumes_from_its_snapshot_without_fetching_twice() {
     first.extend(rest);
     let bytes = snapshot.to_bytes().expect("snapshot");
     let snapshot = streamrun_crawl::CrawlSnapshot::from_bytes(&bytes).expect("read back");
+    // Bytes of another version (here: the state without its header) are refused, saying so.
+    let header = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .expect("a header line")
+        + 1;
+    let Err(e) = streamrun_crawl::CrawlSnapshot::from_bytes(&bytes[header..]) else {
+        panic!("a snapshot without its header was read");
+    };
+    assert!(
+        e.to_string()
+            .contains("not a crawl snapshot of this version"),
+        "{e}"
+    );
     // Resumed on another number of workers: hosts move to the partitions owning them now.
     let second: Vec<PageRecord> = Crawl::resume(config(&server).politeness(2, 1), 3, &snapshot)
         .expect("resume")
