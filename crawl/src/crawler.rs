@@ -519,7 +519,8 @@ pub struct CrawlSnapshot {
 const SNAPSHOT_HEADER: &[u8] = b"streamrun crawl snapshot v2\n";
 
 impl CrawlSnapshot {
-    /// The snapshot as bytes, to keep: [`SNAPSHOT_HEADER`], then the state.
+    /// The snapshot as bytes, to keep: a line naming the format and its version
+    /// (`streamrun crawl snapshot v2`), then the state.
     pub fn to_bytes(&self) -> Result<Vec<u8>, CrawlError> {
         let mut bytes = SNAPSHOT_HEADER.to_vec();
         bincode::serialize_into(&mut bytes, self)
