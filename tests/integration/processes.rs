@@ -47,6 +47,42 @@ path = "{out}"
     path
 }
 
+/// `stream-run run spec` as one job over `processes` processes of `workers` workers each, on
+/// loopback, placed by the variables a node agent sets: each process's output.
+pub(crate) fn run_over_processes(
+    spec: &Path,
+    processes: usize,
+    workers: usize,
+) -> Vec<std::process::Output> {
+    let peers = free_ports(processes)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Every process at once: each waits for the others to connect.
+    let children: Vec<_> = (0..processes)
+        .map(|process| {
+            let peers = peers.clone();
+            let spec = spec.to_owned();
+            std::thread::spawn(move || {
+                crate::common::output_within(
+                    Command::new(env!("CARGO_BIN_EXE_stream-run"))
+                        .arg("run")
+                        .arg(&spec)
+                        .env("STREAMRUN_PROCESS", process.to_string())
+                        .env("STREAMRUN_PEERS", &peers)
+                        .env("STREAMRUN_WORKERS", workers.to_string()),
+                    LIMIT,
+                )
+            })
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| child.join().expect("a job process's test thread"))
+        .collect()
+}
+
 /// Every data row of the CSV part files in `dir`, sorted.
 fn rows(dir: &Path) -> Vec<String> {
     let mut rows = Vec::new();
@@ -76,32 +112,7 @@ fn a_word_count_over_2_processes_of_2_workers_equals_the_embedded_run() {
         String::from_utf8_lossy(&embedded.stderr)
     );
 
-    let peers = free_ports(2)
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let cluster_spec = spec(dir.path(), "cluster");
-    // Both processes at once: each waits for the other to connect.
-    let children: Vec<_> = (0..2)
-        .map(|process| {
-            let peers = peers.clone();
-            let cluster_spec = cluster_spec.clone();
-            std::thread::spawn(move || {
-                crate::common::output_within(
-                    Command::new(env!("CARGO_BIN_EXE_stream-run"))
-                        .arg("run")
-                        .arg(&cluster_spec)
-                        .env("STREAMRUN_PROCESS", process.to_string())
-                        .env("STREAMRUN_PEERS", &peers)
-                        .env("STREAMRUN_WORKERS", "2"),
-                    LIMIT,
-                )
-            })
-        })
-        .collect();
-    for child in children {
-        let out = child.join().expect("a job process's test thread");
+    for out in run_over_processes(&spec(dir.path(), "cluster"), 2, 2) {
         assert!(
             out.status.success(),
             "{}",
