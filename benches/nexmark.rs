@@ -63,6 +63,7 @@ fn generate(source: Nexmark) -> (SchemaRef, Vec<RecordBatch>) {
         job: "generate".into(),
         index: 0,
         workers: 1,
+        local_workers: 1,
     };
     let mut reader = source.open(&ctx).expect("open");
     let mut out = SourceCollector::new(streamrun::engine::BadRecordPolicy::Fail);

@@ -28,7 +28,7 @@ const DEFAULT_MAX_ROWS: usize = 10_000_000;
 /// let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))])
 ///     .map_err(|e| streamrun_engine::Error::arrow("batch", e))?;
 /// let collect = Collect::new();
-/// let ctx = WorkerContext { job: "doc".into(), index: 0, workers: 1 };
+/// let ctx = WorkerContext { job: "doc".into(), index: 0, workers: 1, local_workers: 1 };
 /// let mut writer = collect.open(&ctx, &schema)?;
 /// writer.write(&batch)?;
 /// writer.finish()?;

@@ -26,7 +26,7 @@ const DEFAULT_MAX_ROWS: usize = 100;
 /// let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
 /// let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))])
 ///     .map_err(|e| streamrun_engine::Error::arrow("batch", e))?;
-/// let ctx = WorkerContext { job: "doc".into(), index: 0, workers: 1 };
+/// let ctx = WorkerContext { job: "doc".into(), index: 0, workers: 1, local_workers: 1 };
 /// let mut writer = Stdout::table().max_rows(2).open(&ctx, &schema)?;
 /// writer.write(&batch)?;
 /// writer.finish()?; // prints rows 1 and 2, then "… 1 more rows"

@@ -20,8 +20,7 @@ use crate::{CrawlConfig, CrawlError, Frontier, PageRecord, error_kind, extract, 
 /// The longest a worker sleeps before looking again for work (links other workers queue).
 const POLL: Duration = Duration::from_millis(10);
 /// How long a crawl with nothing left to do waits for workers that have not started yet
-/// (in a job, each worker opens the source in its turn; workers in other processes never
-/// do here).
+/// (in a job, each worker opens the source in its turn).
 const UNSTARTED_GRACE: Duration = Duration::from_secs(5);
 
 /// What a crawl's workers share (in one process).

@@ -1,8 +1,10 @@
-//! The crawl as a dataflow source: worker i of a job crawls the hosts of its key groups,
-//! and its links to other workers' hosts go to their partitions. All partitions live in the
-//! process that runs the job's workers (the embedded runtime, or one process per job): a
-//! link to a host whose worker runs in another process is queued there for nobody, and the
-//! crawl ends without it.
+//! The crawl as a dataflow source: each worker crawls the hosts of its key groups, and its
+//! links to other workers' hosts go to their partitions. The partitions live in one process
+//! and are shared in memory, so a job that spans several processes crawls in its first
+//! process, over that process's workers: the other processes' source workers read nothing,
+//! and the records go on from the first process to every worker of the job, as any source's
+//! do. (Crawling in every process would need links sent between processes and an end agreed
+//! between them.)
 
 use std::sync::{Arc, Mutex};
 
@@ -62,16 +64,29 @@ impl Source for CrawlSource {
     }
 
     fn open(&self, ctx: &WorkerContext) -> Result<Box<dyn SourceReader>> {
+        let local = ctx.process_workers();
+        if local.start > 0 {
+            // Not the job's first process: the crawl runs there.
+            return Ok(Box::new(Nothing));
+        }
+        let partitions = local.len();
+        if partitions < ctx.workers && ctx.index == 0 {
+            tracing::info!(
+                partitions,
+                workers = ctx.workers,
+                "the job spans several processes: the crawl runs on the first process's workers"
+            );
+        }
         let (shared, runtime) = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             let r = match &mut *running {
                 Some(r) => r,
                 none => {
-                    let shared = Shared::new(self.config.clone(), ctx.workers)
+                    let shared = Shared::new(self.config.clone(), partitions)
                         .map_err(|e| Error::Input(e.to_string()))?;
                     shared.seed();
                     let runtime = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(ctx.workers.clamp(1, 4))
+                        .worker_threads(partitions.clamp(1, 4))
                         .thread_name("streamrun-crawl")
                         .enable_all()
                         .build()
@@ -91,6 +106,15 @@ impl Source for CrawlSource {
             task,
             _runtime: runtime,
         }))
+    }
+}
+
+/// The reader of a source worker outside the crawl's process.
+struct Nothing;
+
+impl SourceReader for Nothing {
+    fn read(&mut self, _out: &mut SourceCollector) -> Result<bool> {
+        Ok(false)
     }
 }
 

@@ -210,6 +210,7 @@ fn read_worker(source: &dyn streamrun_engine::Source, index: usize, limit: Durat
         job: "crawl".into(),
         index,
         workers: 2,
+        local_workers: 2,
     };
     let mut reader = source.open(&ctx).expect("open");
     let mut out = SourceCollector::new(BadRecordPolicy::Fail);

@@ -389,6 +389,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
         job: shared.plan.job.clone(),
         index: worker.index(),
         workers: worker.peers(),
+        local_workers: shared.local_workers,
     };
     let pace = ProbeHandle::<Time>::new();
     worker.dataflow::<Time, _, _>(|scope| build_dataflow(scope, shared, &ctx, &pace))?;

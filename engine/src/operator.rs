@@ -14,6 +14,29 @@ pub struct WorkerContext {
     pub index: usize,
     /// How many workers run the job.
     pub workers: usize,
+    /// How many of them run in this process (all of them unless the job spans several
+    /// processes). A process's workers have consecutive indices: see
+    /// [`process_workers`](Self::process_workers).
+    pub local_workers: usize,
+}
+
+impl WorkerContext {
+    /// The indices of the workers in this worker's process, this one among them.
+    ///
+    /// ```
+    /// use streamrun_engine::WorkerContext;
+    ///
+    /// // Worker 3 of a job over 2 processes of 2 workers runs in the second process.
+    /// let ctx = WorkerContext { job: "j".into(), index: 3, workers: 4, local_workers: 2 };
+    /// assert_eq!(ctx.process_workers(), 2..4);
+    /// let alone = WorkerContext { local_workers: 4, ..ctx };
+    /// assert_eq!(alone.process_workers(), 0..4);
+    /// ```
+    pub fn process_workers(&self) -> std::ops::Range<usize> {
+        let local = self.local_workers.clamp(1, self.workers.max(1));
+        let first = self.index - self.index % local;
+        first..(first + local).min(self.workers.max(self.index + 1))
+    }
 }
 
 /// Receives the batches an operator emits.

@@ -295,6 +295,7 @@ mod tests {
             job: "t".into(),
             index: 0,
             workers: 1,
+            local_workers: 1,
         };
         let mut op = join
             .create(&ctx, &schema("lt"), &schema("rt"))

@@ -37,7 +37,7 @@
 //! let words = RecordBatch::try_new(schema.clone(),
 //!     vec![Arc::new(StringArray::from(vec!["a", "b", "a"]))])?;
 //! let count = Aggregate::new(vec!["word".into()], vec![Agg::count()]);
-//! let ctx = WorkerContext { job: "doc".into(), index: 0, workers: 1 };
+//! let ctx = WorkerContext { job: "doc".into(), index: 0, workers: 1, local_workers: 1 };
 //! let mut op = count.create(&ctx, &schema)?;
 //! let mut out = Collector::new();
 //! op.process_batch(words, &mut out)?;

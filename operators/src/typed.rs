@@ -293,6 +293,7 @@ mod tests {
             job: "t".into(),
             index: 0,
             workers: 1,
+            local_workers: 1,
         }
     }
 

@@ -653,6 +653,7 @@ mod tests {
             job: "t".into(),
             index: 0,
             workers: 1,
+            local_workers: 1,
         };
         let mut window = op.create(&ctx, &input).expect("create");
         let mut out = Collector::new();
@@ -690,6 +691,7 @@ mod tests {
             job: "t".into(),
             index: 0,
             workers: 1,
+            local_workers: 1,
         };
         let mut op = WindowArgMax::new("window_end", "price")
             .create(&ctx, &schema)

@@ -109,16 +109,11 @@ fn a_crawl_job_on_many_workers_equals_one_worker_and_the_site() {
     }
 }
 
-/// The crawl as a job spec run by `stream-run run`: words counted per host, written as JSON
-/// lines, equal the site's own counts (with room for 16 records between the crawl and the
-/// job, so that the crawl waits on the job); and a spec whose seed is not on an allowed host is
-/// refused naming the line.
-#[test]
-fn a_crawl_job_spec_counts_the_sites_words() {
-    let server = serve(300, 2, 5);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hosts: Vec<String> = (0..2).map(|k| format!("{:?}", server.host(k))).collect();
-    let spec = format!(
+/// A crawl job spec over `server`'s hosts from its page 0 that counts words per host into the
+/// JSON lines directory `words` (with room for 16 records between the crawl and the job, so
+/// that the crawl waits on the job).
+fn word_count_spec(server: &streamrun_crawl::site::SiteServer, hosts: &[String]) -> String {
+    format!(
         "name = \"crawl\"\n\
          [source]\n\
          format = \"crawl\"\n\
@@ -148,7 +143,36 @@ fn a_crawl_job_spec_counts_the_sites_words() {
          path = \"words\"\n",
         seed = server.url(0),
         hosts = hosts.join(", "),
-    );
+    )
+}
+
+/// The counts per (host, word) of the JSON lines parts in `dir`, a key at most once.
+fn word_count_parts(dir: &std::path::Path) -> HashMap<(String, String), u64> {
+    let mut counts: HashMap<(String, String), u64> = HashMap::new();
+    for part in std::fs::read_dir(dir).expect("words") {
+        let text = std::fs::read_to_string(part.expect("part").path()).expect("read part");
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            let key = (
+                row["host"].as_str().expect("host").to_owned(),
+                row["word"].as_str().expect("word").to_owned(),
+            );
+            let count = row["count"].as_u64().expect("count");
+            assert!(counts.insert(key.clone(), count).is_none(), "{key:?} twice");
+        }
+    }
+    counts
+}
+
+/// The crawl as a job spec run by `stream-run run`: words counted per host, written as JSON
+/// lines, equal the site's own counts; and a spec whose seed is not on an allowed host is
+/// refused naming the line.
+#[test]
+fn a_crawl_job_spec_counts_the_sites_words() {
+    let server = serve(300, 2, 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts: Vec<String> = (0..2).map(|k| format!("{:?}", server.host(k))).collect();
+    let spec = word_count_spec(&server, &hosts);
     let path = dir.path().join("crawl.toml");
     std::fs::write(&path, &spec).expect("write spec");
     let run = run_spec(&path);
@@ -157,19 +181,10 @@ fn a_crawl_job_spec_counts_the_sites_words() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let mut counts: HashMap<(String, String), u64> = HashMap::new();
-    for part in std::fs::read_dir(dir.path().join("words")).expect("words") {
-        let text = std::fs::read_to_string(part.expect("part").path()).expect("read part");
-        for line in text.lines() {
-            let row: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-            let key = (
-                row["host"].as_str().expect("host").to_owned(),
-                row["word"].as_str().expect("word").to_owned(),
-            );
-            counts.insert(key, row["count"].as_u64().expect("count"));
-        }
-    }
-    assert_eq!(counts, word_counts(&server, &server.site().reachable()));
+    assert_eq!(
+        word_count_parts(&dir.path().join("words")),
+        word_counts(&server, &server.site().reachable())
+    );
 
     // A seed outside the allowed hosts is named, at its line.
     let bad = spec
@@ -187,6 +202,48 @@ fn a_crawl_job_spec_counts_the_sites_words() {
     assert!(
         stderr.contains("crawl.toml:2") && stderr.contains("not on an allowed host"),
         "{stderr}"
+    );
+}
+
+/// A crawl job over 2 processes of 2 workers: every reachable page is requested exactly once
+/// (the server's log), however the processes share the work, and the words counted per host
+/// on all 4 workers equal the site's own counts.
+#[test]
+fn a_crawl_job_over_2_processes_fetches_every_page_once_and_counts_its_words() {
+    let server = serve(600, 3, 21);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts: Vec<String> = (0..3).map(|k| format!("{:?}", server.host(k))).collect();
+    let path = dir.path().join("crawl.toml");
+    std::fs::write(&path, word_count_spec(&server, &hosts)).expect("write spec");
+    for out in crate::processes::run_over_processes(&path, 2, 2) {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let site = server.site();
+    let reachable = site.reachable();
+    let mut requested: HashMap<String, usize> = HashMap::new();
+    for k in 0..3 {
+        for logged in server.log(k) {
+            *requested
+                .entry(format!("{}{}", server.host(k), logged.path))
+                .or_default() += 1;
+        }
+    }
+    for &n in &reachable {
+        let host = site.pages[n].host;
+        let key = format!("{}{}", server.host(host), site.path(n));
+        assert_eq!(requested.get(&key), Some(&1), "page {n} ({key})");
+    }
+    let parts = std::fs::read_dir(dir.path().join("words"))
+        .expect("words")
+        .count();
+    assert_eq!(parts, 4, "one part per worker of either process");
+    assert_eq!(
+        word_count_parts(&dir.path().join("words")),
+        word_counts(&server, &reachable)
     );
 }
 

@@ -282,6 +282,7 @@ impl ObjectReader {
             job: self.job.clone(),
             index: 0,
             workers: 1,
+            local_workers: 1,
         };
         source.open(&ctx)
     }

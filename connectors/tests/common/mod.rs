@@ -31,6 +31,7 @@ pub fn ctx(index: usize, workers: usize) -> WorkerContext {
         job: "test".into(),
         index,
         workers,
+        local_workers: workers,
     }
 }
 
