@@ -11,7 +11,7 @@
 //! `huge` (a 100 MB body), `slow` (a byte a second: a slow-loris server), `loop/a` and
 //! `loop/b` (redirecting to each other), `binary` (a body that is not HTML).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -325,6 +325,19 @@ impl SiteServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// How many times each `host:port/path` was requested so far, over every host (as
+    /// [`log`](Self::log) keeps them).
+    pub fn requests(&self) -> BTreeMap<String, usize> {
+        let mut count = BTreeMap::new();
+        for k in 0..self.shared.addresses.len() {
+            let host = self.host(k);
+            for logged in self.log(k) {
+                *count.entry(format!("{host}{}", logged.path)).or_default() += 1;
+            }
+        }
+        count
     }
 
     /// The most requests host `k` had at once.

@@ -1,7 +1,7 @@
 //! Crawls of a generated site served over HTTP on loopback, against oracles computed from
 //! the generated site itself.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,19 +44,6 @@ fn page_of(url: &str) -> Option<usize> {
     file.strip_suffix(".html")?.parse().ok()
 }
 
-/// Every request each host's server answered, by path.
-fn requests(server: &SiteServer, hosts: usize) -> BTreeMap<String, usize> {
-    let mut count = BTreeMap::new();
-    for k in 0..hosts {
-        for logged in server.log(k) {
-            *count
-                .entry(format!("{}{}", server.host(k), logged.path))
-                .or_default() += 1;
-        }
-    }
-    count
-}
-
 fn pages_fetched(records: &[PageRecord]) -> BTreeSet<usize> {
     records
         .iter()
@@ -86,7 +73,7 @@ fn a_generated_site_is_crawled_politely_and_completely() {
     let reachable = site.reachable();
     let fetched = pages_fetched(&records);
     assert_eq!(fetched, reachable.iter().copied().collect::<BTreeSet<_>>());
-    let asked = requests(&server, hosts);
+    let asked = server.requests();
     for (path, n) in &asked {
         assert_eq!(*n, 1, "{path} was requested {n} times");
         assert!(!path.contains("/private/"), "{path} is disallowed");
@@ -265,7 +252,6 @@ fn a_stopped_crawl_resumes_from_its_snapshot_without_fetching_twice() {
         seed: 5,
         ..SiteSpec::default()
     };
-    let hosts = spec.hosts;
     let server = serve(spec);
     let expected = server.site().reachable();
     // Few records wait for the reader: the crawl cannot run far ahead of it.
@@ -305,7 +291,7 @@ fn a_stopped_crawl_resumes_from_its_snapshot_without_fetching_twice() {
     assert!(all.is_disjoint(&again), "no page fetched twice");
     all.extend(again);
     assert_eq!(all, expected.iter().copied().collect::<BTreeSet<_>>());
-    for (path, n) in requests(&server, hosts) {
+    for (path, n) in server.requests() {
         assert_eq!(n, 1, "{path} was requested {n} times");
     }
 }

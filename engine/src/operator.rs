@@ -35,7 +35,7 @@ impl WorkerContext {
     pub fn process_workers(&self) -> std::ops::Range<usize> {
         let local = self.local_workers.clamp(1, self.workers.max(1));
         let first = self.index - self.index % local;
-        first..(first + local).min(self.workers.max(self.index + 1))
+        first..(first + local).min(self.workers)
     }
 }
 

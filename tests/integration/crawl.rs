@@ -224,14 +224,7 @@ fn a_crawl_job_over_2_processes_fetches_every_page_once_and_counts_its_words() {
     }
     let site = server.site();
     let reachable = site.reachable();
-    let mut requested: HashMap<String, usize> = HashMap::new();
-    for k in 0..3 {
-        for logged in server.log(k) {
-            *requested
-                .entry(format!("{}{}", server.host(k), logged.path))
-                .or_default() += 1;
-        }
-    }
+    let requested = server.requests();
     for &n in &reachable {
         let host = site.pages[n].host;
         let key = format!("{}{}", server.host(host), site.path(n));
